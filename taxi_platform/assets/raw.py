@@ -1,0 +1,55 @@
+"""raw/<dataset>_trips: each month's source file, parsed with its declared schema, every row."""
+
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+
+from taxi_platform.datasets import DatasetSpec
+from taxi_platform.metadata import column_schema
+from taxi_platform.reading import read_trips
+from taxi_platform.source import TaxiSource
+
+DOWNLOAD_RETRY = dg.RetryPolicy(
+    max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+def build_raw_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["raw", spec.table],
+        description=f"{spec.description} The month's source file as published: original columns, "
+        "every row, typed as the file's form (CSV.gz release or TLC parquet) declares.",
+        group_name="raw",
+        partitions_def=spec.partitions_def,
+        backfill_policy=dg.BackfillPolicy.multi_run(spec.months_per_run),
+        io_manager_key="lake_io_manager",
+        kinds={"parquet"},
+        owners=["team:data-platform"],
+        tags={"dataset": spec.name},
+        code_version="1",
+        retry_policy=DOWNLOAD_RETRY,
+    )
+    def raw(context: dg.AssetExecutionContext, taxi_source: TaxiSource) -> dict:
+        tables = {}
+        with tempfile.TemporaryDirectory(prefix="taxi-download-") as folder:
+            for month in context.partition_keys:
+                file = taxi_source.locate(spec, month)
+                download = taxi_source.download(
+                    file.url, Path(folder) / file.url.rsplit("/", 1)[1], file.label, file.form
+                )
+                table = read_trips(download.path, spec, file.form, f"{file.label} ({file.url})")
+                download.path.unlink()
+                context.add_asset_metadata(
+                    {
+                        **download.metadata,
+                        "source_kind": file.kind,
+                        "dagster/row_count": table.num_rows,
+                        "dagster/column_schema": column_schema(table.schema),
+                    },
+                    partition_key=month,
+                )
+                tables[month] = table
+        return tables
+
+    return raw

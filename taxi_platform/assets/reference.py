@@ -1,0 +1,38 @@
+"""reference/taxi_zones: the TLC's taxi zone lookup."""
+
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+
+from taxi_platform.assets.raw import DOWNLOAD_RETRY
+from taxi_platform.metadata import column_schema
+from taxi_platform.reading import read_zones
+from taxi_platform.source import TaxiSource
+
+
+@dg.asset(
+    key=["reference", "taxi_zones"],
+    description="The 265 TLC taxi zones: location_id, borough, zone, service_zone. "
+    '"NA" and "N/A" are kept as the source writes them.',
+    group_name="reference",
+    io_manager_key="lake_io_manager",
+    kinds={"parquet"},
+    owners=["team:data-platform"],
+    code_version="1",
+    retry_policy=DOWNLOAD_RETRY,
+)
+def taxi_zones(context: dg.AssetExecutionContext, taxi_source: TaxiSource) -> pa.Table:
+    url = taxi_source.zones_url()
+    with tempfile.TemporaryDirectory(prefix="taxi-download-") as folder:
+        download = taxi_source.download(url, Path(folder) / "taxi_zone_lookup.csv", "taxi zones")
+        table = read_zones(download.path, f"taxi zones ({url})")
+    context.add_output_metadata(
+        {
+            **download.metadata,
+            "dagster/row_count": table.num_rows,
+            "dagster/column_schema": column_schema(table.schema),
+        }
+    )
+    return table

@@ -1,0 +1,232 @@
+"""The dataset specs: the only place a taxi dataset is described.
+
+Every asset, check and (later) sensor of a dataset is generated from its `DatasetSpec`. Adding a dataset
+is adding an entry to `DATASETS`.
+"""
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import dagster as dg
+import pyarrow as pa
+
+STR, I32, I64, F64 = pa.string(), pa.int32(), pa.int64(), pa.float64()
+TS_S, TS_US = pa.timestamp("s"), pa.timestamp("us")
+LARGE_STR = pa.large_string()
+
+
+@dataclass(frozen=True)
+class Column:
+    """One trip column: its name in the TLC files, its snake_case name, and its type in each form.
+
+    `csv` and `parquet` are the types a source form declares (None: that form lacks the column).
+    `optional`: some months' files lack it because the TLC added it later; it is then null when cleaned.
+    Source names are matched case-insensitively (the TLC writes `PUlocationID`, `Airport_fee`, ...).
+    """
+
+    source: str
+    name: str
+    type: pa.DataType
+    csv: pa.DataType | None
+    parquet: pa.DataType | None
+    optional: bool = False
+
+
+def col(source, name=None, type=F64, csv="same", parquet="same", optional=False) -> Column:
+    return Column(
+        source=source,
+        name=name or source,
+        type=type,
+        csv=type if csv == "same" else csv,
+        parquet=type if parquet == "same" else parquet,
+        optional=optional,
+    )
+
+
+@dataclass(frozen=True)
+class MonthRange:
+    first: str  # YYYY-MM
+    last: str  # YYYY-MM
+
+    def __contains__(self, month: str) -> bool:
+        return self.first <= month <= self.last
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A TLC trip dataset: where its months come from and what their columns are."""
+
+    name: str
+    description: str
+    first_month: str  # YYYY-MM, the first month published with the location-id schema below
+    pickup: str  # snake_case name of the pickup timestamp
+    dropoff: str
+    columns: tuple[Column, ...]
+    positive_columns: tuple[str, ...] = ()  # cleaning rule: each must be > 0 (null fails)
+    releases: MonthRange | None = None  # months the course's CSV.gz releases hold
+    months_per_run: int = 3  # a backfill runs this many months per run (memory grows with it)
+
+    @property
+    def table(self) -> str:
+        return f"{self.name}_trips"
+
+    def file_name(self, month: str, form: str) -> str:
+        return f"{self.name}_tripdata_{month}.{'csv.gz' if form == 'csv' else 'parquet'}"
+
+    @cached_property
+    def partitions_def(self) -> dg.MonthlyPartitionsDefinition:
+        # end_offset=0: the last partition is the last complete month, never a month not yet publishable.
+        return dg.MonthlyPartitionsDefinition(
+            start_date=self.first_month, fmt="%Y-%m", end_offset=0
+        )
+
+    def source_schema(self, form: str) -> pa.Schema:
+        return pa.schema(
+            [(c.source, getattr(c, form)) for c in self.columns if getattr(c, form) is not None]
+        )
+
+    @cached_property
+    def clean_schema(self) -> pa.Schema:
+        """Clean columns: every declared column, then the derived trip_key and pickup_date."""
+        return pa.schema(
+            [(c.name, c.type) for c in self.columns]
+            + [("trip_key", pa.int64()), ("pickup_date", pa.date32())]
+        )
+
+
+_YELLOW_GREEN_FARES = (
+    col("fare_amount"),
+    col("extra"),
+    col("mta_tax"),
+    col("tip_amount"),
+    col("tolls_amount"),
+)
+
+YELLOW = DatasetSpec(
+    name="yellow",
+    description="Yellow taxi trips (street hails anywhere in NYC), one row per trip.",
+    # The TLC's 2009-2010 yellow files use an older schema (coordinates, no location ids).
+    first_month="2011-01",
+    pickup="tpep_pickup_datetime",
+    dropoff="tpep_dropoff_datetime",
+    columns=(
+        col("VendorID", "vendor_id", I64, parquet=I32),
+        col("tpep_pickup_datetime", type=TS_US, csv=TS_S),
+        col("tpep_dropoff_datetime", type=TS_US, csv=TS_S),
+        col("passenger_count", type=I64),
+        col("trip_distance"),
+        col("RatecodeID", "ratecode_id", I64),
+        col("store_and_fwd_flag", type=STR, parquet=LARGE_STR),
+        col("PULocationID", "pu_location_id", I64, parquet=I32),
+        col("DOLocationID", "do_location_id", I64, parquet=I32),
+        col("payment_type", type=I64),
+        *_YELLOW_GREEN_FARES,
+        col("improvement_surcharge"),
+        col("total_amount"),
+        col("congestion_surcharge"),
+        col("airport_fee", csv=None, optional=True),
+        col("cbd_congestion_fee", csv=None, optional=True),
+    ),
+    positive_columns=("passenger_count", "trip_distance"),
+    releases=MonthRange("2019-01", "2021-07"),
+    months_per_run=1,  # up to 7.8 million rows a month
+)
+
+GREEN = DatasetSpec(
+    name="green",
+    description="Green taxi trips (boro taxis: street hails outside central Manhattan), one row per trip.",
+    first_month="2014-01",
+    pickup="lpep_pickup_datetime",
+    dropoff="lpep_dropoff_datetime",
+    columns=(
+        col("VendorID", "vendor_id", I64, parquet=I32),
+        col("lpep_pickup_datetime", type=TS_US, csv=TS_S),
+        col("lpep_dropoff_datetime", type=TS_US, csv=TS_S),
+        col("store_and_fwd_flag", type=STR, parquet=LARGE_STR),
+        col("RatecodeID", "ratecode_id", I64),
+        col("PULocationID", "pu_location_id", I64, parquet=I32),
+        col("DOLocationID", "do_location_id", I64, parquet=I32),
+        col("passenger_count", type=I64),
+        col("trip_distance"),
+        *_YELLOW_GREEN_FARES,
+        col("ehail_fee"),
+        col("improvement_surcharge"),
+        col("total_amount"),
+        col("payment_type", type=I64),
+        col("trip_type", type=I64),
+        col("congestion_surcharge"),
+        col("cbd_congestion_fee", csv=None, optional=True),
+    ),
+    positive_columns=("passenger_count", "trip_distance"),
+    releases=MonthRange("2019-01", "2021-07"),
+)
+
+FHV = DatasetSpec(
+    name="fhv",
+    description="For-hire vehicle trips (bases other than high-volume ones), one row per trip.",
+    first_month="2015-01",
+    pickup="pickup_datetime",
+    dropoff="dropoff_datetime",
+    columns=(
+        col("dispatching_base_num", type=STR, parquet=LARGE_STR),
+        col("pickup_datetime", type=TS_US, csv=TS_S),
+        col("dropOff_datetime", "dropoff_datetime", TS_US, csv=TS_S),
+        col("PUlocationID", "pu_location_id", I64, parquet=F64),
+        col("DOlocationID", "do_location_id", I64, parquet=F64),
+        col("SR_Flag", "sr_flag", I64, parquet=F64),
+        col("Affiliated_base_number", "affiliated_base_number", STR, parquet=LARGE_STR, optional=True),
+    ),
+    releases=MonthRange("2019-01", "2021-07"),
+)
+
+FHVHV = DatasetSpec(
+    name="fhvhv",
+    description="High-volume for-hire trips (Uber, Lyft, Via, Juno), one row per trip.",
+    first_month="2019-02",
+    pickup="pickup_datetime",
+    dropoff="dropoff_datetime",
+    columns=(
+        col("hvfhs_license_num", type=STR, parquet=LARGE_STR),
+        col("dispatching_base_num", type=STR, parquet=LARGE_STR),
+        col("originating_base_num", type=STR, csv=None, parquet=LARGE_STR),
+        col("request_datetime", type=TS_US, csv=None),
+        col("on_scene_datetime", type=TS_US, csv=None),
+        col("pickup_datetime", type=TS_US, csv=TS_S),
+        col("dropoff_datetime", type=TS_US, csv=TS_S),
+        col("PULocationID", "pu_location_id", I64, parquet=I32),
+        col("DOLocationID", "do_location_id", I64, parquet=I32),
+        col("SR_Flag", "sr_flag", I64, parquet=None),
+        col("trip_miles", csv=None),
+        col("trip_time", type=I64, csv=None),
+        col("base_passenger_fare", csv=None),
+        col("tolls", csv=None),
+        col("bcf", csv=None),
+        col("sales_tax", csv=None),
+        col("congestion_surcharge", csv=None),
+        col("airport_fee", csv=None),
+        col("tips", csv=None),
+        col("driver_pay", csv=None),
+        *(
+            col(flag, type=STR, csv=None, parquet=LARGE_STR)
+            for flag in (
+                "shared_request_flag",
+                "shared_match_flag",
+                "access_a_ride_flag",
+                "wav_request_flag",
+                "wav_match_flag",
+            )
+        ),
+        col("cbd_congestion_fee", csv=None, optional=True),
+    ),
+    months_per_run=1,  # about 20 million rows a month
+)
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (YELLOW, GREEN, FHV, FHVHV)}
+
+# The taxi zone lookup (misc/taxi_zone_lookup.csv): (source name, snake_case name, type).
+ZONE_COLUMNS = (
+    ("LocationID", "location_id", I64),
+    ("Borough", "borough", STR),
+    ("Zone", "zone", STR),
+    ("service_zone", "service_zone", STR),
+)

@@ -1,0 +1,21 @@
+"""The taxi_platform code location: every dataset's assets, built from the specs."""
+
+import dagster as dg
+
+from taxi_platform.assets.clean import build_clean_assets
+from taxi_platform.assets.raw import build_raw_asset
+from taxi_platform.assets.reference import taxi_zones
+from taxi_platform.datasets import DATASETS
+from taxi_platform.profiles import resources_for
+
+
+def build_assets() -> list[dg.AssetsDefinition]:
+    assets = [taxi_zones]
+    for spec in DATASETS.values():
+        assets += [build_raw_asset(spec), build_clean_assets(spec)]
+    return assets
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(assets=build_assets(), resources=resources_for())

@@ -1,0 +1,105 @@
+"""Parse a month's source file with the schema its dataset spec declares for that form."""
+
+import gzip
+import zlib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from taxi_platform.datasets import ZONE_COLUMNS, DatasetSpec
+
+
+class SchemaDriftError(Exception):
+    """The file's columns differ from the declared schema; the message names file, month and columns."""
+
+
+def read_trips(path: Path, spec: DatasetSpec, form: str, origin: str) -> pa.Table:
+    """Every row of the file, with its original column names and the declared types of `form`.
+
+    `origin` names the file and month in errors ("green 2020-10 (https://...)").
+    """
+    try:
+        columns = _csv_header(path) if form == "csv" else pq.read_schema(path).names
+        declared = _match_columns(columns, spec, form, origin)
+        if form == "csv":
+            return _read_csv(path, declared)
+        return _read_parquet(path, declared)
+    except SchemaDriftError:
+        raise
+    except (pa.ArrowException, OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
+        raise ValueError(f"{origin}: cannot read the {form} file: {error}") from error
+
+
+def read_zones(path: Path, origin: str) -> pa.Table:
+    """The taxi zone lookup; "NA" and "N/A" are zone names here, not missing values."""
+    try:
+        table = pacsv.read_csv(
+            path,
+            convert_options=pacsv.ConvertOptions(
+                column_types={source: type for source, _, type in ZONE_COLUMNS},
+                null_values=[],
+                strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowException as error:
+        raise ValueError(f"{origin}: cannot read the zone file: {error}") from error
+    expected = [source for source, _, _ in ZONE_COLUMNS]
+    if table.column_names != expected:
+        raise SchemaDriftError(f"{origin}: columns {table.column_names}, expected {expected}")
+    return table.rename_columns([name for _, name, _ in ZONE_COLUMNS])
+
+
+def _csv_header(path: Path) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [name.strip().strip('"') for name in f.readline().rstrip("\r\n").split(",")]
+
+
+def _match_columns(columns: list[str], spec: DatasetSpec, form: str, origin: str) -> dict:
+    """Map each of the file's column names to its declared type, matching names case-insensitively."""
+    by_folded = {c.source.lower(): c for c in spec.columns if getattr(c, form) is not None}
+    folded = [name.lower() for name in columns]
+    extra = [name for name in columns if name.lower() not in by_folded]
+    repeated = sorted({name for name in columns if folded.count(name.lower()) > 1})
+    missing = [
+        c.source for key, c in by_folded.items() if key not in folded and not c.optional
+    ]
+    if extra or missing or repeated:
+        problems = [
+            f"{label} {names}"
+            for label, names in (
+                ("missing columns", missing),
+                ("unexpected columns", extra),
+                ("repeated columns", repeated),
+            )
+            if names
+        ]
+        raise SchemaDriftError(
+            f"{origin}: the {form} file's columns differ from the declared {spec.name} schema: "
+            + "; ".join(problems)
+        )
+    return {name: getattr(by_folded[name.lower()], form) for name in columns}
+
+
+def _read_csv(path: Path, declared: dict[str, pa.DataType]) -> pa.Table:
+    # Integers are parsed as float64 and then cast safely, so "1.0" is read as 1 but "1.5" fails.
+    parse_types = {
+        name: pa.float64() if pa.types.is_integer(t) else t for name, t in declared.items()
+    }
+    table = pacsv.read_csv(
+        path,
+        convert_options=pacsv.ConvertOptions(column_types=parse_types, strings_can_be_null=True),
+    )
+    return _cast(table, declared)
+
+
+def _read_parquet(path: Path, declared: dict[str, pa.DataType]) -> pa.Table:
+    return _cast(pq.read_table(path), declared)
+
+
+def _cast(table: pa.Table, declared: dict[str, pa.DataType]) -> pa.Table:
+    """Cast each column to its declared type; a lossy cast (1.5 to an integer) raises."""
+    return pa.table(
+        {name: table[name].cast(type, safe=True) for name, type in declared.items()},
+    )

@@ -1,0 +1,150 @@
+"""Where a month's file lives, and downloading it: streamed to disk, retried, verified."""
+
+import hashlib
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import requests
+from pydantic import Field
+
+from taxi_platform.datasets import DatasetSpec
+
+RELEASES_URL = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
+TLC_URL = "https://d37ci6vzurychx.cloudfront.net"
+SOURCE_KINDS = ("releases", "tlc")
+# First bytes each form must start with: a gzip stream, a parquet file.
+MAGIC = {"csv": b"\x1f\x8b", "parquet": b"PAR1"}
+
+
+class SourceError(Exception):
+    """A source file that cannot be used; the message names the URL and the month."""
+
+
+class MonthNotPublished(SourceError):
+    """The source answered 404: the month's file is not (yet) published there."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One month's file at one source."""
+
+    kind: str  # releases | tlc
+    form: str  # csv (gzip-compressed) | parquet
+    url: str
+    label: str  # "green 2020-10", for messages
+
+
+@dataclass(frozen=True)
+class Download:
+    url: str
+    path: Path
+    bytes: int
+    sha256: str
+    etag: str | None
+    last_modified: str | None
+
+    @property
+    def metadata(self) -> dict:
+        return {
+            "source_url": dg.MetadataValue.url(self.url),
+            "source_bytes": self.bytes,
+            "source_sha256": self.sha256,
+            "source_etag": self.etag or "",
+            "source_last_modified": self.last_modified or "",
+        }
+
+
+class TaxiSource(dg.ConfigurableResource):
+    """The two public sources of trip files: the course's CSV.gz releases and the TLC's parquet."""
+
+    releases_url: str = Field(default=RELEASES_URL, description="Base of the course's releases.")
+    tlc_url: str = Field(default=TLC_URL, description="Base of the TLC's trip-data and misc files.")
+    source: str = Field(
+        default="auto",
+        description="auto: the releases for the months they hold, the TLC otherwise; or releases|tlc.",
+    )
+    attempts: int = Field(default=4, description="Tries per download (connection errors and 5xx).")
+    backoff_seconds: float = Field(default=2.0, description="First wait between tries; doubles.")
+    timeout_seconds: float = 60.0
+
+    def locate(self, spec: DatasetSpec, month: str) -> SourceFile:
+        """The one place that decides which source serves a month."""
+        if self.source not in ("auto", *SOURCE_KINDS):
+            raise ValueError(f"TAXI_SOURCE must be auto, releases or tlc, not {self.source!r}")
+        kind = self.source
+        if kind == "auto":
+            kind = "releases" if spec.releases and month in spec.releases else "tlc"
+        label = f"{spec.name} {month}"
+        if kind == "releases":
+            name = spec.file_name(month, "csv")
+            return SourceFile(kind, "csv", f"{self.releases_url}/{spec.name}/{name}", label)
+        name = spec.file_name(month, "parquet")
+        return SourceFile(kind, "parquet", f"{self.tlc_url}/trip-data/{name}", label)
+
+    def zones_url(self) -> str:
+        return f"{self.tlc_url}/misc/taxi_zone_lookup.csv"
+
+    def download(self, url: str, dest: Path, label: str, form: str | None = None) -> Download:
+        """Stream `url` to `dest`, retrying connection errors and 5xx with exponential backoff."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self._download_once(url, dest, label, form)
+            except _Retryable as error:
+                if attempt == self.attempts:
+                    raise SourceError(
+                        f"{label}: {url} failed after {attempt} tries: {error}"
+                    ) from error
+                time.sleep(self.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")
+
+    def _download_once(self, url: str, dest: Path, label: str, form: str | None) -> Download:
+        try:
+            response = requests.get(url, stream=True, timeout=self.timeout_seconds)
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise _Retryable(error) from error
+        with response:
+            if response.status_code == 404:
+                raise MonthNotPublished(f"{label} is not published: {url} answered 404")
+            if response.status_code >= 500 or response.status_code == 429:
+                raise _Retryable(f"HTTP {response.status_code}")
+            if response.status_code != 200:
+                raise SourceError(f"{label}: {url} answered HTTP {response.status_code}")
+            if "text/html" in response.headers.get("Content-Type", ""):
+                raise SourceError(f"{label}: {url} returned an HTML page, not the data file")
+            digest, size = hashlib.sha256(), 0
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(dest, "wb") as out:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
+                raise _Retryable(f"connection broke after {size} bytes: {error}") from error
+            _verify_form(dest, url, label, form)
+            return Download(
+                url=url,
+                path=dest,
+                bytes=size,
+                sha256=digest.hexdigest(),
+                etag=response.headers.get("ETag"),
+                last_modified=response.headers.get("Last-Modified"),
+            )
+
+
+class _Retryable(Exception):
+    pass
+
+
+def _verify_form(path: Path, url: str, label: str, form: str | None) -> None:
+    """Reject what is plainly not the expected file: an HTML page, or the wrong kind of file."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        raise SourceError(f"{label}: {url} returned an HTML page, not the data file")
+    if form and not head.startswith(MAGIC[form]):
+        kind = "gzip-compressed CSV" if form == "csv" else "parquet file"
+        raise SourceError(f"{label}: {url} is not a {kind} (it starts with {head[:16]!r})")

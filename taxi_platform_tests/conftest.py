@@ -1,0 +1,44 @@
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+from taxi_platform_tests.source_server import SourceServer
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> Path:
+    folder = os.environ.get("TAXI_SAMPLE_DATA")
+    if not folder or not Path(folder, "MANIFEST.tsv").is_file():
+        pytest.skip("TAXI_SAMPLE_DATA does not name the real TLC sample files (../shared/data/nyc-tlc)")
+    return Path(folder)
+
+
+@pytest.fixture(scope="session")
+def manifest(sample_data) -> dict[str, dict]:
+    with open(sample_data / "MANIFEST.tsv") as f:
+        return {row["path"]: row for row in csv.DictReader(f, delimiter="\t")}
+
+
+@pytest.fixture(scope="session")
+def overlay(tmp_path_factory) -> Path:
+    """Files a test publishes on top of the real ones."""
+    return tmp_path_factory.mktemp("published")
+
+
+@pytest.fixture(scope="session")
+def source_server(sample_data, overlay):
+    with SourceServer(overlay, sample_data) as server:
+        yield server
+
+
+@pytest.fixture
+def taxi_env(source_server, tmp_path, monkeypatch) -> Path:
+    """The environment of a local-profile deployment against the test source; returns the data dir."""
+    monkeypatch.setenv("TAXI_RELEASES_URL", f"{source_server.url}/releases")
+    monkeypatch.setenv("TAXI_TLC_URL", source_server.url)
+    monkeypatch.setenv("TAXI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("TAXI_SOURCE", raising=False)
+    monkeypatch.delenv("TAXI_PROFILE", raising=False)
+    return tmp_path / "data"
