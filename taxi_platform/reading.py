@@ -11,7 +11,11 @@ import pyarrow.parquet as pq
 from taxi_platform.datasets import ZONE_COLUMNS, DatasetSpec
 
 
-class SchemaDriftError(Exception):
+class UnreadableFile(ValueError):
+    """A source file that cannot be parsed as declared; the message names the file and the month."""
+
+
+class SchemaDriftError(UnreadableFile):
     """The file's columns differ from the declared schema; the message names file, month and columns."""
 
 
@@ -29,7 +33,7 @@ def read_trips(path: Path, spec: DatasetSpec, form: str, origin: str) -> pa.Tabl
     except SchemaDriftError:
         raise
     except (pa.ArrowException, OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
-        raise ValueError(f"{origin}: cannot read the {form} file: {error}") from error
+        raise UnreadableFile(f"{origin}: cannot read the {form} file: {error}") from error
 
 
 def read_zones(path: Path, origin: str) -> pa.Table:
@@ -44,7 +48,7 @@ def read_zones(path: Path, origin: str) -> pa.Table:
             ),
         )
     except pa.ArrowException as error:
-        raise ValueError(f"{origin}: cannot read the zone file: {error}") from error
+        raise UnreadableFile(f"{origin}: cannot read the zone file: {error}") from error
     expected = [source for source, _, _ in ZONE_COLUMNS]
     if table.column_names != expected:
         raise SchemaDriftError(f"{origin}: columns {table.column_names}, expected {expected}")

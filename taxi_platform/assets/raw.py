@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from taxi_platform.assets import permanent_errors_not_retried
 from taxi_platform.datasets import DatasetSpec
 from taxi_platform.metadata import column_schema
 from taxi_platform.reading import read_trips
@@ -32,7 +33,7 @@ def build_raw_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     )
     def raw(context: dg.AssetExecutionContext, taxi_source: TaxiSource) -> dict:
         tables = {}
-        with tempfile.TemporaryDirectory(prefix="taxi-download-") as folder:
+        with permanent_errors_not_retried(), tempfile.TemporaryDirectory(prefix="taxi-") as folder:
             for month in context.partition_keys:
                 file = taxi_source.locate(spec, month)
                 download = taxi_source.download(

@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
+from taxi_platform.assets import permanent_errors_not_retried
 from taxi_platform.assets.raw import DOWNLOAD_RETRY
 from taxi_platform.metadata import column_schema
 from taxi_platform.reading import read_zones
@@ -25,7 +26,7 @@ from taxi_platform.source import TaxiSource
 )
 def taxi_zones(context: dg.AssetExecutionContext, taxi_source: TaxiSource) -> pa.Table:
     url = taxi_source.zones_url()
-    with tempfile.TemporaryDirectory(prefix="taxi-download-") as folder:
+    with permanent_errors_not_retried(), tempfile.TemporaryDirectory(prefix="taxi-") as folder:
         download = taxi_source.download(url, Path(folder) / "taxi_zone_lookup.csv", "taxi zones")
         table = read_zones(download.path, f"taxi zones ({url})")
     context.add_output_metadata(

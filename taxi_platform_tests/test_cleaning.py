@@ -1,0 +1,86 @@
+"""The cleaning rules on small tables of the green schema."""
+
+from datetime import datetime
+
+import pyarrow as pa
+import pytest
+
+from taxi_platform.cleaning import clean_month, to_clean_columns, trip_key
+from taxi_platform.datasets import DATASETS
+
+GREEN = DATASETS["green"]
+OCT, NOV = datetime(2020, 10, 1), datetime(2020, 11, 1)
+
+
+def green_rows(*rows: dict) -> pa.Table:
+    """Raw green rows as the CSV form types them; unspecified columns are null."""
+    schema = GREEN.source_schema("csv")
+    defaults = {"lpep_pickup_datetime": datetime(2020, 10, 5, 8), "passenger_count": 1, "trip_distance": 1.5}
+    return pa.Table.from_pylist([{**defaults, **row} for row in rows], schema=schema)
+
+
+def test_each_row_gets_the_first_rule_it_breaks():
+    raw = green_rows(
+        {"fare_amount": 7.0},
+        {"lpep_pickup_datetime": datetime(2020, 9, 30, 23, 59), "passenger_count": 0},
+        {"lpep_pickup_datetime": None},
+        {"passenger_count": 0, "trip_distance": 0.0},
+        {"passenger_count": None},
+        {"trip_distance": -1.0},
+        {"fare_amount": 7.0},
+    )
+    result = clean_month(raw, GREEN, OCT, NOV)
+    assert result.clean.num_rows == 1
+    assert result.rejected["reject_reason"].to_pylist() == [
+        "pickup_outside_month",
+        "pickup_outside_month",
+        "passenger_count_not_positive",
+        "passenger_count_not_positive",
+        "trip_distance_not_positive",
+        "duplicate_row",
+    ]
+    assert result.rejected_by_reason(GREEN) == {
+        "pickup_outside_month": 2,
+        "passenger_count_not_positive": 2,
+        "trip_distance_not_positive": 1,
+        "duplicate_row": 1,
+    }
+
+
+def test_the_month_bounds_are_half_open():
+    raw = green_rows(
+        {"lpep_pickup_datetime": datetime(2020, 10, 1, 0, 0, 0)},
+        {"lpep_pickup_datetime": datetime(2020, 11, 1, 0, 0, 0)},
+    )
+    result = clean_month(raw, GREEN, OCT, NOV)
+    assert result.clean["pickup_date"].to_pylist() == [datetime(2020, 10, 1).date()]
+    assert result.rejected["reject_reason"].to_pylist() == ["pickup_outside_month"]
+
+
+def test_a_relaxed_rule_keeps_its_rows():
+    raw = green_rows({"passenger_count": 0}, {"passenger_count": None, "trip_distance": 0.0})
+    result = clean_month(raw, GREEN, OCT, NOV, relaxed=frozenset({"passenger_count"}))
+    assert result.clean.num_rows == 1
+    assert result.rejected["reject_reason"].to_pylist() == ["trip_distance_not_positive"]
+    with pytest.raises(ValueError, match=r"green has no rule on \['tip_amount'\]"):
+        clean_month(raw, GREEN, OCT, NOV, relaxed=frozenset({"tip_amount"}))
+
+
+def test_clean_columns_are_snake_case_and_typed_whatever_the_source_form():
+    row = {"VendorID": 2, "PULocationID": 7, "lpep_pickup_datetime": datetime(2020, 10, 5, 8)}
+    from_csv = to_clean_columns(pa.Table.from_pylist([row], schema=GREEN.source_schema("csv")), GREEN)
+    parquet_schema = GREEN.source_schema("parquet")
+    from_parquet = to_clean_columns(
+        pa.Table.from_pylist([{**row, "cbd_congestion_fee": None}], schema=parquet_schema), GREEN
+    )
+    assert from_csv.equals(from_parquet)
+    assert from_csv.column_names[:4] == ["vendor_id", "lpep_pickup_datetime", "lpep_dropoff_datetime", "store_and_fwd_flag"]
+    assert from_csv.schema.field("pu_location_id").type == pa.int64()
+    assert trip_key(from_csv).equals(trip_key(from_parquet))
+
+
+def test_trip_key_tells_apart_rows_that_differ_in_any_column_or_in_nulls():
+    raw = green_rows({}, {"fare_amount": 7.0}, {"fare_amount": 0.0}, {"store_and_fwd_flag": ""}, {"store_and_fwd_flag": "N"})
+    keys = trip_key(to_clean_columns(raw, GREEN)).to_pylist()
+    assert len(set(keys)) == 5
+    assert keys == trip_key(to_clean_columns(raw, GREEN)).to_pylist()
