@@ -6,7 +6,10 @@ Called when the definitions load, never at import time.
 import os
 from collections.abc import Mapping
 
+import dagster as dg
+
 from taxi_platform.io_managers.lake import LakeIOManager
+from taxi_platform.io_managers.postgres import PostgresIOManager
 from taxi_platform.source import RELEASES_URL, TLC_URL, TaxiSource
 
 PROFILES = ("local",)
@@ -24,4 +27,10 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
             source=environ.get("TAXI_SOURCE", "auto"),
         ),
         "lake_io_manager": LakeIOManager(root=os.path.join(data_dir, "lake")),
+        "postgres_io_manager": PostgresIOManager(
+            # No URL: an embedded server under the data root, so nothing needs installing.
+            url=dg.EnvVar("TAXI_POSTGRES_URL") if environ.get("TAXI_POSTGRES_URL") else "",
+            embedded_dir=os.path.abspath(os.path.join(data_dir, "postgres")),
+            db_schema=environ.get("TAXI_POSTGRES_SCHEMA", "taxi"),
+        ),
     }

@@ -42,3 +42,29 @@ def taxi_env(source_server, tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("TAXI_SOURCE", raising=False)
     monkeypatch.delenv("TAXI_PROFILE", raising=False)
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory) -> str:
+    """A real PostgreSQL: TAXI_TEST_POSTGRES_URL (CI: the machine's server), else an embedded one."""
+    url = os.environ.get("TAXI_TEST_POSTGRES_URL")
+    if url:
+        return url
+    import pgserver
+
+    return pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete").get_uri()
+
+
+@pytest.fixture
+def pg_schema(postgres_url, monkeypatch) -> str:
+    """A fresh schema for the test's tables; the local profile is pointed at it."""
+    import uuid
+
+    import psycopg
+
+    schema = f"taxi_test_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("TAXI_POSTGRES_URL", postgres_url)
+    monkeypatch.setenv("TAXI_POSTGRES_SCHEMA", schema)
+    yield schema
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -9,9 +9,15 @@ import pandas as pd
 from taxi_platform.definitions import defs
 
 
-def materialize(*keys: str, partition: str | None = None, months: tuple[str, str] | None = None,
-                run_config: dict | None = None, raise_on_error: bool = True):
+def materialize(*keys: str, **options):
     """Materialize the assets named by `keys` ("raw/green_trips") for one month or a range in one run."""
+    return materialize_with(None, *keys, **options)
+
+
+def materialize_with(instance, *keys: str, partition: str | None = None,
+                     months: tuple[str, str] | None = None, run_config: dict | None = None,
+                     raise_on_error: bool = True):
+    """`materialize` on a given Dagster instance (None: an ephemeral one)."""
     definitions = defs()
     tags = {}
     if months:
@@ -27,6 +33,7 @@ def materialize(*keys: str, partition: str | None = None, months: tuple[str, str
         tags=tags,
         run_config=run_config,
         raise_on_error=raise_on_error,
+        instance=instance,
     )
 
 

@@ -1,0 +1,240 @@
+"""PostgreSQL tables written with COPY, a run's partitions replaced in one transaction.
+
+Generic: it knows asset keys, arrow schemas and partition time windows, nothing of taxis.
+- Table: schema `db_schema` (default `taxi`), table = the asset key's last part, or the definition
+  metadata `postgres/table`. Identifiers are always quoted.
+- Columns and types from the arrow schema (naive timestamps stay `timestamp without time zone`,
+  integers stay integers whatever their nulls).
+- Partitioned assets name their time column in definition metadata `postgres/partition_column`; a run
+  deletes the rows of its time window (one month, or a single-run backfill's range) and COPYs the new
+  ones, in ONE transaction: readers see the old months or the new, never half, never both.
+- Definition metadata `postgres/unique_key` adds a unique index on that column.
+- Schema drift: a column the table lacks is added (stated policy `add`), or with `on_new_column="fail"`
+  the write fails naming the columns; a column whose type changed always fails. Nothing is dropped.
+- Writers of one table are serialized by a transaction-scoped advisory lock.
+"""
+
+import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg import sql
+from pydantic import Field
+
+TABLE = "postgres/table"
+PARTITION_COLUMN = "postgres/partition_column"
+UNIQUE_KEY = "postgres/unique_key"
+
+_PG_TYPES = [
+    (pa.types.is_int64, "bigint"),
+    (pa.types.is_int32, "integer"),
+    (pa.types.is_int16, "smallint"),
+    (pa.types.is_float64, "double precision"),
+    (pa.types.is_float32, "real"),
+    (pa.types.is_boolean, "boolean"),
+    (pa.types.is_date32, "date"),
+    (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "text"),
+    (lambda t: pa.types.is_timestamp(t) and t.tz is None, "timestamp without time zone"),
+    (lambda t: pa.types.is_timestamp(t) and t.tz is not None, "timestamp with time zone"),
+]
+_ARROW_TYPES = {
+    "bigint": pa.int64(),
+    "integer": pa.int32(),
+    "smallint": pa.int16(),
+    "double precision": pa.float64(),
+    "real": pa.float32(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "text": pa.string(),
+    "timestamp without time zone": pa.timestamp("us"),
+    "timestamp with time zone": pa.timestamp("us", tz="UTC"),
+}
+
+
+def pg_type(arrow_type: pa.DataType) -> str:
+    for matches, name in _PG_TYPES:
+        if matches(arrow_type):
+            return name
+    raise TypeError(f"no PostgreSQL type for arrow type {arrow_type}")
+
+
+class PostgresIOManager(dg.ConfigurableIOManager):
+    """Stores pyarrow Tables in PostgreSQL, partition-exact and atomic."""
+
+    url: str = Field(default="", description="postgresql:// URL; empty: the embedded server.")
+    embedded_dir: str = Field(default="", description="Data folder of the embedded server.")
+    db_schema: str = Field(default="taxi", description="Schema of the asset tables.")
+    on_new_column: str = Field(default="add", description="Schema drift policy: add | fail.")
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        table = _one_table(obj)
+        meta = context.definition_metadata
+        name = self.table_name(context.asset_key, meta)
+        target = sql.Identifier(self.db_schema, name)
+        with self.connect() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"{self.db_schema}.{name}"])
+            self._ensure_table(conn, name, table.schema, meta.get(UNIQUE_KEY))
+            if context.has_asset_partitions:
+                start, end = _window(context)
+                column = sql.Identifier(meta[PARTITION_COLUMN])
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE {} >= %s AND {} < %s").format(
+                        target, column, column
+                    ),
+                    [start, end],
+                )
+            else:
+                conn.execute(sql.SQL("DELETE FROM {}").format(target))
+            copy_table(conn, target, table)
+        context.add_output_metadata(
+            {"dagster/table_name": f"{self.db_schema}.{name}", "rows_written": table.num_rows}
+        )
+
+    def load_input(self, context: dg.InputContext):
+        meta = context.upstream_output.definition_metadata
+        target = sql.Identifier(self.db_schema, self.table_name(context.asset_key, meta))
+        with self.connect() as conn:
+            if not context.has_asset_partitions:
+                return read_query(conn, sql.SQL("SELECT * FROM {}").format(target), [])
+            column = sql.Identifier(meta[PARTITION_COLUMN])
+            query = sql.SQL("SELECT * FROM {} WHERE {} >= %s AND {} < %s").format(
+                target, column, column
+            )
+            partitions_def = context.asset_partitions_def
+            tables = {}
+            for key in context.asset_partition_keys:
+                window = partitions_def.time_window_for_partition_key(key)
+                bounds = [window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)]
+                tables[key] = read_query(conn, query, bounds)
+        return tables if len(tables) > 1 else next(iter(tables.values()))
+
+    def table_name(self, asset_key: dg.AssetKey, metadata) -> str:
+        return metadata.get(TABLE) or asset_key.path[-1]
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        with psycopg.connect(self.url or _embedded_url(self.embedded_dir)) as conn:
+            yield conn
+
+    def _ensure_table(self, conn, table_name: str, schema: pa.Schema, unique_key: str | None) -> None:
+        """Create the table, or add the data's new columns to it (the drift policy allowing)."""
+        db_schema, target = self.db_schema, sql.Identifier(self.db_schema, table_name)
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(db_schema)))
+        existing = dict(
+            conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = %s",
+                [db_schema, table_name],
+            ).fetchall()
+        )
+        wanted = {field.name: pg_type(field.type) for field in schema}
+        if not existing:
+            columns = sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type))
+                for name, type in wanted.items()
+            )
+            conn.execute(sql.SQL("CREATE TABLE {} ({})").format(target, columns))
+        else:
+            changed = {n: (existing[n], t) for n, t in wanted.items() if n in existing and existing[n] != t}
+            new = [n for n in wanted if n not in existing]
+            if changed or (new and self.on_new_column != "add"):
+                raise ValueError(
+                    f"{db_schema}.{table_name}: the data's columns differ from the table's: "
+                    + "; ".join(
+                        [f"new columns {new}"] * bool(new)
+                        + [f"changed types (table, data) {changed}"] * bool(changed)
+                    )
+                )
+            for name in new:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        target, sql.Identifier(name), sql.SQL(wanted[name])
+                    )
+                )
+        if unique_key:
+            conn.execute(
+                sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                    sql.Identifier(f"{table_name}_{unique_key}_key"), target, sql.Identifier(unique_key)
+                )
+            )
+
+
+def copy_table(conn: psycopg.Connection, target: sql.Composed, table: pa.Table) -> None:
+    """COPY the table in CSV streamed from arrow; an empty unquoted field is NULL, "" is ''."""
+    columns = sql.SQL(", ").join(map(sql.Identifier, table.column_names))
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, columns)
+    with conn.cursor().copy(statement) as copy:
+        pacsv.write_csv(table, _CopyStream(copy), pacsv.WriteOptions(include_header=False))
+
+
+class _CopyStream:
+    """A write-only file object that feeds a COPY."""
+
+    def __init__(self, copy):
+        self.copy, self.closed = copy, False
+
+    def write(self, data) -> int:
+        self.copy.write(bytes(data))
+        return len(data)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def read_query(conn: psycopg.Connection, query: sql.Composable, params: list) -> pa.Table:
+    """A query's rows as an arrow table typed from the result's PostgreSQL types."""
+    cursor = conn.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(query), params)
+    names = [d.name for d in cursor.description]
+    types = {d.name: _ARROW_TYPES[_type_name(conn, d.type_code)] for d in cursor.description}
+    buffer = io.BytesIO()
+    copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER)").format(
+        sql.SQL(psycopg.ClientCursor(conn).mogrify(query, params))
+    )
+    with conn.cursor().copy(copy_sql) as copy:
+        for block in copy:
+            buffer.write(block)
+    if buffer.tell() == 0:
+        return pa.schema([(n, types[n]) for n in names]).empty_table()
+    buffer.seek(0)
+    return pacsv.read_csv(
+        buffer,
+        convert_options=pacsv.ConvertOptions(
+            column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
+    ).select(names)
+
+
+def _type_name(conn, oid: int) -> str:
+    return conn.execute("SELECT format_type(%s, NULL)", [oid]).fetchone()[0]
+
+
+def _one_table(obj) -> pa.Table:
+    return pa.concat_tables(obj.values()) if isinstance(obj, dict) else obj
+
+
+def _window(context: dg.OutputContext):
+    window = context.asset_partitions_time_window
+    return window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
+
+
+_embedded_lock = threading.Lock()
+
+
+def _embedded_url(folder: str) -> str:
+    """Start (once per process) the embedded PostgreSQL of the local profile, and return its URL."""
+    import pgserver
+
+    if not folder:
+        raise ValueError("no PostgreSQL URL and no folder for the embedded server")
+    with _embedded_lock:
+        Path(folder).parent.mkdir(parents=True, exist_ok=True)
+        return pgserver.get_server(folder, cleanup_mode=None).get_uri()
