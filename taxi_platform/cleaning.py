@@ -4,7 +4,9 @@ A raw row is rejected for the first rule it breaks, in this order:
 1. `pickup_outside_month`: its pickup is missing or not inside the partition's month;
 2. `<column>_not_positive`: for each of the dataset's positive columns (passenger_count and
    trip_distance for yellow and green, the course's rules), the value is missing or not > 0;
-3. `duplicate_row`: an exact copy of an earlier row of the month (the first copy is kept).
+3. `duplicate_row`: an exact copy of an earlier row of the month (the first copy is kept); rows are
+   compared by value, so two different rows whose trip_key collides are both kept (and the
+   trip_key_unique check then fails).
 """
 
 from dataclasses import dataclass
@@ -98,7 +100,7 @@ def clean_month(
         for name in spec.positive_columns
         if name not in relaxed
     ]
-    broken.append((DUPLICATE_ROW, pd.Series(keys.to_numpy()).duplicated().to_numpy()))
+    broken.append((DUPLICATE_ROW, _duplicated(table, keys)))
 
     reason = np.full(table.num_rows, None, dtype=object)
     for name, mask in reversed(broken):  # the first rule broken wins
@@ -112,6 +114,16 @@ def clean_month(
     )
 
 
+def _duplicated(table: pa.Table, keys: pa.Array) -> np.ndarray:
+    """Rows equal in every trip column to an earlier row; only rows sharing a trip_key are compared."""
+    duplicated = np.zeros(table.num_rows, dtype=bool)
+    candidates = np.flatnonzero(pd.Series(keys.to_numpy()).duplicated(keep=False).to_numpy())
+    if len(candidates):
+        trips = table.drop_columns(["trip_key", "pickup_date"]).take(candidates).to_pandas()
+        duplicated[candidates] = trips.duplicated().to_numpy()
+    return duplicated
+
+
 def _in_month(pickup: pa.ChunkedArray, start: datetime, end: datetime) -> np.ndarray:
     inside = pc.and_(
         pc.greater_equal(pickup, pa.scalar(start, pickup.type)),
@@ -122,18 +134,3 @@ def _in_month(pickup: pa.ChunkedArray, start: datetime, end: datetime) -> np.nda
 
 def _positive(values: pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(pc.greater(values, 0), False).to_numpy(zero_copy_only=False)
-
-
-def broken_rules(
-    clean: pa.Table,
-    spec: DatasetSpec,
-    start: datetime,
-    end: datetime,
-    relaxed: frozenset[str] = frozenset(),
-) -> dict[str, int]:
-    """How many clean rows break each row rule that was applied (all zero when cleaning is right)."""
-    counts = {PICKUP_OUTSIDE_MONTH: int((~_in_month(clean[spec.pickup], start, end)).sum())}
-    for name in spec.positive_columns:
-        if name not in relaxed:
-            counts[not_positive(name)] = int((~_positive(clean[name])).sum())
-    return counts

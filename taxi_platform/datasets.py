@@ -12,7 +12,6 @@ import pyarrow as pa
 
 STR, I32, I64, F64 = pa.string(), pa.int32(), pa.int64(), pa.float64()
 TS_S, TS_US = pa.timestamp("s"), pa.timestamp("us")
-LARGE_STR = pa.large_string()
 
 
 @dataclass(frozen=True)
@@ -75,10 +74,8 @@ class DatasetSpec:
 
     @cached_property
     def partitions_def(self) -> dg.MonthlyPartitionsDefinition:
-        # end_offset=0: the last partition is the last complete month, never a month not yet publishable.
-        return dg.MonthlyPartitionsDefinition(
-            start_date=self.first_month, fmt="%Y-%m", end_offset=0
-        )
+        # The last partition is the last complete month, never a month that cannot be published yet.
+        return dg.MonthlyPartitionsDefinition(start_date=self.first_month, fmt="%Y-%m")
 
     def source_schema(self, form: str) -> pa.Schema:
         return pa.schema(
@@ -116,7 +113,7 @@ YELLOW = DatasetSpec(
         col("passenger_count", type=I64),
         col("trip_distance"),
         col("RatecodeID", "ratecode_id", I64),
-        col("store_and_fwd_flag", type=STR, parquet=LARGE_STR),
+        col("store_and_fwd_flag", type=STR),
         col("PULocationID", "pu_location_id", I64, parquet=I32),
         col("DOLocationID", "do_location_id", I64, parquet=I32),
         col("payment_type", type=I64),
@@ -124,7 +121,7 @@ YELLOW = DatasetSpec(
         col("improvement_surcharge"),
         col("total_amount"),
         col("congestion_surcharge"),
-        col("airport_fee", csv=None, optional=True),
+        col("airport_fee", optional=True),
         col("cbd_congestion_fee", csv=None, optional=True),
     ),
     positive_columns=("passenger_count", "trip_distance"),
@@ -135,14 +132,14 @@ YELLOW = DatasetSpec(
 GREEN = DatasetSpec(
     name="green",
     description="Green taxi trips (boro taxis: street hails outside central Manhattan), one row per trip.",
-    first_month="2014-01",
+    first_month="2013-08",
     pickup="lpep_pickup_datetime",
     dropoff="lpep_dropoff_datetime",
     columns=(
         col("VendorID", "vendor_id", I64, parquet=I32),
         col("lpep_pickup_datetime", type=TS_US, csv=TS_S),
         col("lpep_dropoff_datetime", type=TS_US, csv=TS_S),
-        col("store_and_fwd_flag", type=STR, parquet=LARGE_STR),
+        col("store_and_fwd_flag", type=STR),
         col("RatecodeID", "ratecode_id", I64),
         col("PULocationID", "pu_location_id", I64, parquet=I32),
         col("DOLocationID", "do_location_id", I64, parquet=I32),
@@ -168,13 +165,13 @@ FHV = DatasetSpec(
     pickup="pickup_datetime",
     dropoff="dropoff_datetime",
     columns=(
-        col("dispatching_base_num", type=STR, parquet=LARGE_STR),
+        col("dispatching_base_num", type=STR),
         col("pickup_datetime", type=TS_US, csv=TS_S),
         col("dropOff_datetime", "dropoff_datetime", TS_US, csv=TS_S),
         col("PUlocationID", "pu_location_id", I64, parquet=F64),
         col("DOlocationID", "do_location_id", I64, parquet=F64),
         col("SR_Flag", "sr_flag", I64, parquet=F64),
-        col("Affiliated_base_number", "affiliated_base_number", STR, parquet=LARGE_STR, optional=True),
+        col("Affiliated_base_number", "affiliated_base_number", STR, optional=True),
     ),
     releases=MonthRange("2019-01", "2021-07"),
 )
@@ -186,9 +183,9 @@ FHVHV = DatasetSpec(
     pickup="pickup_datetime",
     dropoff="dropoff_datetime",
     columns=(
-        col("hvfhs_license_num", type=STR, parquet=LARGE_STR),
-        col("dispatching_base_num", type=STR, parquet=LARGE_STR),
-        col("originating_base_num", type=STR, csv=None, parquet=LARGE_STR),
+        col("hvfhs_license_num", type=STR),
+        col("dispatching_base_num", type=STR),
+        col("originating_base_num", type=STR, csv=None),
         col("request_datetime", type=TS_US, csv=None),
         col("on_scene_datetime", type=TS_US, csv=None),
         col("pickup_datetime", type=TS_US, csv=TS_S),
@@ -207,7 +204,7 @@ FHVHV = DatasetSpec(
         col("tips", csv=None),
         col("driver_pay", csv=None),
         *(
-            col(flag, type=STR, csv=None, parquet=LARGE_STR)
+            col(flag, type=STR, csv=None)
             for flag in (
                 "shared_request_flag",
                 "shared_match_flag",

@@ -6,6 +6,7 @@ from taxi_platform.assets.clean import build_clean_assets
 from taxi_platform.assets.postgres import build_postgres_asset, postgres_taxi_zones
 from taxi_platform.assets.raw import build_raw_asset
 from taxi_platform.assets.reference import taxi_zones
+from taxi_platform.checks import build_clean_checks
 from taxi_platform.datasets import DATASETS
 from taxi_platform.profiles import resources_for
 
@@ -19,4 +20,8 @@ def build_assets() -> list[dg.AssetsDefinition]:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(assets=build_assets(), resources=resources_for())
+    return dg.Definitions(
+        assets=build_assets(),
+        asset_checks=[build_clean_checks(spec) for spec in DATASETS.values()],
+        resources=resources_for(),
+    )

@@ -19,7 +19,7 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
     profile = environ.get("TAXI_PROFILE", "local")
     if profile not in PROFILES:
         raise ValueError(f"TAXI_PROFILE must be one of {PROFILES}, not {profile!r}")
-    data_dir = environ.get("TAXI_DATA_DIR", "data")
+    data_dir = os.path.abspath(environ.get("TAXI_DATA_DIR", "data"))
     return {
         "taxi_source": TaxiSource(
             releases_url=environ.get("TAXI_RELEASES_URL", RELEASES_URL),
@@ -30,7 +30,7 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
         "postgres_io_manager": PostgresIOManager(
             # No URL: an embedded server under the data root, so nothing needs installing.
             url=dg.EnvVar("TAXI_POSTGRES_URL") if environ.get("TAXI_POSTGRES_URL") else "",
-            embedded_dir=os.path.abspath(os.path.join(data_dir, "postgres")),
+            embedded_dir=os.path.join(data_dir, "postgres"),
             db_schema=environ.get("TAXI_POSTGRES_SCHEMA", "taxi"),
         ),
     }

@@ -5,6 +5,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import requests
@@ -14,7 +15,6 @@ from taxi_platform.datasets import DatasetSpec
 
 RELEASES_URL = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
 TLC_URL = "https://d37ci6vzurychx.cloudfront.net"
-SOURCE_KINDS = ("releases", "tlc")
 # First bytes each form must start with: a gzip stream, a parquet file.
 MAGIC = {"csv": b"\x1f\x8b", "parquet": b"PAR1"}
 
@@ -24,7 +24,11 @@ class SourceError(Exception):
 
 
 class MonthNotPublished(SourceError):
-    """The source answered 404: the month's file is not (yet) published there."""
+    """The source answered 404 (or 403, as CloudFront does for a missing object): not published."""
+
+
+class SourceUnavailable(SourceError):
+    """Connection errors or 5xx persisted through every try; worth trying again later."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class TaxiSource(dg.ConfigurableResource):
 
     releases_url: str = Field(default=RELEASES_URL, description="Base of the course's releases.")
     tlc_url: str = Field(default=TLC_URL, description="Base of the TLC's trip-data and misc files.")
-    source: str = Field(
+    source: Literal["auto", "releases", "tlc"] = Field(
         default="auto",
         description="auto: the releases for the months they hold, the TLC otherwise; or releases|tlc.",
     )
@@ -72,8 +76,6 @@ class TaxiSource(dg.ConfigurableResource):
 
     def locate(self, spec: DatasetSpec, month: str) -> SourceFile:
         """The one place that decides which source serves a month."""
-        if self.source not in ("auto", *SOURCE_KINDS):
-            raise ValueError(f"TAXI_SOURCE must be auto, releases or tlc, not {self.source!r}")
         kind = self.source
         if kind == "auto":
             kind = "releases" if spec.releases and month in spec.releases else "tlc"
@@ -106,8 +108,10 @@ class TaxiSource(dg.ConfigurableResource):
         except (requests.ConnectionError, requests.Timeout) as error:
             raise _Retryable(error) from error
         with response:
-            if response.status_code == 404:
-                raise MonthNotPublished(f"{label} is not published: {url} answered 404")
+            if response.status_code in (403, 404):
+                raise MonthNotPublished(
+                    f"{label} is not published: {url} answered {response.status_code}"
+                )
             if response.status_code >= 500 or response.status_code == 429:
                 raise _Retryable(f"HTTP {response.status_code}")
             if response.status_code != 200:

@@ -7,12 +7,16 @@ import pytest
 from taxi_platform_tests.source_server import SourceServer
 
 
+TEAM_SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nyc-tlc"
+
+
 @pytest.fixture(scope="session")
 def sample_data() -> Path:
-    folder = os.environ.get("TAXI_SAMPLE_DATA")
-    if not folder or not Path(folder, "MANIFEST.tsv").is_file():
-        pytest.skip("TAXI_SAMPLE_DATA does not name the real TLC sample files (../shared/data/nyc-tlc)")
-    return Path(folder)
+    """The real TLC files: TAXI_SAMPLE_DATA, else the team's ../shared copy beside the project."""
+    folder = Path(os.environ.get("TAXI_SAMPLE_DATA") or TEAM_SAMPLE_DATA)
+    if not (folder / "MANIFEST.tsv").is_file():
+        pytest.skip(f"no real TLC sample files at {folder}: set TAXI_SAMPLE_DATA")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ def materialize_with(instance, *keys: str, partition: str | None = None,
             "dagster/asset_partition_range_end": months[1],
         }
     return dg.materialize(
-        definitions.assets,
+        [*definitions.assets, *definitions.asset_checks],
         selection=dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in keys)),
         resources=definitions.resources,
         partition_key=partition,

@@ -5,8 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
+import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
+
+from taxi_platform.datasets import DATASETS
+from taxi_platform.definitions import defs
 
 from taxi_platform_tests.helpers import (
     course_counts,
@@ -158,3 +162,37 @@ def test_definitions_validate(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     done = dagster_cli("definitions", "validate", "-m", "taxi_platform.definitions", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def run_clean_checks(month: str) -> dict[str, bool]:
+    """Run only the checks of clean/green_trips for a month, as the UI's "Execute checks" does."""
+    definitions = defs()
+    job = dg.define_asset_job(
+        "green_checks",
+        selection=dg.AssetSelection.checks_for_assets(dg.AssetKey(["clean", "green_trips"])),
+        partitions_def=DATASETS["green"].partitions_def,
+    )
+    definitions = dg.Definitions.merge(definitions, dg.Definitions(jobs=[job]))
+    result = definitions.resolve_job_def("green_checks").execute_in_process(
+        tags={"dagster/partition": month}, raise_on_error=False
+    )
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations() if e.partition == month}
+
+
+def test_the_checks_judge_what_is_stored(taxi_env):
+    materialize(*green_trip_keys(), partition="2020-10")
+    assert run_clean_checks("2020-10") == dict.fromkeys(CLEAN_CHECKS, True)
+
+    day = taxi_env / "lake/clean/green_trips/pickup_date=2020-10-05/2020-10.parquet"
+    stored = pq.read_table(day)
+    bad_row = stored.slice(0, 1).set_column(
+        stored.schema.get_field_index("passenger_count"), "passenger_count", pa.array([0], pa.int64())
+    )
+    pq.write_table(pa.concat_tables([stored, stored.slice(0, 1), bad_row]), day)
+    assert run_clean_checks("2020-10") == {
+        "rows_balance": False, "rules_hold": False, "trip_key_unique": False,
+        "pickups_in_month": True, "schema_as_declared": True,
+    }
+    for day in day.parent.parent.glob("pickup_date=2020-10-*/2020-10.parquet"):
+        pq.write_table(pq.read_table(day).drop_columns(["tip_amount"]), day)
+    assert run_clean_checks("2020-10")["schema_as_declared"] is False

@@ -32,8 +32,8 @@ def test_auto_takes_the_releases_for_their_months_and_the_tlc_for_the_rest():
 def test_taxi_source_forces_one_source():
     assert TaxiSource(source="tlc").locate(GREEN, "2020-10").form == "parquet"
     assert TaxiSource(source="releases").locate(GREEN, "2024-01").form == "csv"
-    with pytest.raises(ValueError, match="auto, releases or tlc"):
-        TaxiSource(source="s3").locate(GREEN, "2020-10")
+    with pytest.raises(ValueError, match="'auto', 'releases' or 'tlc'"):
+        TaxiSource(source="s3")
 
 
 def test_download_streams_the_file_and_records_its_identity(source_server, manifest, tmp_path):

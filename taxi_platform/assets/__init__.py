@@ -5,7 +5,7 @@ from contextlib import contextmanager
 import dagster as dg
 
 from taxi_platform.reading import UnreadableFile
-from taxi_platform.source import MonthNotPublished
+from taxi_platform.source import SourceError, SourceUnavailable
 
 
 def by_month(context: dg.AssetExecutionContext, value) -> dict:
@@ -15,9 +15,12 @@ def by_month(context: dg.AssetExecutionContext, value) -> dict:
 
 @contextmanager
 def permanent_errors_not_retried():
-    """Fail the step without the retry policy when retrying cannot help: a month not published,
-    or a file that cannot be read as declared. Transport errors are retried by the download."""
+    """Fail the step without the retry policy when retrying cannot help: a month not published, an
+    HTML page or a file that cannot be read as declared. A source still unavailable after the
+    download's own tries is left to the step's retry policy."""
     try:
         yield
-    except (MonthNotPublished, UnreadableFile) as error:
+    except SourceUnavailable:
+        raise
+    except (SourceError, UnreadableFile) as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error

@@ -5,7 +5,9 @@ Layout under `root`, from the asset key (`clean/green_trips` -> `clean/green_tri
 - partitioned: `<key>/<partition>.parquet`;
 - partitioned, with definition metadata `{"lake/partition_column": "pickup_date"}` (a date column):
   hive directories `<key>/pickup_date=2020-10-01/<partition>.parquet`, every value inside the
-  partition's time window. The column is kept in the directory name, not in the files.
+  partition's time window. The column is kept in the directory name, not in the files, and comes
+  back as the last column. A partition without rows is stored as one empty file in the directory of
+  its window's first day, so it loads back as an empty table, not as "not materialized".
 
 Writing a partition replaces exactly its files: each is written under a temporary name and renamed,
 then files of the partition that the new data no longer has are removed. A run over a range of
@@ -95,6 +97,8 @@ def _write_hive(fs, path: str, key: str, table: pa.Table, column: str, window) -
             f"{outside[:5]}"
         )
     data = table.drop_columns([column])
+    if not counts:
+        counts = [{"values": start, "counts": 0}]
     offset, written = 0, set()
     for c in counts:
         directory = f"{path}/{column}={c['values'].isoformat()}"
@@ -118,7 +122,7 @@ def _read_hive(fs, path: str, key: str, column: str, window) -> pa.Table:
     for directory in directories:
         table = _read(fs, f"{directory}/{key}.parquet")
         value = date.fromisoformat(directory.rsplit("=", 1)[1])
-        constant = pc.fill_null(pa.nulls(table.num_rows, pa.date32()), pa.scalar(value, pa.date32()))
+        constant = pa.repeat(pa.scalar(value, pa.date32()), table.num_rows)
         tables.append(table.append_column(column, constant))
     return pa.concat_tables(tables)
 
