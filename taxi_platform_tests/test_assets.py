@@ -3,9 +3,11 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -98,10 +100,21 @@ def test_the_rules_can_be_relaxed_by_run_config(taxi_env, sample_data):
     config = {"ops": {"clean_green_trips": {"config": {"relax_positive": ["passenger_count"]}}}}
     result = materialize(*green_trip_keys(), partition="2020-10", run_config=config)
     clean = materializations(result)[("clean/green_trips", "2020-10")]
+    df = pd.read_csv(sample_data / "releases/green/green_tripdata_2020-10.csv.gz", low_memory=False)
+    pickup = pd.to_datetime(df["lpep_pickup_datetime"])
+    kept = df[(pickup >= "2020-10-01") & (pickup < "2020-11-01") & (df["trip_distance"] > 0)]
     assert clean["rejected_passenger_count_not_positive"] == 0
-    assert clean["dagster/row_count"] > course_counts(
-        sample_data / "releases/green/green_tripdata_2020-10.csv.gz", "2020-10"
-    )["clean"]
+    assert clean["dagster/row_count"] == len(kept.drop_duplicates())
+    assert clean["relaxed_rules"] == "passenger_count"
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+
+
+def test_a_month_not_published_fails_at_once_naming_the_month(taxi_env):
+    started = time.monotonic()
+    result = materialize(*green_trip_keys(), partition="2019-03", raise_on_error=False)
+    assert not result.success
+    assert "green 2019-03 is not published" in failure_message(result)
+    assert time.monotonic() - started < 20  # no step retries after a 404
 
 
 def test_schema_drift_fails_with_file_month_and_columns_and_keeps_what_is_stored(taxi_env, overlay):
@@ -151,11 +164,12 @@ def test_the_dagster_cli_materializes_a_month(taxi_env, tmp_path):
     (tmp_path / "home").mkdir()
     done = dagster_cli(
         "asset", "materialize", "-m", "taxi_platform.definitions",
-        "--select", ",".join(green_trip_keys()), "--partition", "2020-11", env=env,
+        "--select", ",".join(green_trip_keys()), "--partition", "2020-10", env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert lake_files(taxi_env, "raw/green_trips") == {"2020-11.parquet": 88605}
-    assert "pickup_date=2020-11-30/2020-11.parquet" in lake_files(taxi_env, "clean/green_trips")
+    assert lake_files(taxi_env, "raw/green_trips") == {"2020-10.parquet": 95120}
+    assert sum(lake_files(taxi_env, "clean/green_trips").values()) == 49262
+    assert lake_files(taxi_env, "clean/green_trips_rejected") == {"2020-10.parquet": 95120 - 49262}
 
 
 def test_definitions_validate(tmp_path):

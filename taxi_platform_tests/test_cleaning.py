@@ -10,6 +10,7 @@ from taxi_platform.datasets import DATASETS
 
 GREEN = DATASETS["green"]
 OCT, NOV = datetime(2020, 10, 1), datetime(2020, 11, 1)
+PINNED_KEY = -1973929671006101875
 
 
 def green_rows(*rows: dict) -> pa.Table:
@@ -84,3 +85,9 @@ def test_trip_key_tells_apart_rows_that_differ_in_any_column_or_in_nulls():
     keys = trip_key(to_clean_columns(raw, GREEN)).to_pylist()
     assert len(set(keys)) == 5
     assert keys == trip_key(to_clean_columns(raw, GREEN)).to_pylist()
+
+
+def test_trip_key_values_are_pinned():
+    """The Postgres and warehouse unique keys depend on trip_key staying the same across versions."""
+    raw = green_rows({"VendorID": 2, "PULocationID": 7, "DOLocationID": 7, "fare_amount": 5.0})
+    assert trip_key(to_clean_columns(raw, GREEN)).to_pylist() == [PINNED_KEY]

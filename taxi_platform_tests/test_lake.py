@@ -1,0 +1,73 @@
+"""The lake IO manager on its own: partition-exact replacement in a real folder."""
+
+from datetime import date
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+
+from taxi_platform.io_managers.lake import PARTITION_COLUMN, LakeIOManager
+
+MONTHS = dg.MonthlyPartitionsDefinition(start_date="2020-01", fmt="%Y-%m")
+BY_DAY = {PARTITION_COLUMN: "day"}
+KEY = dg.AssetKey(["clean", "trips"])
+
+
+def days(*days: date) -> pa.Table:
+    return pa.table({"n": pa.array(range(len(days)), pa.int64()), "day": pa.array(days, pa.date32())})
+
+
+def write(lake, obj, partition=None, key_range=None):
+    context = dg.build_output_context(asset_key=KEY, partition_key=partition, asset_partitions_def=MONTHS,
+                                      asset_partition_key_range=key_range, definition_metadata=BY_DAY)
+    lake.handle_output(context, obj)
+
+
+def read(lake, partition=None, key_range=None):
+    upstream = dg.build_output_context(asset_key=KEY, definition_metadata=BY_DAY)
+    context = dg.build_input_context(asset_key=KEY, partition_key=partition, asset_partitions_def=MONTHS,
+                                     asset_partition_key_range=key_range, upstream_output=upstream)
+    return lake.load_input(context)
+
+
+def stored_days(root) -> list[str]:
+    return sorted(str(p.relative_to(root / "clean/trips")) for p in (root / "clean/trips").rglob("*") if p.is_file())
+
+
+def test_a_month_rewritten_without_a_day_loses_that_day_only(tmp_path):
+    lake = LakeIOManager(root=str(tmp_path))
+    write(lake, days(date(2020, 3, 1), date(2020, 3, 2), date(2020, 3, 31)), "2020-03")
+    write(lake, days(date(2020, 4, 1)), "2020-04")
+    write(lake, days(date(2020, 3, 2), date(2020, 3, 2)), "2020-03")
+    assert stored_days(tmp_path) == ["day=2020-03-02/2020-03.parquet", "day=2020-04-01/2020-04.parquet"]
+    assert read(lake, "2020-03").to_pydict() == {"n": [0, 1], "day": [date(2020, 3, 2)] * 2}
+
+
+def test_an_empty_month_loads_back_empty(tmp_path):
+    lake = LakeIOManager(root=str(tmp_path))
+    write(lake, days(date(2020, 3, 5)), "2020-03")
+    write(lake, days(), "2020-03")
+    loaded = read(lake, "2020-03")
+    assert loaded.num_rows == 0 and loaded.column_names == ["n", "day"]
+
+
+def test_rows_outside_the_partition_are_refused_and_nothing_is_written(tmp_path):
+    lake = LakeIOManager(root=str(tmp_path))
+    with pytest.raises(ValueError, match=r"partition 2020-03 holds rows with day outside \[2020-03-01, 2020-04-01\)"):
+        write(lake, days(date(2020, 3, 5), date(2020, 4, 1)), "2020-03")
+    assert not (tmp_path / "clean").exists()
+
+
+def test_a_range_is_written_and_loaded_as_a_dict_of_months(tmp_path):
+    lake = LakeIOManager(root=str(tmp_path))
+    months = dg.PartitionKeyRange("2020-03", "2020-04")
+    tables = {"2020-03": days(date(2020, 3, 9)), "2020-04": days(date(2020, 4, 9), date(2020, 4, 10))}
+    write(lake, tables, key_range=months)
+    assert {m: t.num_rows for m, t in read(lake, key_range=months).items()} == {"2020-03": 1, "2020-04": 2}
+    with pytest.raises(ValueError, match=r"must output a dict with exactly those keys, got \['2020-03'\]"):
+        write(lake, {"2020-03": tables["2020-03"]}, key_range=months)
+
+
+def test_a_month_never_written_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no files for partition 2020-05; is it materialized"):
+        read(LakeIOManager(root=str(tmp_path)), "2020-05")
