@@ -1,0 +1,54 @@
+"""warehouse/<dataset>_trips and warehouse/taxi_zones: the clean months in DuckDB or BigQuery."""
+
+import dagster as dg
+import pyarrow as pa
+
+from taxi_platform.assets import by_month
+from taxi_platform.datasets import DatasetSpec
+from taxi_platform.io_managers.warehouse import CLUSTER_BY, PARTITION_COLUMN
+from taxi_platform.metadata import CLEAN_DESCRIPTIONS, column_schema
+
+COMMON = dict(
+    group_name="warehouse",
+    io_manager_key="warehouse_io_manager",
+    kinds={"duckdb", "bigquery"},
+    owners=["team:data-platform"],
+    code_version="1",
+    pool="warehouse_loads",
+)
+
+
+def build_warehouse_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["warehouse", spec.table],
+        ins={"clean": dg.AssetIn(key=["clean", spec.table])},
+        description=f"The clean {spec.name} trips in the warehouse (DuckDB locally, BigQuery on GCP): "
+        "partitioned by pickup_date, clustered by pickup and dropoff zone. Replacing a month is atomic.",
+        partitions_def=spec.partitions_def,
+        backfill_policy=dg.BackfillPolicy.multi_run(spec.months_per_run),
+        metadata={
+            PARTITION_COLUMN: "pickup_date",
+            CLUSTER_BY: ["pu_location_id", "do_location_id"],
+            "dagster/column_schema": column_schema(spec.clean_schema, CLEAN_DESCRIPTIONS),
+        },
+        tags={"dataset": spec.name},
+        **COMMON,
+    )
+    def warehouse_trips(context: dg.AssetExecutionContext, clean) -> dict:
+        months = by_month(context, clean)
+        for month, table in months.items():
+            context.add_asset_metadata({"dagster/row_count": table.num_rows}, partition_key=month)
+        return months
+
+    return warehouse_trips
+
+
+@dg.asset(
+    key=["warehouse", "taxi_zones"],
+    ins={"zones": dg.AssetIn(key=["reference", "taxi_zones"])},
+    description="The taxi zones in the warehouse, for joins in the marts.",
+    **COMMON,
+)
+def warehouse_taxi_zones(context: dg.AssetExecutionContext, zones: pa.Table) -> pa.Table:
+    context.add_output_metadata({"dagster/row_count": zones.num_rows})
+    return zones

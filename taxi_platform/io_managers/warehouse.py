@@ -1,0 +1,274 @@
+"""The warehouse: DuckDB locally, BigQuery on GCP, one contract.
+
+Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
+- Table: dataset/schema `dataset` (default `taxi`), table = the asset key's last part.
+- Definition metadata `warehouse/partition_column` (a DATE column) makes the table partitioned by it
+  (BigQuery: a native day-partitioned table); `warehouse/cluster_by` lists clustering columns
+  (BigQuery: clustering; DuckDB: rows are inserted in that order, which DuckDB's zone maps use).
+- Column names are kept as they are. Naive timestamps (New York local time in the TLC data) are
+  stored as DATETIME (DuckDB: TIMESTAMP without time zone), and their column description says so.
+- Replacing a partition, or a single-run backfill's range, is atomic: DuckDB deletes and inserts in
+  one transaction; BigQuery loads a staging table, then one MERGE deletes the window's rows and
+  inserts the staged ones.
+- Schema drift: new columns are added; a changed type fails, naming the columns.
+"""
+
+import re
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster_gcp import BigQueryResource
+from pydantic import Field
+
+PARTITION_COLUMN = "warehouse/partition_column"
+CLUSTER_BY = "warehouse/cluster_by"
+DATETIME_NOTE = "New York local time, stored as DATETIME (no time zone)."
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Window:
+    """The rows of a partition (or a range of them): partition_column in [start, end)."""
+
+    def __init__(self, column: str, start: datetime, end: datetime):
+        self.column, self.start, self.end = column, start.date(), end.date()
+
+
+class WarehouseIOManager(dg.ConfigurableIOManager):
+    """The contract both back ends keep; subclasses implement `_replace` and `_read`."""
+
+    dataset: str = Field(default="taxi", description="Dataset (BigQuery) or schema (DuckDB).")
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        table = pa.concat_tables(obj.values()) if isinstance(obj, dict) else obj
+        meta = context.definition_metadata
+        name = _checked_name(context.asset_key.path[-1])
+        window = None
+        if context.has_asset_partitions:
+            time_window = context.asset_partitions_time_window
+            window = Window(meta[PARTITION_COLUMN], time_window.start, time_window.end)
+        descriptions = _descriptions(table.schema, meta)
+        self._replace(name, table, window, list(meta.get(CLUSTER_BY) or []), descriptions)
+        context.add_output_metadata(
+            {"dagster/table_name": self.table_id(name), "rows_written": table.num_rows,
+             **self._table_links(name)}
+        )
+
+    def load_input(self, context: dg.InputContext):
+        meta = context.upstream_output.definition_metadata
+        name = _checked_name(context.asset_key.path[-1])
+        if not context.has_asset_partitions:
+            return self._read(name, None)
+        partitions_def = context.asset_partitions_def
+        tables = {}
+        for key in context.asset_partition_keys:
+            span = partitions_def.time_window_for_partition_key(key)
+            tables[key] = self._read(name, Window(meta[PARTITION_COLUMN], span.start, span.end))
+        return tables if len(tables) > 1 else next(iter(tables.values()))
+
+    def table_id(self, name: str) -> str:
+        return f"{self.dataset}.{name}"
+
+    def _table_links(self, name: str) -> dict:
+        return {}
+
+    def _replace(self, name, table, window, cluster_by, descriptions) -> None:
+        raise NotImplementedError
+
+    def _read(self, name: str, window: Window | None) -> pa.Table:
+        raise NotImplementedError
+
+
+class DuckDBWarehouse(WarehouseIOManager):
+    """The local warehouse: an embedded DuckDB file."""
+
+    path: str = Field(description="The DuckDB database file.")
+    lock_timeout_seconds: float = 120.0
+
+    def _replace(self, name, table, window, cluster_by, descriptions) -> None:
+        target = f"{_quote(self.dataset)}.{_quote(name)}"
+        order = f" ORDER BY {', '.join(map(_quote, cluster_by))}" if cluster_by else ""
+        with self._connect() as con:
+            con.register("incoming", table)
+            con.begin()
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.dataset)}")
+            con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM incoming LIMIT 0")
+            existing = dict(con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = ? AND table_name = ?", [self.dataset, name]).fetchall())
+            wanted = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE incoming)").fetchall())
+            _check_drift(self.table_id(name), existing, wanted)
+            for column in wanted.keys() - existing.keys():
+                con.execute(f"ALTER TABLE {target} ADD COLUMN {_quote(column)} {wanted[column]}")
+            if window:
+                con.execute(f"DELETE FROM {target} WHERE {_quote(window.column)} >= ? AND "
+                            f"{_quote(window.column)} < ?", [window.start, window.end])
+            else:
+                con.execute(f"DELETE FROM {target}")
+            con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM incoming{order}")
+            for column, text in descriptions.items():
+                literal = "'" + text.replace("'", "''") + "'"
+                con.execute(f"COMMENT ON COLUMN {target}.{_quote(column)} IS {literal}")
+            con.commit()
+
+    def _read(self, name: str, window: Window | None) -> pa.Table:
+        target = f"{_quote(self.dataset)}.{_quote(name)}"
+        with self._connect() as con:
+            if window is None:
+                return con.execute(f"SELECT * FROM {target}").fetch_arrow_table()
+            column = _quote(window.column)
+            return con.execute(f"SELECT * FROM {target} WHERE {column} >= ? AND {column} < ?",
+                               [window.start, window.end]).fetch_arrow_table()
+
+    @contextmanager
+    def _connect(self):
+        """One writer at a time may hold the file; others wait for it (the warehouse pool helps)."""
+        import duckdb
+
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_seconds
+        while True:
+            try:
+                con = duckdb.connect(self.path)
+                break
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+class BigQueryWarehouse(WarehouseIOManager):
+    """The GCP warehouse: native partitioned, clustered BigQuery tables."""
+
+    bigquery: BigQueryResource
+
+    def table_id(self, name: str) -> str:
+        return f"{self.bigquery.project}.{_checked_name(self.dataset)}.{name}"
+
+    def _table_links(self, name: str) -> dict:
+        url = (f"https://console.cloud.google.com/bigquery?project={self.bigquery.project}"
+               f"&ws=!1m5!1m4!4m3!1s{self.bigquery.project}!2s{self.dataset}!3s{name}")
+        return {"console_url": dg.MetadataValue.url(url)}
+
+    def _replace(self, name, table, window, cluster_by, descriptions) -> None:
+        from google.cloud import bigquery
+
+        schema = [bigquery.SchemaField(f.name, _bq_type(f.type), description=descriptions.get(f.name))
+                  for f in table.schema]
+        with self.bigquery.get_client() as client:
+            dataset = bigquery.Dataset(f"{self.bigquery.project}.{self.dataset}")
+            dataset.location = self.bigquery.location
+            client.create_dataset(dataset, exists_ok=True)
+            target = self._ensure_table(client, name, schema, window, cluster_by)
+            staging_id = f"{self.bigquery.project}.{self.dataset}._staging_{name}_{uuid.uuid4().hex[:12]}"
+            try:
+                self._load(client, staging_id, table, schema)
+                columns = ", ".join(f"`{f.name}`" for f in table.schema)
+                bounds = ""
+                if window:
+                    bounds = (f" AND T.`{window.column}` >= DATE '{window.start}'"
+                              f" AND T.`{window.column}` < DATE '{window.end}'")
+                client.query(
+                    f"MERGE `{target}` T USING `{staging_id}` S ON FALSE"
+                    f" WHEN NOT MATCHED BY SOURCE{bounds} THEN DELETE"
+                    f" WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({columns})"
+                ).result()
+            finally:
+                client.delete_table(staging_id, not_found_ok=True)
+
+    def _ensure_table(self, client, name, schema, window, cluster_by) -> str:
+        from google.api_core.exceptions import NotFound
+        from google.cloud import bigquery
+
+        table_id = self.table_id(name)
+        try:
+            existing = client.get_table(table_id)
+        except NotFound:
+            table = bigquery.Table(table_id, schema=schema)
+            if window:
+                table.time_partitioning = bigquery.TimePartitioning(field=window.column)
+            table.clustering_fields = cluster_by or None
+            client.create_table(table)
+            return table_id
+        _check_drift(table_id, {f.name: f.field_type for f in existing.schema},
+                     {f.name: f.field_type for f in schema})
+        new = [f for f in schema if f.name not in {e.name for e in existing.schema}]
+        if new:
+            existing.schema = [*existing.schema, *new]
+            client.update_table(existing, ["schema"])
+        return table_id
+
+    def _load(self, client, staging_id: str, table: pa.Table, schema) -> None:
+        import io
+
+        from google.cloud import bigquery
+
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        buffer.seek(0)
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.PARQUET, schema=schema,
+            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+        )
+        client.load_table_from_file(buffer, staging_id, job_config=config).result()
+
+    def _read(self, name: str, window: Window | None) -> pa.Table:
+        from google.cloud import bigquery
+
+        query, params = f"SELECT * FROM `{self.table_id(name)}`", []
+        if window:
+            query += f" WHERE `{window.column}` >= @start AND `{window.column}` < @end"
+            params = [bigquery.ScalarQueryParameter("start", "DATE", window.start),
+                      bigquery.ScalarQueryParameter("end", "DATE", window.end)]
+        with self.bigquery.get_client() as client:
+            job = client.query(query, job_config=bigquery.QueryJobConfig(query_parameters=params))
+            return job.result().to_arrow(create_bqstorage_client=False)
+
+
+def _bq_type(arrow_type: pa.DataType) -> str:
+    for matches, name in [
+        (pa.types.is_integer, "INT64"), (pa.types.is_floating, "FLOAT64"),
+        (pa.types.is_boolean, "BOOL"), (pa.types.is_date32, "DATE"),
+        (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "STRING"),
+        (lambda t: pa.types.is_timestamp(t) and t.tz is None, "DATETIME"),
+        (pa.types.is_timestamp, "TIMESTAMP"),
+    ]:
+        if matches(arrow_type):
+            return name
+    raise TypeError(f"no BigQuery type for arrow type {arrow_type}")
+
+
+def _descriptions(schema: pa.Schema, meta) -> dict[str, str]:
+    """Column descriptions from the asset's column schema; naive timestamps say they are DATETIME."""
+    described = meta.get("dagster/column_schema")
+    described = getattr(described, "schema", described)  # a TableSchemaMetadataValue or a TableSchema
+    texts = {c.name: c.description for c in described.columns if c.description} if described else {}
+    for field in schema:
+        if pa.types.is_timestamp(field.type) and field.type.tz is None:
+            texts[field.name] = " ".join(filter(None, [texts.get(field.name), DATETIME_NOTE]))
+    return texts
+
+
+def _check_drift(table_id: str, existing: dict, wanted: dict) -> None:
+    changed = {n: (existing[n], t) for n, t in wanted.items() if n in existing and existing[n] != t}
+    if changed:
+        raise ValueError(f"{table_id}: column types changed (table, data): {changed}")
+
+
+def _checked_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"{name!r} is not a valid warehouse table name")
+    return name
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
