@@ -9,15 +9,24 @@ Layout under `root`, from the asset key (`clean/green_trips` -> `clean/green_tri
   back as the last column. A partition without rows is stored as one empty file in the directory of
   its window's first day, so it loads back as an empty table, not as "not materialized".
 
-Writing a partition replaces exactly its files: each is written under a temporary name and renamed,
-then files of the partition that the new data no longer has are removed. A run over a range of
+Writing a partition replaces exactly its files: each is written whole (see `_write_atomic`), then
+files of the partition that the new data no longer has are removed. A run over a range of
 partitions (a single-run backfill) takes and gives a dict of partition key -> table.
+
+One code path for a folder and a bucket, through `pyarrow.fs`. In a bucket (`gs://bucket/prefix`) a
+"directory" is only a prefix of object names: the lake creates no directory marker objects and finds
+the hive directories from the paths of the files (pyarrow's non-recursive listing of a bucket reports
+only marker objects, not prefixes). Credentials are Application Default Credentials; when
+STORAGE_EMULATOR_HOST names a Cloud Storage emulator (the convention of Google's client libraries,
+which pyarrow does not read), the bucket is reached there, without credentials.
 """
 
+import os
 import posixpath
 import uuid
 from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 import pyarrow as pa
@@ -68,11 +77,20 @@ class LakeIOManager(dg.ConfigurableIOManager):
         return tables if len(tables) > 1 else next(iter(tables.values()))
 
     def _asset_path(self, asset_key: dg.AssetKey) -> tuple[pafs.FileSystem, str]:
-        if "://" in self.root:
-            fs, base = pafs.FileSystem.from_uri(self.root)
-        else:
-            fs, base = pafs.LocalFileSystem(), Path(self.root).resolve().as_posix()
+        fs, base = filesystem(self.root)
         return fs, posixpath.join(base.rstrip("/"), *asset_key.path)
+
+
+def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of a local folder or a URI, and the path of `root` in it."""
+    if "://" not in root:
+        return pafs.LocalFileSystem(), Path(root).resolve().as_posix()
+    fs, base = pafs.FileSystem.from_uri(root)
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if fs.type_name == "gcs" and emulator:
+        url = urlsplit(emulator if "://" in emulator else f"http://{emulator}")
+        fs = pafs.GcsFileSystem(anonymous=True, scheme=url.scheme, endpoint_override=url.netloc)
+    return fs, base
 
 
 def _by_partition(context: dg.OutputContext, obj) -> dict[str, pa.Table]:
@@ -101,48 +119,77 @@ def _write_hive(fs, path: str, key: str, table: pa.Table, column: str, window) -
         counts = [{"values": start, "counts": 0}]
     offset, written = 0, set()
     for c in counts:
-        directory = f"{path}/{column}={c['values'].isoformat()}"
-        _write_atomic(fs, f"{directory}/{key}.parquet", data.slice(offset, c["counts"]))
+        file = f"{path}/{column}={c['values'].isoformat()}/{key}.parquet"
+        _write_atomic(fs, file, data.slice(offset, c["counts"]))
         offset += c["counts"]
-        written.add(directory)
-    for directory in _partition_dirs(fs, path, column, start, end):
-        for info in fs.get_file_info(pafs.FileSelector(directory)):
-            if directory not in written or info.base_name != f"{key}.parquet":
-                fs.delete_file(info.path)
-        if directory not in written:
-            fs.delete_dir(directory)
+        written.add(file)
+    files, entries = _partition_files(fs, path, column, start, end)
+    for directory, paths in files.items():
+        for file in paths:
+            if file not in written:
+                fs.delete_file(file)
+        if directory in entries and f"{directory}/{key}.parquet" not in written:
+            fs.delete_dir(directory)  # a folder, or a marker object: a bucket's prefix needs nothing
     return len(written)
 
 
 def _read_hive(fs, path: str, key: str, column: str, window) -> pa.Table:
-    directories = _partition_dirs(fs, path, column, window.start.date(), window.end.date())
-    if not directories:
-        raise FileNotFoundError(f"{path}: no files for partition {key}; is it materialized?")
+    files, _ = _partition_files(fs, path, column, window.start.date(), window.end.date())
+    name = f"{key}.parquet"
     tables = []
-    for directory in directories:
-        table = _read(fs, f"{directory}/{key}.parquet")
-        value = date.fromisoformat(directory.rsplit("=", 1)[1])
-        constant = pa.repeat(pa.scalar(value, pa.date32()), table.num_rows)
-        tables.append(table.append_column(column, constant))
+    for directory, paths in files.items():
+        if f"{directory}/{name}" in paths:
+            table = pq.read_table(f"{directory}/{name}", filesystem=fs)
+            value = date.fromisoformat(directory.rsplit("=", 1)[1])
+            constant = pa.repeat(pa.scalar(value, pa.date32()), table.num_rows)
+            tables.append(table.append_column(column, constant))
+    if not tables:
+        raise FileNotFoundError(f"{path}: no files for partition {key}; is it materialized?")
     return pa.concat_tables(tables)
 
 
-def _partition_dirs(fs, path: str, column: str, start: date, end: date) -> list[str]:
-    """The hive directories under `path` whose value lies in [start, end), in order."""
+def _partition_files(fs, path: str, column: str, start: date, end: date):
+    """The hive directories under `path` whose value lies in [start, end), in order, with their files;
+    and which of them exist as entries of their own (a local folder; a marker object in a bucket).
+
+    One recursive listing, directories found from the files' paths: a bucket's "directories" are
+    prefixes that pyarrow's non-recursive listing does not report.
+    """
     prefix = f"{column}="
-    found = []
-    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith(prefix):
-            if start <= date.fromisoformat(info.base_name[len(prefix):]) < end:
-                found.append(info.path)
-    return sorted(found)
+    files, entries = {}, set()
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
+        is_file = info.type == pafs.FileType.File
+        directory = posixpath.dirname(info.path) if is_file else info.path.rstrip("/")
+        name = posixpath.basename(directory)
+        if posixpath.dirname(directory) != path or not name.startswith(prefix):
+            continue
+        if start <= date.fromisoformat(name[len(prefix):]) < end:
+            files.setdefault(directory, [])
+            if is_file:
+                files[directory].append(info.path)
+            else:
+                entries.add(directory)
+    return dict(sorted(files.items())), entries
 
 
 def _write_atomic(fs, path: str, table: pa.Table) -> None:
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, temporary, filesystem=fs)
-    fs.move(temporary, path)
+    """Replace the file at `path` at once, never leaving it partly written.
+
+    The parquet is built in memory, then stored in one write. A bucket's object appears whole when
+    its upload completes, and a bucket has no folders to create (pyarrow would add marker objects);
+    a local file goes under a temporary name in its folder, then is renamed.
+    """
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue()
+    target = path
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        target = f"{path}.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(target, compression=None) as out:
+        out.write(data)
+    if target != path:
+        fs.move(target, path)
 
 
 def _read(fs, path: str) -> pa.Table:
