@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from taxi_platform_tests.bigquery import bigquery_emulator  # noqa: F401 (emulator fixtures)
+from taxi_platform_tests.gcs import gcs, gcs_emulator  # noqa: F401
 from taxi_platform_tests.source_server import SourceServer
 
 

@@ -7,7 +7,6 @@ from google.cloud import bigquery
 
 from taxi_platform.definitions import defs
 from taxi_platform.io_managers.warehouse import BigQueryWarehouse
-from taxi_platform_tests.bigquery import bigquery_emulator  # noqa: F401 (fixture)
 from taxi_platform_tests.helpers import green_trip_keys, materializations
 
 CLEAN_COUNTS = {"2020-10": 49262, "2020-11": 45868, "2020-12": 44228}

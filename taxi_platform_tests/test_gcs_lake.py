@@ -12,7 +12,6 @@ import pytest
 
 from taxi_platform.definitions import defs
 from taxi_platform.io_managers.lake import LakeIOManager
-from taxi_platform_tests.gcs import gcs, gcs_emulator  # noqa: F401 (fixtures)
 from taxi_platform_tests.helpers import green_trip_keys, materializations
 from taxi_platform_tests.test_lake import KEY, MONTHS, days, read, write
 

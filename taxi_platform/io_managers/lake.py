@@ -46,20 +46,18 @@ class LakeIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         fs, path = self._asset_path(context.asset_key)
         if not context.has_asset_partitions:
-            _write_atomic(fs, f"{path}.parquet", obj)
-            context.add_output_metadata({"lake_path": f"{path}.parquet"})
-            return
-        tables = _by_partition(context, obj)
-        column = context.definition_metadata.get(PARTITION_COLUMN)
-        files = 0
-        for key, table in tables.items():
-            if column:
-                window = context.asset_partitions_def.time_window_for_partition_key(key)
-                files += _write_hive(fs, path, key, table, column, window)
-            else:
-                _write_atomic(fs, f"{path}/{key}.parquet", table)
-                files += 1
-        context.add_output_metadata({"lake_path": path, "lake_files_written": files})
+            written = [_write_atomic(fs, f"{path}.parquet", obj)]
+        else:
+            tables = _by_partition(context, obj)
+            column = context.definition_metadata.get(PARTITION_COLUMN)
+            written = []
+            for key, table in tables.items():
+                if column:
+                    window = context.asset_partitions_def.time_window_for_partition_key(key)
+                    written += _write_hive(fs, path, key, table, column, window)
+                else:
+                    written.append(_write_atomic(fs, f"{path}/{key}.parquet", table))
+        context.add_output_metadata(_location_metadata(fs, path, written))
 
     def load_input(self, context: dg.InputContext):
         fs, path = self._asset_path(context.asset_key)
@@ -93,6 +91,19 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     return fs, base
 
 
+def _location_metadata(fs, path: str, written: list[int]) -> dict:
+    """Where the asset lives (with a console link in a bucket), and what this run wrote."""
+    metadata = {"lake_files_written": len(written), "lake_bytes_written": sum(written)}
+    if fs.type_name == "gcs":
+        metadata["lake_uri"] = f"gs://{path}"
+        metadata["console_url"] = dg.MetadataValue.url(
+            f"https://console.cloud.google.com/storage/browser/{path}"
+        )
+    else:
+        metadata["lake_uri"] = dg.MetadataValue.path(path)
+    return metadata
+
+
 def _by_partition(context: dg.OutputContext, obj) -> dict[str, pa.Table]:
     keys = list(context.asset_partition_keys)
     tables = obj if isinstance(obj, dict) else {keys[0]: obj} if len(keys) == 1 else None
@@ -104,7 +115,8 @@ def _by_partition(context: dg.OutputContext, obj) -> dict[str, pa.Table]:
     return tables
 
 
-def _write_hive(fs, path: str, key: str, table: pa.Table, column: str, window) -> int:
+def _write_hive(fs, path: str, key: str, table: pa.Table, column: str, window) -> list[int]:
+    """Write a partition's hive files, remove its stale ones; the sizes of the files written."""
     start, end = window.start.date(), window.end.date()
     table = table.sort_by(column)
     counts = pc.value_counts(table[column]).to_pylist()  # ascending: the table is sorted
@@ -117,10 +129,10 @@ def _write_hive(fs, path: str, key: str, table: pa.Table, column: str, window) -
     data = table.drop_columns([column])
     if not counts:
         counts = [{"values": start, "counts": 0}]
-    offset, written = 0, set()
+    offset, written, sizes = 0, set(), []
     for c in counts:
         file = f"{path}/{column}={c['values'].isoformat()}/{key}.parquet"
-        _write_atomic(fs, file, data.slice(offset, c["counts"]))
+        sizes.append(_write_atomic(fs, file, data.slice(offset, c["counts"])))
         offset += c["counts"]
         written.add(file)
     files, entries = _partition_files(fs, path, column, start, end)
@@ -130,7 +142,7 @@ def _write_hive(fs, path: str, key: str, table: pa.Table, column: str, window) -
                 fs.delete_file(file)
         if directory in entries and f"{directory}/{key}.parquet" not in written:
             fs.delete_dir(directory)  # a folder, or a marker object: a bucket's prefix needs nothing
-    return len(written)
+    return sizes
 
 
 def _read_hive(fs, path: str, key: str, column: str, window) -> pa.Table:
@@ -172,7 +184,7 @@ def _partition_files(fs, path: str, column: str, start: date, end: date):
     return dict(sorted(files.items())), entries
 
 
-def _write_atomic(fs, path: str, table: pa.Table) -> None:
+def _write_atomic(fs, path: str, table: pa.Table) -> int:
     """Replace the file at `path` at once, never leaving it partly written.
 
     The parquet is built in memory, then stored in one write. A bucket's object appears whole when
@@ -190,6 +202,7 @@ def _write_atomic(fs, path: str, table: pa.Table) -> None:
         out.write(data)
     if target != path:
         fs.move(target, path)
+    return data.size
 
 
 def _read(fs, path: str) -> pa.Table:

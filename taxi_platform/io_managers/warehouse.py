@@ -53,10 +53,9 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             time_window = context.asset_partitions_time_window
             window = Window(meta[PARTITION_COLUMN], time_window.start, time_window.end)
         descriptions = _descriptions(table.schema, meta)
-        self._replace(name, table, window, list(meta.get(CLUSTER_BY) or []), descriptions)
+        stored = self._replace(name, table, window, list(meta.get(CLUSTER_BY) or []), descriptions)
         context.add_output_metadata(
-            {"dagster/table_name": self.table_id(name), "rows_written": table.num_rows,
-             **self._table_links(name)}
+            {"dagster/table_name": self.table_id(name), "rows_written": table.num_rows, **stored}
         )
 
     def load_input(self, context: dg.InputContext):
@@ -74,10 +73,8 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
     def table_id(self, name: str) -> str:
         return f"{self.dataset}.{name}"
 
-    def _table_links(self, name: str) -> dict:
-        return {}
-
-    def _replace(self, name, table, window, cluster_by, descriptions) -> None:
+    def _replace(self, name, table, window, cluster_by, descriptions) -> dict:
+        """Replace the window's rows (all rows if None) by `table`; metadata about the table."""
         raise NotImplementedError
 
     def _read(self, name: str, window: Window | None) -> pa.Table:
@@ -90,7 +87,7 @@ class DuckDBWarehouse(WarehouseIOManager):
     path: str = Field(description="The DuckDB database file.")
     lock_timeout_seconds: float = 120.0
 
-    def _replace(self, name, table, window, cluster_by, descriptions) -> None:
+    def _replace(self, name, table, window, cluster_by, descriptions) -> dict:
         target = f"{_quote(self.dataset)}.{_quote(name)}"
         order = f" ORDER BY {', '.join(map(_quote, cluster_by))}" if cluster_by else ""
         with self._connect() as con:
@@ -115,6 +112,7 @@ class DuckDBWarehouse(WarehouseIOManager):
                 literal = "'" + text.replace("'", "''") + "'"
                 con.execute(f"COMMENT ON COLUMN {target}.{_quote(column)} IS {literal}")
             con.commit()
+        return {"warehouse_path": dg.MetadataValue.path(self.path)}
 
     def _read(self, name: str, window: Window | None) -> pa.Table:
         target = f"{_quote(self.dataset)}.{_quote(name)}"
@@ -154,12 +152,7 @@ class BigQueryWarehouse(WarehouseIOManager):
     def table_id(self, name: str) -> str:
         return f"{self.bigquery.project}.{_checked_name(self.dataset)}.{name}"
 
-    def _table_links(self, name: str) -> dict:
-        url = (f"https://console.cloud.google.com/bigquery?project={self.bigquery.project}"
-               f"&ws=!1m5!1m4!4m3!1s{self.bigquery.project}!2s{self.dataset}!3s{name}")
-        return {"console_url": dg.MetadataValue.url(url)}
-
-    def _replace(self, name, table, window, cluster_by, descriptions) -> None:
+    def _replace(self, name, table, window, cluster_by, descriptions) -> dict:
         from google.cloud import bigquery
 
         schema = [bigquery.SchemaField(f.name, _bq_type(f.type), description=descriptions.get(f.name))
@@ -184,6 +177,12 @@ class BigQueryWarehouse(WarehouseIOManager):
                 ).result()
             finally:
                 client.delete_table(staging_id, not_found_ok=True)
+            stored = client.get_table(target)
+        project = self.bigquery.project
+        url = (f"https://console.cloud.google.com/bigquery?project={project}"
+               f"&ws=!1m5!1m4!4m3!1s{project}!2s{self.dataset}!3s{name}")
+        return {"console_url": dg.MetadataValue.url(url), "table_bytes": stored.num_bytes or 0,
+                "table_rows": stored.num_rows or 0}
 
     def _ensure_table(self, client, name, schema, window, cluster_by) -> str:
         from google.api_core.exceptions import NotFound
