@@ -39,24 +39,27 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
             db_schema=environ.get("TAXI_POSTGRES_SCHEMA", "taxi"),
         ),
     }
+    dataset = environ.get("TAXI_WAREHOUSE_DATASET", "taxi")
     if profile == "local":
+        lake_root = os.path.join(data_dir, "lake")
         return {
             **resources,
-            "lake_io_manager": LakeIOManager(root=os.path.join(data_dir, "lake")),
+            "lake_io_manager": LakeIOManager(root=lake_root),
             "warehouse_io_manager": DuckDBWarehouse(
-                path=os.path.join(data_dir, "warehouse.duckdb"),
-                dataset=environ.get("TAXI_WAREHOUSE_DATASET", "taxi"),
+                path=os.path.join(data_dir, "warehouse.duckdb"), dataset=dataset, lake_root=lake_root
             ),
         }
     bucket, prefix = environ["TAXI_GCS_BUCKET"], environ.get("TAXI_GCS_PREFIX", "taxi")
+    lake_root = f"gs://{bucket}/{prefix}".rstrip("/")
     return {
         **resources,
-        "lake_io_manager": LakeIOManager(root=f"gs://{bucket}/{prefix}".rstrip("/")),
+        "lake_io_manager": LakeIOManager(root=lake_root),
         "warehouse_io_manager": BigQueryWarehouse(
             bigquery=BigQueryResource(
                 project=dg.EnvVar("TAXI_GCP_PROJECT"),
                 location=environ.get("TAXI_BQ_LOCATION", "US"),
             ),
-            dataset=environ.get("TAXI_WAREHOUSE_DATASET", "taxi"),
+            dataset=dataset,
+            lake_root=lake_root,
         ),
     }

@@ -6,7 +6,7 @@ from dagster_gcp import BigQueryResource
 from google.cloud import bigquery
 
 from taxi_platform.definitions import defs
-from taxi_platform.io_managers.warehouse import BigQueryWarehouse
+from taxi_platform.io_managers.warehouse import BigQueryWarehouse, lake_table_definition
 from taxi_platform_tests.helpers import green_trip_keys, materializations
 
 CLEAN_COUNTS = {"2020-10": 49262, "2020-11": 45868, "2020-12": 44228}
@@ -68,3 +68,21 @@ def test_the_table_is_partitioned_clustered_and_typed(taxi_env, bigquery_emulato
         f" FROM `{project}.{dataset}.green_trips` WHERE pickup_date >= '2020-10-01' AND pickup_date < '2020-11-01'").result())
     assert rows[0].n == CLEAN_COUNTS["2020-10"]
     assert rows[0].first.month == rows[0].last.month == 10
+
+
+def test_the_lake_external_table(bigquery_emulator, dataset):
+    """The emulator accepts the table but keeps no external configuration and cannot read it: the
+    definition sent is checked as the JSON BigQuery receives, and creating it twice is idempotent."""
+    prefix = "gs://taxi-lake/prod/clean/green_trips"
+    sent = lake_table_definition(f"{bigquery_emulator}.{dataset}.green_trips_lake", prefix, "pickup_date")
+    assert sent.to_api_repr()["externalDataConfiguration"] == {
+        "sourceFormat": "PARQUET",
+        "sourceUris": [f"{prefix}/*"],
+        "hivePartitioningOptions": {"mode": "CUSTOM", "sourceUriPrefix": f"{prefix}/{{pickup_date:DATE}}"},
+    }
+    warehouse = BigQueryWarehouse(bigquery=BigQueryResource(project=bigquery_emulator, location="US"),
+                                  dataset=dataset, lake_root="gs://taxi-lake/prod")
+    bigquery.Client(project=bigquery_emulator).create_dataset(dataset, exists_ok=True)
+    for _ in range(2):
+        warehouse._create_lake_table("green_trips_lake", prefix, "pickup_date")
+    assert bigquery.Client(project=bigquery_emulator).get_table(f"{dataset}.green_trips_lake")

@@ -1,7 +1,13 @@
 """The local warehouse (embedded DuckDB) from the real green months."""
 
+from datetime import date
+
+import dagster as dg
 import duckdb
 
+from taxi_platform.io_managers.lake import LakeIOManager
+from taxi_platform.io_managers.warehouse import LAKE_TABLE, PARTITION_COLUMN, DuckDBWarehouse
+from taxi_platform_tests.test_lake import MONTHS, days, write
 from taxi_platform_tests.helpers import green_trip_keys, materialize, materializations
 
 GREEN_TO_WAREHOUSE = (*green_trip_keys(), "warehouse/green_trips")
@@ -57,3 +63,18 @@ def test_zones_land_whole(taxi_env):
     for _ in range(2):
         materialize("reference/taxi_zones", "warehouse/taxi_zones")
     assert warehouse(taxi_env, "SELECT count(*), count(DISTINCT location_id) FROM taxi.taxi_zones") == [(265, 265)]
+
+
+def test_the_lake_table_queries_the_lake_files_where_they_lie(tmp_path):
+    lake = LakeIOManager(root=str(tmp_path / "lake"))
+    warehouse = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"), lake_root=str(tmp_path / "lake"))
+    for month, table in {"2020-03": days(date(2020, 3, 1), date(2020, 3, 2)), "2020-04": days(date(2020, 4, 9))}.items():
+        write(lake, table, month)
+        context = dg.build_output_context(
+            asset_key=dg.AssetKey(["warehouse", "trips"]), partition_key=month, asset_partitions_def=MONTHS,
+            definition_metadata={PARTITION_COLUMN: "day", LAKE_TABLE: "clean/trips"})
+        warehouse.handle_output(context, table)
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT day, count(*) FROM taxi.trips_lake GROUP BY day ORDER BY day").fetchall() == \
+            con.execute("SELECT day, count(*) FROM taxi.trips GROUP BY day ORDER BY day").fetchall() == \
+            [(date(2020, 3, 1), 1), (date(2020, 3, 2), 1), (date(2020, 4, 9), 1)]

@@ -11,6 +11,9 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
   one transaction; BigQuery loads a staging table, then one MERGE deletes the window's rows and
   inserts the staged ones.
 - Schema drift: new columns are added; a changed type fails, naming the columns.
+- Definition metadata `warehouse/lake_table: "clean/green_trips"` also (re)creates `<table>_lake`
+  over that asset's hive-partitioned parquet in the lake at `lake_root`: a BigQuery external table
+  (hive partitions), or a DuckDB view; the lake's files queried where they lie.
 """
 
 import re
@@ -28,6 +31,7 @@ from pydantic import Field
 
 PARTITION_COLUMN = "warehouse/partition_column"
 CLUSTER_BY = "warehouse/cluster_by"
+LAKE_TABLE = "warehouse/lake_table"
 DATETIME_NOTE = "New York local time, stored as DATETIME (no time zone)."
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -43,6 +47,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
     """The contract both back ends keep; subclasses implement `_replace` and `_read`."""
 
     dataset: str = Field(default="taxi", description="Dataset (BigQuery) or schema (DuckDB).")
+    lake_root: str = Field(default="", description="The lake's root, for `<table>_lake` tables.")
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         table = pa.concat_tables(obj.values()) if isinstance(obj, dict) else obj
@@ -54,6 +59,10 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             window = Window(meta[PARTITION_COLUMN], time_window.start, time_window.end)
         descriptions = _descriptions(table.schema, meta)
         stored = self._replace(name, table, window, list(meta.get(CLUSTER_BY) or []), descriptions)
+        if meta.get(LAKE_TABLE) and self.lake_root:
+            prefix = f"{self.lake_root.rstrip('/')}/{meta[LAKE_TABLE]}"
+            self._create_lake_table(f"{name}_lake", prefix, window.column if window else None)
+            stored["lake_table"] = self.table_id(f"{name}_lake")
         context.add_output_metadata(
             {"dagster/table_name": self.table_id(name), "rows_written": table.num_rows, **stored}
         )
@@ -78,6 +87,10 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         raise NotImplementedError
 
     def _read(self, name: str, window: Window | None) -> pa.Table:
+        raise NotImplementedError
+
+    def _create_lake_table(self, name: str, prefix: str, partition_column: str | None) -> None:
+        """(Re)create a table over the lake's parquet under `prefix`, hive-partitioned by the column."""
         raise NotImplementedError
 
 
@@ -122,6 +135,16 @@ class DuckDBWarehouse(WarehouseIOManager):
             column = _quote(window.column)
             return con.execute(f"SELECT * FROM {target} WHERE {column} >= ? AND {column} < ?",
                                [window.start, window.end]).fetch_arrow_table()
+
+    def _create_lake_table(self, name, prefix, partition_column) -> None:
+        files = f"{Path(prefix).resolve().as_posix()}/*/*.parquet"
+        literal = "'" + files.replace("'", "''") + "'"
+        with self._connect() as con:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.dataset)}")
+            con.execute(
+                f"CREATE OR REPLACE VIEW {_quote(self.dataset)}.{_quote(name)} AS SELECT * FROM"
+                f" read_parquet({literal}, hive_partitioning = true, union_by_name = true)"
+            )
 
     @contextmanager
     def _connect(self):
@@ -184,6 +207,16 @@ class BigQueryWarehouse(WarehouseIOManager):
         return {"console_url": dg.MetadataValue.url(url), "table_bytes": stored.num_bytes or 0,
                 "table_rows": stored.num_rows or 0}
 
+    def _create_lake_table(self, name, prefix, partition_column) -> None:
+        from google.api_core.exceptions import Conflict
+
+        table = lake_table_definition(self.table_id(name), prefix, partition_column)
+        with self.bigquery.get_client() as client:
+            try:
+                client.create_table(table)
+            except Conflict:
+                client.update_table(table, ["external_data_configuration"])
+
     def _ensure_table(self, client, name, schema, window, cluster_by) -> str:
         from google.api_core.exceptions import NotFound
         from google.cloud import bigquery
@@ -231,6 +264,22 @@ class BigQueryWarehouse(WarehouseIOManager):
         with self.bigquery.get_client() as client:
             job = client.query(query, job_config=bigquery.QueryJobConfig(query_parameters=params))
             return job.result().to_arrow(create_bqstorage_client=False)
+
+
+def lake_table_definition(table_id: str, prefix: str, partition_column: str | None):
+    """A BigQuery external table over the parquet under `prefix`, hive-partitioned by a DATE column."""
+    from google.cloud import bigquery
+
+    external = bigquery.ExternalConfig("PARQUET")
+    external.source_uris = [f"{prefix}/*"]
+    if partition_column:
+        hive = bigquery.HivePartitioningOptions()
+        hive.mode = "CUSTOM"
+        hive.source_uri_prefix = f"{prefix}/{{{partition_column}:DATE}}"
+        external.hive_partitioning = hive
+    table = bigquery.Table(table_id)
+    table.external_data_configuration = external
+    return table
 
 
 def _bq_type(arrow_type: pa.DataType) -> str:
