@@ -16,8 +16,9 @@ def materialize(*keys: str, **options):
 
 def materialize_with(instance, *keys: str, partition: str | None = None,
                      months: tuple[str, str] | None = None, run_config: dict | None = None,
-                     raise_on_error: bool = True):
-    """`materialize` on a given Dagster instance (None: an ephemeral one)."""
+                     raise_on_error: bool = True, resources: dict | None = None):
+    """`materialize` on a given Dagster instance (None: an ephemeral one); `resources` override
+    the profile's."""
     definitions = defs()
     tags = {}
     if months:
@@ -28,7 +29,7 @@ def materialize_with(instance, *keys: str, partition: str | None = None,
     return dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
         selection=dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in keys)),
-        resources=definitions.resources,
+        resources={**definitions.resources, **(resources or {})},
         partition_key=partition,
         tags=tags,
         run_config=run_config,

@@ -22,6 +22,7 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import ClassVar
 
 import dagster as dg
 import pyarrow as pa
@@ -82,6 +83,25 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
     def table_id(self, name: str) -> str:
         return f"{self.dataset}.{name}"
 
+    # SQL in the warehouse, for the marts: the few things the two dialects spell differently.
+    float_type: ClassVar[str] = "DOUBLE"
+    int_type: ClassVar[str] = "BIGINT"
+
+    def ref(self, name: str) -> str:
+        """A table's name as SQL of this warehouse."""
+        raise NotImplementedError
+
+    def seconds_between(self, start: str, end: str) -> str:
+        raise NotImplementedError
+
+    def execute(self, statement: str) -> pa.Table:
+        """Run a statement in the warehouse; its rows (empty for DDL)."""
+        raise NotImplementedError
+
+    def tables(self) -> set[str]:
+        """The names of the tables in the dataset."""
+        raise NotImplementedError
+
     def _replace(self, name, table, window, cluster_by, descriptions) -> dict:
         """Replace the window's rows (all rows if None) by `table`; metadata about the table."""
         raise NotImplementedError
@@ -135,6 +155,23 @@ class DuckDBWarehouse(WarehouseIOManager):
             column = _quote(window.column)
             return con.execute(f"SELECT * FROM {target} WHERE {column} >= ? AND {column} < ?",
                                [window.start, window.end]).fetch_arrow_table()
+
+    def ref(self, name: str) -> str:
+        return f"{_quote(self.dataset)}.{_quote(_checked_name(name))}"
+
+    def seconds_between(self, start: str, end: str) -> str:
+        return f"date_diff('second', {start}, {end})"
+
+    def execute(self, statement: str) -> pa.Table:
+        with self._connect() as con:
+            result = con.execute(statement)
+            return result.fetch_arrow_table() if result.description else pa.table({})
+
+    def tables(self) -> set[str]:
+        with self._connect() as con:
+            rows = con.execute("SELECT table_name FROM information_schema.tables"
+                               " WHERE table_schema = ?", [self.dataset]).fetchall()
+        return {name for (name,) in rows}
 
     def _create_lake_table(self, name, prefix, partition_column) -> None:
         files = f"{Path(prefix).resolve().as_posix()}/*/*.parquet"
@@ -206,6 +243,28 @@ class BigQueryWarehouse(WarehouseIOManager):
                f"&ws=!1m5!1m4!4m3!1s{project}!2s{self.dataset}!3s{name}")
         return {"console_url": dg.MetadataValue.url(url), "table_bytes": stored.num_bytes or 0,
                 "table_rows": stored.num_rows or 0}
+
+    float_type: ClassVar[str] = "FLOAT64"
+    int_type: ClassVar[str] = "INT64"
+
+    def ref(self, name: str) -> str:
+        return f"`{self.table_id(_checked_name(name))}`"
+
+    def seconds_between(self, start: str, end: str) -> str:
+        return f"DATETIME_DIFF({end}, {start}, SECOND)"
+
+    def execute(self, statement: str) -> pa.Table:
+        with self.bigquery.get_client() as client:
+            return client.query(statement).result().to_arrow(create_bqstorage_client=False)
+
+    def tables(self) -> set[str]:
+        from google.api_core.exceptions import NotFound
+
+        with self.bigquery.get_client() as client:
+            try:
+                return {t.table_id for t in client.list_tables(f"{self.bigquery.project}.{self.dataset}")}
+            except NotFound:
+                return set()
 
     def _create_lake_table(self, name, prefix, partition_column) -> None:
         from google.api_core.exceptions import Conflict
