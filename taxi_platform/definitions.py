@@ -1,19 +1,23 @@
-"""The taxi_platform code location: every dataset's assets, built from the specs."""
+"""The taxi_platform code location: every dataset's assets, jobs, sensors and schedules, from the specs."""
 
 import dagster as dg
 
 from taxi_platform.assets.clean import build_clean_assets
+from taxi_platform.assets.marts import daily_zone_trips, monthly_summary
 from taxi_platform.assets.postgres import build_postgres_asset, postgres_taxi_zones
 from taxi_platform.assets.raw import build_raw_asset
 from taxi_platform.assets.reference import taxi_zones
 from taxi_platform.assets.warehouse import build_warehouse_asset, warehouse_taxi_zones
 from taxi_platform.checks import build_clean_checks
 from taxi_platform.datasets import DATASETS
+from taxi_platform.jobs import build_ingest_job
 from taxi_platform.profiles import resources_for
+from taxi_platform.schedules import build_monthly_schedule
+from taxi_platform.sensors import build_sensors
 
 
 def build_assets() -> list[dg.AssetsDefinition]:
-    assets = [taxi_zones, postgres_taxi_zones, warehouse_taxi_zones]
+    assets = [taxi_zones, postgres_taxi_zones, warehouse_taxi_zones, daily_zone_trips, monthly_summary]
     for spec in DATASETS.values():
         assets += [
             build_raw_asset(spec),
@@ -26,8 +30,15 @@ def build_assets() -> list[dg.AssetsDefinition]:
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    jobs = {name: build_ingest_job(spec) for name, spec in DATASETS.items()}
     return dg.Definitions(
         assets=build_assets(),
         asset_checks=[build_clean_checks(spec) for spec in DATASETS.values()],
+        jobs=list(jobs.values()),
+        schedules=[build_monthly_schedule(spec, jobs[name]) for name, spec in DATASETS.items()],
+        sensors=build_sensors(jobs),
         resources=resources_for(),
+        # A run's steps share its process: a month's steps form a chain, and a process per step costs
+        # more (imports, seconds each) than most steps.
+        executor=dg.in_process_executor,
     )

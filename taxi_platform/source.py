@@ -1,4 +1,7 @@
-"""Where a month's file lives, and downloading it: streamed to disk, retried, verified."""
+"""Where a month's file lives, probing its version, and fetching it: streamed to disk, retried, verified.
+
+A month comes from the public source `locate` picks, or from a file dropped into the lake's landing zone.
+"""
 
 import hashlib
 import random
@@ -11,6 +14,7 @@ import dagster as dg
 import requests
 from pydantic import Field
 
+from taxi_platform import landing
 from taxi_platform.datasets import DatasetSpec
 
 RELEASES_URL = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
@@ -35,10 +39,39 @@ class SourceUnavailable(SourceError):
 class SourceFile:
     """One month's file at one source."""
 
-    kind: str  # releases | tlc
+    kind: str  # releases | tlc | landing
     form: str  # csv (gzip-compressed) | parquet
-    url: str
+    url: str  # an http(s) URL; for a landed file, its path or gs:// URI
     label: str  # "green 2020-10", for messages
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """What identifies one publication of a file: ETag, Last-Modified and size, as the source sends them."""
+
+    etag: str | None
+    last_modified: str | None
+    bytes: int | None
+
+    @property
+    def id(self) -> str:
+        """A short, stable id of the version, for cursors and run keys."""
+        text = f"{self.etag or ''}|{self.last_modified or ''}|{self.bytes if self.bytes is not None else ''}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def __str__(self) -> str:
+        return f"ETag {self.etag}, Last-Modified {self.last_modified}, {self.bytes} bytes"
+
+    @classmethod
+    def of_materialization(cls, metadata: dict) -> "FileVersion":
+        """The version a raw materialization recorded (see `Download.metadata`)."""
+
+        def value(name):
+            entry = metadata.get(name)
+            return getattr(entry, "value", entry) or None
+
+        size = value("source_bytes")
+        return cls(value("source_etag"), value("source_last_modified"), int(size) if size else None)
 
 
 @dataclass(frozen=True)
@@ -74,8 +107,17 @@ class TaxiSource(dg.ConfigurableResource):
     backoff_seconds: float = Field(default=2.0, description="First wait between tries; doubles.")
     timeout_seconds: float = 60.0
 
-    def locate(self, spec: DatasetSpec, month: str) -> SourceFile:
-        """The one place that decides which source serves a month."""
+    def locate(self, spec: DatasetSpec, month: str, landed: str | None = None) -> SourceFile:
+        """The one place that decides which source serves a month: the landed file if one is given
+        (its name must be the month's), else the releases or the TLC."""
+        if landed:
+            try:
+                name = landing.parse(landed.rsplit("/", 1)[-1])
+            except landing.BadLandedName as error:
+                raise SourceError(f"landed file {landed}: {error}") from error
+            if (name.spec, name.month) != (spec, month):
+                raise SourceError(f"landed file {landed} is not {spec.name} {month}")
+            return SourceFile("landing", name.form, landed, f"{spec.name} {month} (landed)")
         kind = self.source
         if kind == "auto":
             kind = "releases" if spec.releases and month in spec.releases else "tlc"
@@ -88,6 +130,37 @@ class TaxiSource(dg.ConfigurableResource):
 
     def zones_url(self) -> str:
         return f"{self.tlc_url}/misc/taxi_zone_lookup.csv"
+
+    def probe(self, file: SourceFile) -> FileVersion | None:
+        """The version of the published file from one HEAD request (redirects followed), or None when
+        the source says it is not published (404, or CloudFront's 403). No retries: a sensor asks again
+        on its next tick. Raises SourceUnavailable on connection errors and 5xx."""
+        try:
+            response = requests.head(file.url, allow_redirects=True, timeout=min(self.timeout_seconds, 10))
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise SourceUnavailable(f"{file.label}: HEAD {file.url} failed: {error}") from error
+        if response.status_code in (403, 404):
+            return None
+        if response.status_code != 200:
+            raise SourceUnavailable(f"{file.label}: HEAD {file.url} answered HTTP {response.status_code}")
+        size = response.headers.get("Content-Length")
+        return FileVersion(
+            response.headers.get("ETag"),
+            response.headers.get("Last-Modified"),
+            int(size) if size else None,
+        )
+
+    def fetch(self, file: SourceFile, folder: Path) -> Download:
+        """The month's file as a local file in `folder`: downloaded, or copied from the landing zone."""
+        dest = Path(folder) / file.url.rsplit("/", 1)[-1]
+        if file.kind == "landing":
+            try:
+                size, sha256, modified = landing.copy_to_local(file.url, dest)
+            except OSError as error:
+                raise SourceError(f"{file.label}: cannot read {file.url}: {error}") from error
+            _verify_form(dest, file.url, file.label, file.form)
+            return Download(file.url, dest, size, sha256, etag=None, last_modified=modified)
+        return self.download(file.url, dest, file.label, file.form)
 
     def download(self, url: str, dest: Path, label: str, form: str | None = None) -> Download:
         """Stream `url` to `dest`, retrying connection errors and 5xx with exponential backoff."""

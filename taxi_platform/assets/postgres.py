@@ -4,6 +4,7 @@ import dagster as dg
 import pyarrow as pa
 
 from taxi_platform.assets import by_month
+from taxi_platform.automation import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import DatasetSpec
 from taxi_platform.io_managers.postgres import PARTITION_COLUMN, UNIQUE_KEY
 
@@ -13,8 +14,14 @@ COMMON = dict(
     kinds={"postgres"},
     owners=["team:data-platform"],
     code_version="1",
-    pool="postgres_writers",  # bounds simultaneous writers (dagster.yaml); each table also locks
+    automation_condition=SINKS_FOLLOW_UPSTREAM,
 )
+
+
+def writer_pool(table: str) -> str:
+    """One pool per table (limit 1, dagster.yaml): one writer per table at once; the IO manager's
+    advisory lock per table also guards writers outside Dagster."""
+    return f"postgres_writers_{table}"
 
 
 def build_postgres_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
@@ -27,6 +34,7 @@ def build_postgres_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         backfill_policy=dg.BackfillPolicy.multi_run(spec.months_per_run),
         metadata={PARTITION_COLUMN: "pickup_date", UNIQUE_KEY: "trip_key"},
         tags={"dataset": spec.name},
+        pool=writer_pool(spec.table),
         **COMMON,
     )
     def postgres_trips(context: dg.AssetExecutionContext, clean) -> dict:
@@ -42,6 +50,7 @@ def build_postgres_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     key=["postgres", "taxi_zones"],
     ins={"zones": dg.AssetIn(key=["reference", "taxi_zones"])},
     description="The taxi zones in PostgreSQL, replaced whole on each run.",
+    pool=writer_pool("taxi_zones"),
     **COMMON,
 )
 def postgres_taxi_zones(context: dg.AssetExecutionContext, zones: pa.Table) -> pa.Table:

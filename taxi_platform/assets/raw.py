@@ -1,12 +1,12 @@
 """raw/<dataset>_trips: each month's source file, parsed with its declared schema, every row."""
 
 import tempfile
-from pathlib import Path
 
 import dagster as dg
 
 from taxi_platform.assets import permanent_errors_not_retried
 from taxi_platform.datasets import DatasetSpec
+from taxi_platform.landing import LANDED_FILE_TAG
 from taxi_platform.metadata import column_schema
 from taxi_platform.reading import read_trips
 from taxi_platform.source import TaxiSource
@@ -19,8 +19,9 @@ DOWNLOAD_RETRY = dg.RetryPolicy(
 def build_raw_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     @dg.asset(
         key=["raw", spec.table],
-        description=f"{spec.description} The month's source file as published: original columns, "
-        "every row, typed as the file's form (CSV.gz release or TLC parquet) declares.",
+        description=f"{spec.description} The month's source file as published (or as dropped into "
+        "the lake's landing/ folder): original columns, every row, typed as the file's form "
+        "(CSV.gz release or TLC parquet) declares.",
         group_name="raw",
         partitions_def=spec.partitions_def,
         backfill_policy=dg.BackfillPolicy.multi_run(spec.months_per_run),
@@ -30,15 +31,14 @@ def build_raw_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         tags={"dataset": spec.name},
         code_version="1",
         retry_policy=DOWNLOAD_RETRY,
+        pool="downloads",
     )
     def raw(context: dg.AssetExecutionContext, taxi_source: TaxiSource) -> dict:
-        tables = {}
+        tables, landed = {}, context.run.tags.get(LANDED_FILE_TAG)
         with permanent_errors_not_retried(), tempfile.TemporaryDirectory(prefix="taxi-") as folder:
             for month in context.partition_keys:
-                file = taxi_source.locate(spec, month)
-                download = taxi_source.download(
-                    file.url, Path(folder) / file.url.rsplit("/", 1)[1], file.label, file.form
-                )
+                file = taxi_source.locate(spec, month, landed)
+                download = taxi_source.fetch(file, folder)
                 table = read_trips(download.path, spec, file.form, f"{file.label} ({file.url})")
                 download.path.unlink()
                 context.add_asset_metadata(

@@ -4,6 +4,7 @@ import dagster as dg
 import pyarrow as pa
 
 from taxi_platform.assets import by_month
+from taxi_platform.automation import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import DatasetSpec
 from taxi_platform.io_managers.warehouse import CLUSTER_BY, PARTITION_COLUMN
 from taxi_platform.metadata import CLEAN_DESCRIPTIONS, column_schema
@@ -15,6 +16,7 @@ COMMON = dict(
     owners=["team:data-platform"],
     code_version="1",
     pool="warehouse_loads",
+    automation_condition=SINKS_FOLLOW_UPSTREAM,
 )
 
 

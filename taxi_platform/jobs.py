@@ -1,0 +1,18 @@
+"""Per dataset, the ingest job: a month's raw and clean assets (with their checks). Sensors and the
+schedule request it; the postgres/ and warehouse/ assets follow by their automation condition."""
+
+import dagster as dg
+
+from taxi_platform.datasets import DatasetSpec
+
+
+def build_ingest_job(spec: DatasetSpec):
+    return dg.define_asset_job(
+        f"{spec.name}_ingest",
+        selection=dg.AssetSelection.assets(
+            ["raw", spec.table], ["clean", spec.table], ["clean", f"{spec.table}_rejected"]
+        ),
+        partitions_def=spec.partitions_def,
+        description=f"Ingest one {spec.name} month: download (or take the landed file), parse, clean.",
+        tags={"dataset": spec.name},
+    )

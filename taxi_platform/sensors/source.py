@@ -1,0 +1,104 @@
+"""`<dataset>_source_sensor`: months newly published or republished at the public source.
+
+Per tick at most `checks_per_tick` HEAD requests (no downloads): the newest RECENT_MONTHS months, where
+the TLC publishes, then a sweep of older months that continues where the last tick stopped, newest
+first, wrapping around; so every month is checked again every few ticks and a republished old month is
+found too. A month is requested when its file's version (ETag, Last-Modified, size) is neither the
+version this sensor last requested nor the version its raw partition was materialized from. The run
+key includes the version: a restart neither loses nor repeats work. A failed run is not requested again
+until the file changes (its step retries transient errors; re-execute it from the UI).
+
+Cursor (JSON, the sensor's whole state):
+`{"requested": {"2020-11": "<version id>", ...}, "sweep": "<month the next sweep starts from>"}`.
+"""
+
+import json
+
+import dagster as dg
+
+from taxi_platform.datasets import DatasetSpec
+from taxi_platform.source import FileVersion, SourceUnavailable, TaxiSource
+
+RECENT_MONTHS = 3
+
+
+def months_to_check(months: list[str], sweep: str | None, budget: int) -> tuple[list[str], str | None]:
+    """The months to HEAD this tick (at most `budget`), and where the next tick's sweep starts."""
+    if budget >= len(months):
+        return list(months), None
+    recent, older = months[-RECENT_MONTHS:], months[:-RECENT_MONTHS]
+    count = min(max(budget - len(recent), 0), len(older))
+    start = older.index(sweep) if sweep in older else len(older) - 1
+    swept = [older[(start - i) % len(older)] for i in range(count)]
+    return recent[::-1] + swept, older[(start - count) % len(older)]
+
+
+def materialized_version(instance: dg.DagsterInstance, key: dg.AssetKey, month: str) -> str | None:
+    """The version id of the source file the month's raw partition was last materialized from."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[month]), limit=1
+    ).records
+    if not records:
+        return None
+    return FileVersion.of_materialization(records[0].asset_materialization.metadata).id
+
+
+def build_source_sensor(
+    spec: DatasetSpec,
+    job,
+    minimum_interval_seconds: int,
+    checks_per_tick: int,
+) -> dg.SensorDefinition:
+    raw_key = dg.AssetKey(["raw", spec.table])
+
+    @dg.sensor(
+        name=f"{spec.name}_source_sensor",
+        job=job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        description=f"Requests the {spec.name} months newly published or republished at the source "
+        f"(HEAD requests only, at most {checks_per_tick} a tick).",
+    )
+    def source_sensor(context: dg.SensorEvaluationContext, taxi_source: TaxiSource):
+        state = json.loads(context.cursor) if context.cursor else {}
+        requested: dict[str, str] = state.get("requested", {})
+        months = spec.partitions_def.get_partition_keys()
+        checked, sweep = months_to_check(months, state.get("sweep"), checks_per_tick)
+        run_requests, unchanged, unpublished, unreachable = [], 0, 0, 0
+        for month in checked:
+            file = taxi_source.locate(spec, month)
+            try:
+                version = taxi_source.probe(file)
+            except SourceUnavailable as error:
+                context.log.warning(f"{error}; checked again on a later tick")
+                unreachable += 1
+                continue
+            if version is None:
+                unpublished += 1
+                continue
+            if requested.get(month) == version.id or (
+                materialized_version(context.instance, raw_key, month) == version.id
+            ):
+                requested[month] = version.id
+                unchanged += 1
+                continue
+            trigger = "republished" if month in requested else "published"
+            requested[month] = version.id
+            run_requests.append(
+                dg.RunRequest(
+                    run_key=f"{spec.table}:{month}:{version.id}",
+                    partition_key=month,
+                    tags={"taxi/trigger": trigger, "taxi/source_version": version.id},
+                )
+            )
+            context.log.info(f"{file.label} {trigger}: {file.url} ({version})")
+        cursor = json.dumps({"requested": dict(sorted(requested.items())), "sweep": sweep})
+        if run_requests:
+            return dg.SensorResult(run_requests=run_requests, cursor=cursor)
+        return dg.SensorResult(
+            skip_reason=f"{spec.name}: no new or changed month among the {len(checked)} checked: "
+            f"{unchanged} unchanged since requested or materialized, {unpublished} not published, "
+            f"{unreachable} unreachable" + (f"; the next tick sweeps from {sweep}" if sweep else ""),
+            cursor=cursor,
+        )
+
+    return source_sensor

@@ -1,0 +1,219 @@
+"""The source and landing-zone sensors, tick by tick, against a real HTTP source and a real lake folder."""
+
+import gzip
+import json
+import os
+import shutil
+
+import dagster as dg
+import pytest
+
+from taxi_platform.datasets import GREEN
+from taxi_platform.definitions import defs
+from taxi_platform.io_managers.lake import LakeIOManager
+from taxi_platform.jobs import build_ingest_job
+from taxi_platform.landing import LANDED_FILE_TAG, move_to_processed
+from taxi_platform.sensors.landing import build_landing_sensor
+from taxi_platform.sensors.source import build_source_sensor, months_to_check
+from taxi_platform.source import TaxiSource
+from taxi_platform_tests.helpers import failure_message, green_trip_keys, materializations
+from taxi_platform_tests.source_server import SourceServer
+
+JOBS = {"green": build_ingest_job(GREEN)}
+# The green months the sample data publishes: CSV.gz releases, and the TLC's parquet for later months.
+PUBLISHED = [f"2020-{m:02d}" for m in range(4, 13)] + ["2023-12", "2024-01"]
+MONTHS = GREEN.partitions_def.get_partition_keys()
+DEFS = defs()  # the code location the run requests resolve against
+
+
+@pytest.fixture
+def server(sample_data, tmp_path):
+    """A source of its own, so a test can republish a month without touching other tests' files."""
+    with SourceServer(tmp_path / "overlay", sample_data) as server:
+        yield server
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def source_of(server) -> TaxiSource:
+    return TaxiSource(releases_url=f"{server.url}/releases", tlc_url=server.url)
+
+
+def tick(sensor, instance, cursor=None, **resources):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources,
+                                      definitions=DEFS)
+    result = sensor.evaluate_tick(context)
+    return result, result.cursor
+
+
+def requested(result) -> dict[str, dict]:
+    return {r.partition_key: r for r in result.run_requests}
+
+
+def republish(server, month: str) -> None:
+    """Publish different bytes of the same data (a re-compressed file): a new ETag and size."""
+    path = server.roots[0] / f"releases/green/green_tripdata_{month}.csv.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = gzip.decompress(server.find(f"/releases/green/green_tripdata_{month}.csv.gz").read_bytes())
+    path.write_bytes(gzip.compress(data, compresslevel=1, mtime=0))
+
+
+def test_partitions_end_with_the_last_complete_month():
+    now = dg.MonthlyPartitionsDefinition(start_date="2000-01", fmt="%Y-%m")
+    assert MONTHS[0] == GREEN.first_month
+    assert MONTHS[-1] == now.get_last_partition_key()  # the month before the current one, never later
+
+
+def test_the_first_tick_requests_every_published_month_and_the_same_cursor_nothing_more(server, instance):
+    sensor = build_source_sensor(GREEN, JOBS["green"], 60, checks_per_tick=1000)
+    result, cursor = tick(sensor, instance, taxi_source=source_of(server))
+    runs = requested(result)
+    assert sorted(runs) == PUBLISHED
+    assert runs["2020-11"].run_key.startswith("green_trips:2020-11:")
+    assert runs["2020-11"].tags["taxi/trigger"] == "published"
+    assert all(method == "HEAD" for method, _ in server.requests)
+    assert len(server.requests) == len(MONTHS)
+    state = json.loads(cursor)
+    assert sorted(state["requested"]) == PUBLISHED and state["sweep"] is None
+
+    again, same = tick(sensor, instance, cursor, taxi_source=source_of(server))  # a restart: same cursor
+    assert again.run_requests == [] and json.loads(same) == state
+    assert "0 not published" not in again.skip_message
+    assert f"{len(PUBLISHED)} unchanged since requested or materialized" in again.skip_message
+
+
+def test_a_republished_month_is_requested_once_with_a_new_run_key(server, instance):
+    sensor = build_source_sensor(GREEN, JOBS["green"], 60, checks_per_tick=1000)
+    first, cursor = tick(sensor, instance, taxi_source=source_of(server))
+    republish(server, "2020-11")
+    second, cursor = tick(sensor, instance, cursor, taxi_source=source_of(server))
+    (run,) = second.run_requests
+    assert run.partition_key == "2020-11" and run.tags["taxi/trigger"] == "republished"
+    assert run.run_key != requested(first)["2020-11"].run_key
+    third, _ = tick(sensor, instance, cursor, taxi_source=source_of(server))
+    assert third.run_requests == []
+
+
+def test_a_month_materialized_from_the_same_file_is_not_requested(server, instance):
+    source = source_of(server)
+    version = source.probe(source.locate(GREEN, "2020-10"))
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            ["raw", "green_trips"],
+            partition="2020-10",
+            metadata={"source_etag": version.etag, "source_last_modified": version.last_modified,
+                      "source_bytes": version.bytes},
+        )
+    )
+    sensor = build_source_sensor(GREEN, JOBS["green"], 60, checks_per_tick=1000)
+    result, cursor = tick(sensor, instance, taxi_source=source)
+    assert sorted(requested(result)) == [m for m in PUBLISHED if m != "2020-10"]
+    assert "2020-10" in json.loads(cursor)["requested"]  # adopted: a later republication is noticed
+
+
+def test_each_tick_sends_a_bounded_number_of_heads_and_the_sweep_covers_every_month(server, instance):
+    sensor = build_source_sensor(GREEN, JOBS["green"], 60, checks_per_tick=24)
+    cursor, seen, ticks = None, [], 0
+    while sorted(seen) != PUBLISHED:
+        before = len(server.requests)
+        result, cursor = tick(sensor, instance, cursor, taxi_source=source_of(server))
+        assert len(server.requests) - before == 24
+        seen += list(requested(result))
+        ticks += 1
+        assert ticks <= -(-(len(MONTHS) - 3) // 21), "the sweep must cover every month"
+    assert len(seen) == len(set(seen))  # each month requested once
+
+
+def test_the_sweep_takes_the_newest_months_then_continues_where_it_stopped():
+    months = [f"2020-{m:02d}" for m in range(1, 11)]
+    checked, sweep = months_to_check(months, None, 5)
+    assert checked == ["2020-10", "2020-09", "2020-08", "2020-07", "2020-06"] and sweep == "2020-05"
+    checked, sweep = months_to_check(months, sweep, 5)
+    assert checked == ["2020-10", "2020-09", "2020-08", "2020-05", "2020-04"] and sweep == "2020-03"
+    checked, sweep = months_to_check(months, sweep, 6)
+    assert checked[3:] == ["2020-03", "2020-02", "2020-01"] and sweep == "2020-07"  # wraps around
+    assert months_to_check(months, sweep, 10) == (months, None)
+
+
+def landing_tick(lake, cursor=None):
+    sensor = build_landing_sensor(JOBS, 30)
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=DEFS,
+                                          resources={"lake_io_manager": LakeIOManager(root=str(lake))})
+        result = sensor.evaluate_tick(context)
+    return result, result.cursor
+
+
+def test_a_landed_file_is_requested_once_and_badly_named_ones_are_reported(tmp_path, sample_data):
+    landing = tmp_path / "lake/landing"
+    (landing / "processed").mkdir(parents=True)
+    good = landing / "green_tripdata_2020-11.csv.gz"
+    shutil.copy(sample_data / "releases/green/green_tripdata_2020-11.csv.gz", good)
+    for bad in ("notes.txt", "purple_tripdata_2020-01.parquet", "green_tripdata_2031-01.parquet"):
+        (landing / bad).write_text("x")
+    (landing / "processed/green_tripdata_2020-10.csv.gz").write_text("done")
+
+    result, cursor = landing_tick(tmp_path / "lake")
+    (run,) = result.run_requests
+    assert (run.job_name, run.partition_key) == ("green_ingest", "2020-11")
+    assert run.tags[LANDED_FILE_TAG] == good.as_posix()
+
+    again, cursor = landing_tick(tmp_path / "lake", cursor)
+    assert again.run_requests == []
+    message = again.skip_message
+    assert "already requested" in message and "green_tripdata_2020-11.csv.gz" in message
+    assert "notes.txt: not named like a source file" in message
+    assert "unknown dataset 'purple'" in message
+    assert "2031-01 is not a month of green" in message
+
+    os.utime(good, ns=(1, 1))  # dropped again: a new version
+    replaced, _ = landing_tick(tmp_path / "lake", cursor)
+    assert [r.partition_key for r in replaced.run_requests] == ["2020-11"]
+    assert replaced.run_requests[0].run_key != run.run_key
+
+    assert move_to_processed(good.as_posix()) == (landing / "processed" / good.name).as_posix()
+    assert not good.exists() and (landing / "processed" / good.name).exists()
+    assert move_to_processed(good.as_posix()) is None  # moving twice is harmless
+
+
+def run_landed(uri: str):
+    definitions = defs()
+    return dg.materialize(
+        [*definitions.assets, *definitions.asset_checks],
+        selection=dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in green_trip_keys())),
+        resources=definitions.resources,
+        partition_key="2020-11",
+        tags={LANDED_FILE_TAG: uri},
+        raise_on_error=False,
+    )
+
+
+def test_the_raw_asset_reads_the_landed_file_and_an_unreadable_one_fails_naming_it(taxi_env, sample_data):
+    landing = taxi_env / "lake/landing"
+    landing.mkdir(parents=True)
+    good = landing / "green_tripdata_2020-11.csv.gz"
+    shutil.copy(sample_data / "releases/green/green_tripdata_2020-11.csv.gz", good)
+    result = run_landed(good.as_posix())
+    meta = materializations(result)
+    assert meta[("raw/green_trips", "2020-11")]["source_kind"] == "landing"
+    assert meta[("raw/green_trips", "2020-11")]["dagster/row_count"] == 88605
+    assert meta[("clean/green_trips", "2020-11")]["dagster/row_count"] == 45868
+
+    broken = landing / "green_tripdata_2020-12.csv.gz"
+    broken.write_bytes(b"\x1f\x8b not really gzip")
+    failed = dg.materialize(
+        [*defs().assets], selection=dg.AssetSelection.assets(["raw", "green_trips"]),
+        resources=defs().resources, partition_key="2020-12", tags={LANDED_FILE_TAG: broken.as_posix()},
+        raise_on_error=False,
+    )
+    assert not failed.success
+    message = failure_message(failed)
+    assert "green 2020-12 (landed)" in message and broken.as_posix() in message
+    assert len(failed.get_step_failure_events()) == 1  # not retried: retrying cannot help
+
+    wrong_month = run_landed(broken.as_posix())
+    assert "is not green 2020-11" in failure_message(wrong_month)
