@@ -10,6 +10,7 @@ from functools import cached_property
 import dagster as dg
 import pyarrow as pa
 
+NEW_YORK = "America/New_York"
 STR, I32, I64, F64 = pa.string(), pa.int32(), pa.int64(), pa.float64()
 TS_S, TS_US = pa.timestamp("s"), pa.timestamp("us")
 
@@ -77,7 +78,10 @@ class DatasetSpec:
     @cached_property
     def partitions_def(self) -> dg.MonthlyPartitionsDefinition:
         # The last partition is the last complete month, never a month that cannot be published yet.
-        return dg.MonthlyPartitionsDefinition(start_date=self.first_month, fmt="%Y-%m")
+        # New York time, as the trips are: month bounds and the monthly schedule follow it.
+        return dg.MonthlyPartitionsDefinition(
+            start_date=self.first_month, fmt="%Y-%m", timezone=NEW_YORK
+        )
 
     def source_schema(self, form: str) -> pa.Schema:
         return pa.schema(

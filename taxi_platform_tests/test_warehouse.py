@@ -47,6 +47,7 @@ def test_the_table_types_and_describes_its_columns(taxi_env):
                                         " WHERE table_name = 'green_trips'"))
     assert "stored as DATETIME" in comments["lpep_pickup_datetime"]
     assert "hash of every trip column" in comments["trip_key"]
+    assert warehouse(taxi_env, "SELECT count(*) FROM taxi.green_trips_lake") == [(49262,)]  # the lake view
 
 
 def test_a_query_by_month_returns_that_month_only(taxi_env):

@@ -24,3 +24,24 @@ def permanent_errors_not_retried():
         raise
     except (SourceError, UnreadableFile) as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
+
+
+def build_sink_asset(spec, layer: str, description: str, **options) -> dg.AssetsDefinition:
+    """`<layer>/<dataset>_trips`: the clean months, handed to the layer's IO manager to store."""
+
+    @dg.asset(
+        key=[layer, spec.table],
+        ins={"clean": dg.AssetIn(key=["clean", spec.table])},
+        description=description,
+        partitions_def=spec.partitions_def,
+        backfill_policy=dg.BackfillPolicy.multi_run(spec.months_per_run),
+        tags={"dataset": spec.name},
+        **options,
+    )
+    def sink(context: dg.AssetExecutionContext, clean) -> dict:
+        months = by_month(context, clean)
+        for month, table in months.items():
+            context.add_asset_metadata({"dagster/row_count": table.num_rows}, partition_key=month)
+        return months
+
+    return sink

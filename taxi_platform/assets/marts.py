@@ -12,11 +12,11 @@ import pyarrow as pa
 
 from taxi_platform.assets import by_month
 from taxi_platform.automation import MARTS_FOLLOW_UPSTREAM
-from taxi_platform.datasets import DATASETS, DatasetSpec
+from taxi_platform.datasets import DATASETS, NEW_YORK, DatasetSpec
 from taxi_platform.io_managers.warehouse import PARTITION_COLUMN, WarehouseIOManager
 
 MONTHS = dg.MonthlyPartitionsDefinition(
-    start_date=min(spec.first_month for spec in DATASETS.values()), fmt="%Y-%m"
+    start_date=min(spec.first_month for spec in DATASETS.values()), fmt="%Y-%m", timezone=NEW_YORK
 )
 # A month before a dataset's first month simply has none of its trips.
 SAME_MONTH = dg.TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True)

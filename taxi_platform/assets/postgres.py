@@ -3,7 +3,7 @@
 import dagster as dg
 import pyarrow as pa
 
-from taxi_platform.assets import by_month
+from taxi_platform.assets import build_sink_asset
 from taxi_platform.automation import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import DatasetSpec
 from taxi_platform.io_managers.postgres import PARTITION_COLUMN, UNIQUE_KEY
@@ -25,25 +25,15 @@ def writer_pool(table: str) -> str:
 
 
 def build_postgres_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=["postgres", spec.table],
-        ins={"clean": dg.AssetIn(key=["clean", spec.table])},
-        description=f"The clean {spec.name} trips in PostgreSQL, one row per trip, unique on "
-        "trip_key. Writing a month replaces exactly that month, in one transaction.",
-        partitions_def=spec.partitions_def,
-        backfill_policy=dg.BackfillPolicy.multi_run(spec.months_per_run),
+    return build_sink_asset(
+        spec,
+        "postgres",
+        f"The clean {spec.name} trips in PostgreSQL, one row per trip, unique on trip_key. "
+        "Writing a month replaces exactly that month, in one transaction.",
         metadata={PARTITION_COLUMN: "pickup_date", UNIQUE_KEY: "trip_key"},
-        tags={"dataset": spec.name},
         pool=writer_pool(spec.table),
         **COMMON,
     )
-    def postgres_trips(context: dg.AssetExecutionContext, clean) -> dict:
-        months = by_month(context, clean)
-        for month, table in months.items():
-            context.add_asset_metadata({"dagster/row_count": table.num_rows}, partition_key=month)
-        return months
-
-    return postgres_trips
 
 
 @dg.asset(

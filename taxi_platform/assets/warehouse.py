@@ -3,10 +3,10 @@
 import dagster as dg
 import pyarrow as pa
 
-from taxi_platform.assets import by_month
+from taxi_platform.assets import build_sink_asset
 from taxi_platform.automation import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import DatasetSpec
-from taxi_platform.io_managers.warehouse import CLUSTER_BY, PARTITION_COLUMN
+from taxi_platform.io_managers.warehouse import CLUSTER_BY, LAKE_TABLE, PARTITION_COLUMN
 from taxi_platform.metadata import CLEAN_DESCRIPTIONS, column_schema
 
 COMMON = dict(
@@ -21,28 +21,19 @@ COMMON = dict(
 
 
 def build_warehouse_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=["warehouse", spec.table],
-        ins={"clean": dg.AssetIn(key=["clean", spec.table])},
-        description=f"The clean {spec.name} trips in the warehouse (DuckDB locally, BigQuery on GCP): "
-        "partitioned by pickup_date, clustered by pickup and dropoff zone. Replacing a month is atomic.",
-        partitions_def=spec.partitions_def,
-        backfill_policy=dg.BackfillPolicy.multi_run(spec.months_per_run),
+    return build_sink_asset(
+        spec,
+        "warehouse",
+        f"The clean {spec.name} trips in the warehouse (DuckDB locally, BigQuery on GCP): partitioned "
+        "by pickup_date, clustered by pickup and dropoff zone. Replacing a month is atomic.",
         metadata={
             PARTITION_COLUMN: "pickup_date",
             CLUSTER_BY: ["pu_location_id", "do_location_id"],
+            LAKE_TABLE: f"clean/{spec.table}",
             "dagster/column_schema": column_schema(spec.clean_schema, CLEAN_DESCRIPTIONS),
         },
-        tags={"dataset": spec.name},
         **COMMON,
     )
-    def warehouse_trips(context: dg.AssetExecutionContext, clean) -> dict:
-        months = by_month(context, clean)
-        for month, table in months.items():
-            context.add_asset_metadata({"dagster/row_count": table.num_rows}, partition_key=month)
-        return months
-
-    return warehouse_trips
 
 
 @dg.asset(
