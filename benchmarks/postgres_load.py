@@ -32,14 +32,13 @@ import uuid
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import sqlalchemy
 from psycopg import sql
 
+from benchmarks.synthetic import synthetic_yellow
 from taxi_platform.datasets import DATASETS
 from taxi_platform.io_managers.postgres import PARTITION_COLUMN, UNIQUE_KEY, PostgresIOManager
 
@@ -55,90 +54,6 @@ GOAL_RATIO = 1.3  # (b) / (c)
 TABLE_A = "yellow_trips_to_sql"
 TABLE_B = ASSET_KEY.path[-1]  # the IO manager names the table after the asset key
 TABLE_C = "yellow_trips_psql_copy"
-
-
-# --------------------------------------------------------------------------------------------------
-# Data
-
-
-def synthetic_yellow(rows: int, seed: int = 2021) -> pa.Table:
-    """A yellow month (2021-01) of `rows` trips with the clean schema, reproducible from `seed`.
-
-    Like the real 2021-01 release: whole-second naive pickups inside the month (sorted, as the TLC files
-    roughly are), dropoffs a few minutes later (some in February), about 7% of rows with vendor_id,
-    passenger_count, ratecode_id, store_and_fwd_flag and payment_type all null, fares with 2 decimals,
-    'N'/'Y' flags, airport_fee and cbd_congestion_fee null (the CSV release lacks them), a unique
-    random-looking 64-bit trip_key (the real one is a hash).
-    """
-    rng = np.random.default_rng(seed)
-    schema = SPEC.clean_schema
-    month_start = np.datetime64(f"{MONTH}-01T00:00:00", "s")
-    month_seconds = 31 * 86_400
-
-    pickup_s = np.sort(rng.integers(0, month_seconds, rows))
-    duration_s = np.clip(rng.gamma(2.0, 400.0, rows), 1, 4 * 3600).astype(np.int64)
-    pickup = (month_start + pickup_s).astype("datetime64[us]")
-    dropoff = (month_start + pickup_s + duration_s).astype("datetime64[us]")
-
-    no_meter = rng.random(rows) < 0.072  # the rows with blank vendor, passenger count, rate code, ...
-
-    def ints(values, nullable=True) -> pa.Array:
-        return pa.array(values.astype(np.int64), pa.int64(), mask=no_meter if nullable else None)
-
-    def money(values) -> np.ndarray:
-        return np.round(values, 2)
-
-    distance = money(np.clip(rng.lognormal(0.6, 0.85, rows), 0.01, 150.0))
-    payment = rng.choice([1, 2, 3, 4], rows, p=[0.72, 0.26, 0.01, 0.01])
-    fare = money(2.5 + 2.5 * distance + 0.5 * duration_s / 60)
-    extra = rng.choice([0.0, 0.5, 1.0, 2.5, 3.0], rows, p=[0.45, 0.3, 0.1, 0.1, 0.05])
-    mta_tax = np.full(rows, 0.5)
-    tip = np.where(payment == 1, money(fare * rng.uniform(0.0, 0.3, rows)), 0.0)
-    tolls = np.where(rng.random(rows) < 0.05, 6.12, 0.0)
-    improvement = np.full(rows, 0.3)
-    congestion = rng.choice([2.5, 0.0], rows, p=[0.88, 0.12])
-    total = money(fare + extra + mta_tax + tip + tolls + improvement + congestion)
-    zone_weights = rng.pareto(1.2, 265) + 0.01
-    zone_weights /= zone_weights.sum()
-
-    flag_index = pa.array((rng.random(rows) < 0.01).astype(np.int8), pa.int8(), mask=no_meter)
-    flags = pa.DictionaryArray.from_arrays(flag_index, pa.array(["N", "Y"])).dictionary_decode()
-
-    # A bijection of 0..rows-1 onto int64 (multiply by an odd constant mod 2**64, xor-shift): unique and
-    # spread over the whole range like the real hash.
-    keys = (np.arange(rows, dtype=np.uint64) + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
-    keys ^= keys >> np.uint64(29)
-
-    columns = {
-        "vendor_id": ints(rng.choice([1, 2], rows, p=[0.3, 0.7])),
-        "tpep_pickup_datetime": pa.array(pickup, pa.timestamp("us")),
-        "tpep_dropoff_datetime": pa.array(dropoff, pa.timestamp("us")),
-        "passenger_count": ints(rng.choice([1, 2, 3, 4, 5, 6], rows, p=[0.72, 0.14, 0.04, 0.02, 0.05, 0.03])),
-        "trip_distance": pa.array(distance),
-        "ratecode_id": ints(rng.choice([1, 2, 3, 4, 5, 99], rows, p=[0.95, 0.025, 0.005, 0.005, 0.014, 0.001])),
-        "store_and_fwd_flag": flags,
-        "pu_location_id": ints(rng.choice(np.arange(1, 266), rows, p=zone_weights), nullable=False),
-        "do_location_id": ints(rng.choice(np.arange(1, 266), rows, p=zone_weights), nullable=False),
-        "payment_type": ints(payment),
-        "fare_amount": pa.array(fare),
-        "extra": pa.array(extra),
-        "mta_tax": pa.array(mta_tax),
-        "tip_amount": pa.array(tip),
-        "tolls_amount": pa.array(tolls),
-        "improvement_surcharge": pa.array(improvement),
-        "total_amount": pa.array(total),
-        "congestion_surcharge": pa.array(congestion),
-        "airport_fee": pa.nulls(rows, pa.float64()),
-        "cbd_congestion_fee": pa.nulls(rows, pa.float64()),
-        "trip_key": pa.array(keys.view(np.int64), pa.int64()),
-        "pickup_date": pa.array(pickup.astype("datetime64[D]"), pa.date32()),
-    }
-    if list(columns) != schema.names:
-        raise AssertionError(f"synthetic columns {list(columns)} differ from the clean schema {schema.names}")
-    table = pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
-    if pc.count_distinct(table["trip_key"]).as_py() != rows:
-        raise AssertionError("synthetic trip_key is not unique")
-    return table
 
 
 # --------------------------------------------------------------------------------------------------

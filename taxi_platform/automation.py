@@ -23,7 +23,12 @@ def build_automation_sensor(minimum_interval_seconds: int) -> dg.AutomationCondi
         description="Materializes postgres/ and warehouse/ months when their clean month changes.",
     )
 
-# The marts of a month follow any dataset's month: they must not wait for every dataset to be loaded.
-MARTS_FOLLOW_UPSTREAM = SINKS_FOLLOW_UPSTREAM.without(
-    ~dg.AutomationCondition.any_deps_missing()
-).with_label("eager, any month, whichever datasets are loaded")
+
+
+def follows_any_dataset(required: list[list[str]]) -> dg.AutomationCondition:
+    """Eager for any month, whichever datasets' months are loaded; but never while `required` (e.g.
+    the zones a mart joins) is missing."""
+    return (
+        SINKS_FOLLOW_UPSTREAM.without(~dg.AutomationCondition.any_deps_missing())
+        & ~dg.AutomationCondition.any_deps_missing().allow(dg.AssetSelection.assets(*required))
+    ).with_label("eager, any month, whichever datasets are loaded")

@@ -11,7 +11,7 @@ import dagster as dg
 import pyarrow as pa
 
 from taxi_platform.assets import by_month
-from taxi_platform.automation import MARTS_FOLLOW_UPSTREAM
+from taxi_platform.automation import SINKS_FOLLOW_UPSTREAM, follows_any_dataset
 from taxi_platform.datasets import DATASETS, NEW_YORK, DatasetSpec
 from taxi_platform.io_managers.warehouse import PARTITION_COLUMN, WarehouseIOManager
 
@@ -30,7 +30,6 @@ COMMON = dict(
     owners=["team:analytics"],
     code_version="1",
     pool="warehouse_loads",
-    automation_condition=MARTS_FOLLOW_UPSTREAM,
 )
 
 
@@ -40,6 +39,7 @@ COMMON = dict(
     + [["warehouse", "taxi_zones"]],
     description="Per day, pickup zone and dataset: trips, revenue, average distance and duration in "
     "minutes, with the zone's borough and name.",
+    automation_condition=follows_any_dataset(required=[["warehouse", "taxi_zones"]]),
     **COMMON,
 )
 def daily_zone_trips(
@@ -91,6 +91,7 @@ def _empty(warehouse: WarehouseIOManager) -> pa.Table:
     ins={"daily": dg.AssetIn(key=["marts", "daily_zone_trips"])},
     description="Per day of the month and dataset: trips and revenue. Each month's materialization "
     "carries a chart of trips per day by dataset.",
+    automation_condition=SINKS_FOLLOW_UPSTREAM,
     **COMMON,
 )
 def monthly_summary(context: dg.AssetExecutionContext, daily) -> dict:

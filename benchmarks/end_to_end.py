@@ -1,0 +1,400 @@
+"""End-to-end benchmark: one month from its source file to PostgreSQL, the platform's way and the course's.
+
+    python -m benchmarks.end_to_end [--rows 1400000] [--dataset yellow] [--month 2021-01]
+                                    [--ways platform,course] [--no-checks] [--profile FILE.svg]
+                                    [--url postgresql://postgres@127.0.0.1:5432/postgres] [--seed S]
+
+A synthetic month (benchmarks/synthetic.py, cached) is served by a local HTTP server laid out like the
+sources (taxi_platform_tests/source_server.py). Each way then runs in its own subprocess, so its wall
+time (process start and imports included) and its peak RSS (`os.wait4` rusage of that child) are its own:
+
+- platform: `dagster.materialize` of raw/<ds>_trips, clean/<ds>_trips, clean/<ds>_trips_rejected,
+  postgres/<ds>_trips, warehouse/<ds>_trips for the month (plus the clean asset's blocking checks, as the
+  platform runs them; `--no-checks` leaves them out), with the local profile's resources from
+  `taxi_platform.definitions.defs()`: TAXI_RELEASES_URL / TAXI_TLC_URL at the local server, TAXI_DATA_DIR
+  a temp folder (lake + DuckDB warehouse), TAXI_POSTGRES_URL and a throwaway TAXI_POSTGRES_SCHEMA.
+- course: download the CSV.gz, `pd.read_csv` with the course's dtypes (nullable Int64, float64, string,
+  parse_dates), keep `passenger_count > 0 & trip_distance > 0` (yellow, green), rename to snake_case,
+  `to_parquet(partition_cols=["pickup_date"])`, `to_sql(chunksize=100_000)` via psycopg2.
+
+Both load the same month into the same server; row counts are checked (the platform's Postgres and
+DuckDB months hold the clean rows; the course's table holds its filtered rows). The schema is dropped at
+the end. Goals (issue 7): for a ~1.4M-row month the platform >= 15x faster than the course and its peak
+RSS <= 1 GB; a 7.5M-row month completes within 3 GB (use `--ways platform` for it).
+`main(argv)` returns the figures as a dict (the smoke test calls it with a few thousand rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from benchmarks.synthetic import DEFAULT_SEED, cached_source_month
+from taxi_platform.datasets import DATASETS, DatasetSpec
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+GOAL_SPEEDUP = 15.0
+GOAL_RSS_SMALL = 1 << 30  # 1 GB for the 1.4M-row month
+GOAL_RSS_LARGE = 3 << 30  # 3 GB for the 7.5M-row month
+SMALL_MONTH_ROWS = 2_000_000  # up to this size the 1 GB goal applies, above it the 3 GB one
+RESULT_MARK = "BENCH_RESULT "
+
+
+# --------------------------------------------------------------------------------------------------
+# The two ways (each runs in its own process: `python -m benchmarks.end_to_end --worker <way> ...`)
+
+
+def platform_way(spec: DatasetSpec, month: str, checks: bool, runner: str = "materialize") -> dict:
+    """The platform's run of the month: `dagster.materialize` (which keeps every output in memory for
+    its result), or with runner="execute_job" `dagster.execute_job` of the same selection as a job, as a
+    launched run or `dagster asset materialize` executes it (outputs only go through the IO managers)."""
+    import dagster as dg
+
+    from taxi_platform.definitions import defs
+
+    sampler = RssSampler()
+    start = time.perf_counter()
+    definitions = defs()
+    keys = [f"raw/{spec.table}", f"clean/{spec.table}", f"clean/{spec.table}_rejected",
+            f"postgres/{spec.table}", f"warehouse/{spec.table}"]
+    selection = dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in keys))
+    if not checks:
+        selection = selection.without_checks()
+    instance = dg.DagsterInstance.ephemeral()
+    if runner == "materialize":
+        result = dg.materialize(
+            [*definitions.assets, *definitions.asset_checks],
+            selection=selection,
+            resources=definitions.resources,
+            partition_key=month,
+            instance=instance,
+        )
+        return _platform_figures(result, instance, sampler, start)
+    from benchmarks.backfill import backfill_job
+
+    os.environ.update(BENCH_DATASET=spec.name, BENCH_EXECUTOR="in_process", BENCH_CHECKS=str(int(checks)))
+    with dg.DagsterInstance.ephemeral() as instance, dg.execute_job(
+        dg.reconstructable(backfill_job), instance, tags={"dagster/partition": month}
+    ) as result:
+        return _platform_figures(result, instance, sampler, start)
+
+
+def _platform_figures(result, instance, sampler, start) -> dict:
+    seconds = time.perf_counter() - start
+    sampler.stop()
+    stats = [s for s in instance.get_run_step_stats(result.run_id) if s.end_time and s.start_time]
+    steps = {s.step_key: s.end_time - s.start_time for s in stats}
+    step_peak_rss = {s.step_key: sampler.peak(s.start_time, s.end_time) for s in stats}
+    counts = {}
+    for event in result.get_asset_materialization_events():
+        m = event.materialization
+        row_count = m.metadata.get("dagster/row_count")
+        if row_count is not None:
+            counts[m.asset_key.to_user_string()] = row_count.value
+    return {"inner_seconds": seconds, "steps": steps, "step_peak_rss": step_peak_rss, "row_counts": counts,
+            "checks_passed": all(e.passed for e in result.get_asset_check_evaluations())}
+
+
+class RssSampler:
+    """Samples this process's RSS every 50 ms (from /proc), to tell which step holds the peak."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            with open("/proc/self/statm") as f:
+                self.samples.append((time.time(), int(f.read().split()[1]) * self._page))
+            self._stop.wait(interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self, start: float, end: float) -> int:
+        return max((rss for t, rss in self.samples if start <= t <= end), default=0)
+
+
+def course_dtypes(spec: DatasetSpec) -> tuple[dict, list[str]]:
+    """The course's read_csv dtypes: nullable Int64 for integers, float64, string; timestamps parsed."""
+    import pyarrow as pa
+
+    dtypes, dates = {}, []
+    for column in spec.columns:
+        if column.csv is None or column.name == "airport_fee":
+            continue
+        if pa.types.is_timestamp(column.csv):
+            dates.append(column.source)
+        elif pa.types.is_integer(column.csv):
+            dtypes[column.source] = "Int64"
+        elif pa.types.is_string(column.csv):
+            dtypes[column.source] = "string"
+        else:
+            dtypes[column.source] = "float64"
+    return dtypes, dates
+
+
+def course_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url: str, folder: str) -> dict:
+    """The course's pipeline: pandas end to end."""
+    import urllib.request
+
+    import pandas as pd
+    import sqlalchemy
+
+    start = time.perf_counter()
+    marks = {}
+    path = Path(folder, spec.file_name(month, "csv"))
+    with urllib.request.urlopen(source_url) as response, open(path, "wb") as out:
+        shutil.copyfileobj(response, out, 1 << 20)
+    marks["download"] = time.perf_counter()
+    dtypes, dates = course_dtypes(spec)
+    df = pd.read_csv(path, dtype=dtypes, parse_dates=dates)
+    raw_rows = len(df)
+    marks["read_csv"] = time.perf_counter()
+    if spec.positive_columns:
+        keep = True
+        for name in spec.positive_columns:
+            source = next(c.source for c in spec.columns if c.name == name)
+            keep = keep & (df[source] > 0)
+        df = df[keep]
+    by_folded = {c.source.lower(): c.name for c in spec.columns}
+    df = df.rename(columns={name: by_folded[name.lower()] for name in df.columns})
+    df["pickup_date"] = df[spec.pickup].dt.date
+    marks["filter_rename"] = time.perf_counter()
+    df.to_parquet(Path(folder, "lake"), partition_cols=["pickup_date"])
+    marks["to_parquet"] = time.perf_counter()
+    engine = sqlalchemy.create_engine(sqlalchemy.make_url(url).set(drivername="postgresql+psycopg2"))
+    df.drop(columns=["pickup_date"]).to_sql(f"{spec.table}_course", engine, schema=schema,
+                                            if_exists="replace", index=False, chunksize=100_000)
+    engine.dispose()
+    marks["to_sql"] = time.perf_counter()
+    steps, previous = {}, start
+    for name, mark in marks.items():
+        steps[name], previous = mark - previous, mark
+    return {"inner_seconds": time.perf_counter() - start, "steps": steps, "raw_rows": raw_rows,
+            "loaded_rows": len(df)}
+
+
+def _worker(argv) -> None:
+    args = json.loads(argv[0])
+    spec = DATASETS[args["dataset"]]
+    if args["way"] == "platform":
+        result = platform_way(spec, args["month"], args["checks"], args["runner"])
+    else:
+        result = course_way(spec, args["month"], args["url"], args["schema"], args["source_url"],
+                            args["folder"])
+    print(RESULT_MARK + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a way in a subprocess, measuring its wall time and peak RSS
+
+
+def run_child(command: list[str], env: dict, timeout: float | None = None) -> dict:
+    """Run `command`; its wall time, peak RSS (bytes, rusage of the child and its waited children)
+    and the JSON it printed after RESULT_MARK."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, start_new_session=True)
+        timer = None
+        if timeout:
+            import signal
+            import threading
+
+            timer = threading.Timer(timeout, os.killpg, (process.pid, signal.SIGKILL))
+            timer.start()
+        _, status, usage = os.wait4(process.pid, 0)
+        if timer:
+            timer.cancel()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if process.returncode != 0:
+        raise RuntimeError(f"{command} failed ({process.returncode}):\n{stderr[-4000:]}")
+    found = [line[len(RESULT_MARK):] for line in stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if not found:
+        raise RuntimeError(f"{command} printed no result:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024, **json.loads(found[-1])}
+
+
+def _execute(url: str, statement, params=()) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _count_month(url: str, schema: str, table: str, column: str | None, month: str) -> int:
+    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
+    params = []
+    if column:
+        query = sql.SQL("{} WHERE {} >= %s::date AND {} < (%s::date + interval '1 month')").format(
+            query, sql.Identifier(column), sql.Identifier(column))
+        params = [f"{month}-01", f"{month}-01"]
+    return _execute(url, query, params)[0][0]
+
+
+def _duckdb_count(path: Path, table: str) -> int:
+    import duckdb
+
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(f'SELECT count(*) FROM taxi."{table}"').fetchone()[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+
+
+def _parse(argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.end_to_end", description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_400_000, help="rows of the synthetic month")
+    parser.add_argument("--dataset", default="yellow", choices=sorted(DATASETS))
+    parser.add_argument("--month", default="2021-01", help="YYYY-MM (2019-01..2021-07: the CSV.gz release)")
+    parser.add_argument("--ways", default="platform,course", help="comma-separated: platform, course")
+    parser.add_argument("--no-checks", action="store_true", help="run the platform without its asset checks")
+    parser.add_argument("--runner", default="materialize", choices=["materialize", "execute_job"],
+                        help="how the platform's run is executed (see platform_way)")
+    parser.add_argument("--url", default=os.environ.get("TAXI_TEST_POSTGRES_URL") or DEFAULT_URL)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--profile", help="record the platform way with py-spy into this file "
+                        "(.svg flame graph, .txt collapsed stacks, .json speedscope)")
+    parser.add_argument("--keep", action="store_true", help="keep the data folder and Postgres schema")
+    args = parser.parse_args(argv)
+    args.ways = [w.strip() for w in args.ways.split(",") if w.strip()]
+    if not set(args.ways) <= {"platform", "course"} or not args.ways:
+        parser.error("--ways takes platform and/or course")
+    return args
+
+
+def main(argv=None) -> dict:
+    if argv and argv[0] == "--worker":
+        return _worker(argv[1:])
+    args = _parse(argv)
+    from taxi_platform_tests.source_server import SourceServer
+
+    spec, month, url = DATASETS[args.dataset], args.month, args.url
+    in_releases = spec.releases is not None and month in spec.releases
+    forms = ("csv",) if in_releases else ("csv", "parquet")
+    start = time.perf_counter()
+    source = cached_source_month(spec, month, args.rows, args.seed, forms)
+    generate_seconds = time.perf_counter() - start
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    server_version = _execute(url, "SHOW server_version")[0][0]
+    results: dict[str, dict] = {}
+    folder = Path(tempfile.mkdtemp(prefix="end_to_end_"))
+    _execute(url, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        with SourceServer(source) as server:
+            base_env = {k: v for k, v in os.environ.items() if not k.startswith(("TAXI_", "DAGSTER_"))}
+            base_env["PYTHONPATH"] = os.pathsep.join(
+                [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            for way in args.ways:
+                work = folder / way
+                work.mkdir()
+                env = dict(base_env)
+                if way == "platform":
+                    env.update(TAXI_RELEASES_URL=f"{server.url}/releases", TAXI_TLC_URL=server.url,
+                               TAXI_DATA_DIR=str(work / "data"), TAXI_POSTGRES_URL=url,
+                               TAXI_POSTGRES_SCHEMA=schema, TAXI_PROFILE="local")
+                job = {"way": way, "dataset": spec.name, "month": month, "checks": not args.no_checks,
+                       "runner": args.runner,
+                       "url": url, "schema": schema, "folder": str(work),
+                       "source_url": f"{server.url}/releases/{spec.name}/{spec.file_name(month, 'csv')}"}
+                command = [sys.executable, "-m", "benchmarks.end_to_end", "--worker", json.dumps(job)]
+                if way == "platform" and args.profile:
+                    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+                    kind = {".txt": "raw", ".json": "speedscope"}.get(Path(args.profile).suffix, "flamegraph")
+                    command = [py_spy, "record", "--rate", "50", "--subprocesses", "--format", kind,
+                               "-o", args.profile, "--", *command]
+                results[way] = result = run_child(command, env)
+                if way == "platform":
+                    result["postgres_rows"] = _count_month(url, schema, spec.table, "pickup_date", month)
+                    result["warehouse_rows"] = _duckdb_count(work / "data" / "warehouse.duckdb", spec.table)
+                    clean = result["row_counts"].get(f"clean/{spec.table}")
+                    if not clean or result["postgres_rows"] != clean or result["warehouse_rows"] != clean:
+                        raise RuntimeError(f"platform: clean {clean}, Postgres {result['postgres_rows']}, "
+                                           f"DuckDB {result['warehouse_rows']} rows")
+                    result["raw_rows"] = result["row_counts"][f"raw/{spec.table}"]
+                else:
+                    result["postgres_rows"] = _count_month(url, schema, f"{spec.table}_course", None, month)
+                    if result["postgres_rows"] != result["loaded_rows"]:
+                        raise RuntimeError(f"course: {result['postgres_rows']} rows in Postgres, "
+                                           f"{result['loaded_rows']} filtered")
+    finally:
+        if not args.keep:
+            _execute(url, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            shutil.rmtree(folder, ignore_errors=True)
+
+    figures = {"rows": args.rows, "dataset": spec.name, "month": month, "seed": args.seed,
+               "server_version": server_version, "generate_seconds": generate_seconds,
+               "source_bytes": (source / "releases" / spec.name / spec.file_name(month, "csv")).stat().st_size,
+               "checks": not args.no_checks, "ways": results, "goals": {}, "profiled": bool(args.profile),
+               "runner": args.runner}
+    for way, r in results.items():
+        r["rows_per_second"] = r["raw_rows"] / r["seconds"]
+    rss_goal = GOAL_RSS_SMALL if args.rows <= SMALL_MONTH_ROWS else GOAL_RSS_LARGE
+    if "platform" in results:
+        figures["goals"][f"platform_peak_rss<={rss_goal >> 30}GB"] = results["platform"]["peak_rss"] <= rss_goal
+    if len(results) == 2:
+        figures["speedup"] = results["course"]["seconds"] / results["platform"]["seconds"]
+        figures["rss_ratio"] = results["course"]["peak_rss"] / results["platform"]["peak_rss"]
+        figures["goals"][f"speedup>={GOAL_SPEEDUP:g}x"] = figures["speedup"] >= GOAL_SPEEDUP
+    _report(figures)
+    return figures
+
+
+def _report(f: dict) -> None:
+    names = {"platform": f"platform (dagster.{f['runner']}, 5 assets" + (" + checks)" if f["checks"] else ")"),
+             "course": "course (pandas read_csv .. to_parquet .. to_sql)"}
+    width = max(len(names[w]) for w in f["ways"])
+    lines = [
+        f"PostgreSQL {f['server_version']}; synthetic {f['dataset']} {f['month']}: {f['rows']:,} rows "
+        f"(seed {f['seed']}; CSV.gz {f['source_bytes'] / 1e6:.1f} MB; generated/cached in {f['generate_seconds']:.1f} s)",
+        "",
+        f"{'way':<{width}}  {'wall s':>8}  {'rows/s':>9}  {'peak RSS MB':>11}  {'loaded rows':>11}",
+    ]
+    for way, r in f["ways"].items():
+        lines.append(f"{names[way]:<{width}}  {r['seconds']:>8.2f}  {r['rows_per_second']:>9,.0f}  "
+                     f"{r['peak_rss'] / 2**20:>11,.0f}  {r['postgres_rows']:>11,}")
+    lines.append("")
+    if "speedup" in f:
+        lines.append(f"speedup (course / platform wall): {f['speedup']:.1f}x   "
+                     f"peak RSS course / platform: {f['rss_ratio']:.2f}")
+    for goal, met in f["goals"].items():
+        lines.append(f"goal {goal}: {'met' if met else 'MISSED'}")
+    for way, r in f["ways"].items():
+        steps = ", ".join(f"{k.replace('__', '/')} {v:.1f}" for k, v in r["steps"].items())
+        lines.append(f"{way} steps (s): {steps}; in-process total {r['inner_seconds']:.1f} s")
+        if r.get("step_peak_rss"):
+            lines.append(f"{way} peak RSS per step (MB): " + ", ".join(
+                f"{k.replace('__', '/')} {v / 2**20:,.0f}" for k, v in r["step_peak_rss"].items()))
+    lines.append("notes: wall = the way's whole subprocess (interpreter start and imports included); "
+                 "peak RSS = its ru_maxrss (os.wait4).")
+    if f.get("profiled"):
+        lines.append("  profiled with py-spy: times inflated, and the platform's peak RSS is py-spy's own.")
+    if f["rows"] < 100_000:
+        lines.append(f"  at {f['rows']:,} rows fixed costs (imports, Dagster run setup) dominate: "
+                     "the goals are meant for a full month.")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
