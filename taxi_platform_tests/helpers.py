@@ -80,3 +80,13 @@ def gzip_csv(text: str) -> bytes:
     with gzip.GzipFile(fileobj=buffer, mode="wb") as f:
         f.write(text.encode())
     return buffer.getvalue()
+
+
+def failed_runs(instance) -> str:
+    """The step failures of every failed run on the instance, one line each ("" when none)."""
+    messages = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])):
+        for event in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+            messages.append(f"{run.job_name} {run.tags.get('dagster/partition')}: "
+                            f"{event.dagster_event.step_failure_data.error.message}")
+    return "\n".join(messages)

@@ -16,7 +16,9 @@ import psycopg
 import pytest
 import yaml
 
+from taxi_platform_tests.helpers import failed_runs
 from taxi_platform_tests.source_server import SourceServer
+from taxi_platform_tests.ui import group_alive
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,20 +50,11 @@ def row_count(record) -> int:
     return record.asset_materialization.metadata["dagster/row_count"].value
 
 
-def failures(instance) -> str:
-    messages = []
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])):
-        for event in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
-            messages.append(f"{run.job_name} {run.tags.get('dagster/partition')}: "
-                            f"{event.dagster_event.step_failure_data.error.message}")
-    return "\n".join(messages) or "no failed runs"
-
-
 def wait_for(instance, what: str, condition, timeout: float = 150) -> float:
     start = time.monotonic()
     while not condition():
         if time.monotonic() - start > timeout:
-            pytest.fail(f"after {timeout:.0f} s still waiting for {what}; failed runs:\n{failures(instance)}")
+            pytest.fail(f"after {timeout:.0f} s still waiting for {what}; failed runs:\n{failed_runs(instance) or 'none'}")
         time.sleep(0.5)
     return time.monotonic() - start
 
@@ -147,19 +140,11 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(
                     os.killpg(daemon.pid, signal.SIGKILL)
     assert daemon.returncode is not None
     deadline = time.monotonic() + 20  # the daemon's code server and runs end with it
-    while time.monotonic() < deadline and _group_alive(daemon.pid):
+    while time.monotonic() < deadline and group_alive(daemon.pid):
         time.sleep(0.5)
-    assert not _group_alive(daemon.pid), "processes of the daemon outlived it"
+    assert not group_alive(daemon.pid), "processes of the daemon outlived it"
 
     with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
         rows = con.execute("SELECT strftime(pickup_date, '%Y-%m'), count(*) FROM taxi.green_trips"
                            " WHERE pickup_date >= DATE '2020-10-01' GROUP BY 1 ORDER BY 1").fetchall()
     assert dict(rows) == CLEAN_COUNTS
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False

@@ -18,7 +18,7 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 
 from taxi_platform.definitions import defs
-from taxi_platform_tests.helpers import materialize_with
+from taxi_platform_tests.helpers import failed_runs, materialize_with
 from taxi_platform_tests.ui import PROJECT, DagsterUI, chromium, write_instance
 
 DOCS = PROJECT / "docs"
@@ -43,15 +43,6 @@ def wait_for(what: str, condition, timeout: float, ui: DagsterUI | None = None, 
             logs = f"\ndaemon log:\n{ui.log('daemon')}" if ui else ""
             pytest.fail(f"after {timeout:.0f} s still waiting for {what}{logs}")
         time.sleep(interval)
-
-
-def failures(instance) -> str:
-    messages = []
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])):
-        for event in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
-            messages.append(f"{run.job_name} {run.tags.get('dagster/partition')}: "
-                            f"{event.dagster_event.step_failure_data.error.message}")
-    return "\n".join(messages)
 
 
 def settled(instance, quiet: float = 12) -> bool:
@@ -196,7 +187,7 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
                      not in (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING,
                              BulkActionStatus.FAILING), timeout=150, ui=ui, interval=2)
             status = instance.get_backfill(backfill.backfill_id).status
-            assert status == BulkActionStatus.COMPLETED_SUCCESS, f"backfill {status}:\n{failures(instance)}"
+            assert status == BulkActionStatus.COMPLETED_SUCCESS, f"backfill {status}:\n{failed_runs(instance)}"
             for month, rows in GREEN_CLEAN_ROWS.items():
                 assert postgres_rows(pg_schema, month) == rows, month
             phase(timings, 'backfill', started)
@@ -228,7 +219,7 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
 
             # -- Every run the UI and the daemon started has ended (the automation's loads too). -----
             wait_for("the runs to end", lambda: settled(instance), timeout=120, ui=ui, interval=2)
-            assert not failures(instance), failures(instance)
+            assert not failed_runs(instance), failed_runs(instance)
             phase(timings, 'settle', started)
             lineage = 'key:"*green_trips*" or key:"*taxi_zones*" or group:marts'  # green's, readable
             browser.goto("/asset-groups~" + quote(lineage, safe=""))

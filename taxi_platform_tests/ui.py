@@ -156,14 +156,14 @@ class DagsterUI:
                 codes[name] = process.wait(timeout=10)
         for process in processes.values():
             group_deadline = time.monotonic() + 10
-            while _group_alive(process.pid) and time.monotonic() < group_deadline:
+            while group_alive(process.pid) and time.monotonic() < group_deadline:
                 time.sleep(0.2)
             _kill_group(process.pid)
         self.exit_codes.update(codes)
         return codes
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
         return True
