@@ -262,8 +262,8 @@ def _report(f: dict) -> None:
         "",
         "notes: every table starts absent; CHECKPOINT before each timed load; row counts verified.",
         f"  (a) includes to_pandas() ({f['to_pandas_seconds']:.2f} s); its nullable ints land as double precision, no index.",
-        "  (b) includes connect, advisory lock, CREATE TABLE, its unique index on trip_key (maintained during",
-        "      the COPY, as in real use), the month's DELETE, the COPY streamed from arrow, commit.",
+        "  (b) includes connect, advisory lock, CREATE TABLE, the month's DELETE, sorting by trip_key, the COPY",
+        "      streamed from arrow, its unique index on trip_key (built after the COPY: a new table), commit.",
         "  (c) has no index and does not include writing the CSV file.",
     ]
     if f["rows"] < 100_000:
