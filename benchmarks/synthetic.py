@@ -30,7 +30,6 @@ import gzip
 import os
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 
 import numpy as np

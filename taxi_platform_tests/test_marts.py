@@ -3,7 +3,6 @@
 import base64
 
 import duckdb
-import pytest
 from dagster_gcp import BigQueryResource
 
 from taxi_platform.io_managers.warehouse import BigQueryWarehouse
