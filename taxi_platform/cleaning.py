@@ -1,12 +1,13 @@
-"""The cleaning rules: pure functions from a month's raw table to its clean and rejected rows.
+"""The cleaning rules: a month's raw rows, batch by batch, to its clean and rejected rows.
 
 A raw row is rejected for the first rule it breaks, in this order:
 1. `pickup_outside_month`: its pickup is missing or not inside the partition's month;
 2. `<column>_not_positive`: for each of the dataset's positive columns (passenger_count and
    trip_distance for yellow and green, the course's rules), the value is missing or not > 0;
-3. `duplicate_row`: an exact copy of an earlier row of the month (the first copy is kept); rows are
-   compared by value, so two different rows whose trip_key collides are both kept (and the
-   trip_key_unique check then fails).
+3. `duplicate_row`: an exact copy of an earlier row of the month (the first copy is kept). Rows are
+   compared by two independent 64-bit hashes of all their values (trip_key and a check hash), so a
+   month streams through in bounded memory; two different rows whose trip_key alone collides are
+   both kept (and the trip_key_unique check then fails).
 """
 
 from dataclasses import dataclass
@@ -22,10 +23,16 @@ from taxi_platform.datasets import DatasetSpec
 PICKUP_OUTSIDE_MONTH = "pickup_outside_month"
 DUPLICATE_ROW = "duplicate_row"
 _NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
+_CHECK_FACTOR = np.uint64(0xBF58476D1CE4E5B9)  # odd: multiplying by it loses nothing
 
 
 def not_positive(column: str) -> str:
     return f"{column}_not_positive"
+
+
+def rejected_schema(spec: DatasetSpec) -> pa.Schema:
+    """The clean columns plus reject_reason."""
+    return spec.clean_schema.append(pa.field("reject_reason", pa.string()))
 
 
 def reject_reasons(spec: DatasetSpec) -> list[str]:
@@ -39,12 +46,90 @@ class CleanMonth:
     rejected: pa.Table  # the clean columns plus reject_reason
 
     def rejected_by_reason(self, spec: DatasetSpec) -> dict[str, int]:
-        counts = pc.value_counts(self.rejected["reject_reason"]).to_pylist()
-        found = {c["values"]: c["counts"] for c in counts}
-        return {reason: found.get(reason, 0) for reason in reject_reasons(spec)}
+        return rejected_by_reason(self.rejected, spec)
 
 
-def to_clean_columns(raw: pa.Table, spec: DatasetSpec) -> pa.Table:
+class MonthCleaner:
+    """Cleans one month's raw batches in order; remembers the month's kept rows to find duplicates."""
+
+    def __init__(self, spec: DatasetSpec, month_start: datetime, month_end: datetime,
+                 relaxed: frozenset[str] = frozenset()):
+        unknown = relaxed - set(spec.positive_columns)
+        if unknown:
+            raise ValueError(
+                f"{spec.name} has no rule on {sorted(unknown)}; its rules: {list(spec.positive_columns)}"
+            )
+        self.spec, self.start, self.end, self.relaxed = spec, month_start, month_end, relaxed
+        self.raw_rows = self.clean_rows = 0
+        self.rejected_batches: list[pa.RecordBatch] = []
+        self._seen_keys = np.empty(0, dtype=np.int64)  # sorted; _seen_checks in the same order
+        self._seen_checks = np.empty(0, dtype=np.uint64)
+
+    def clean(self, raw: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch's clean rows; its rejected rows are kept in `rejected_batches`."""
+        table = to_clean_columns(raw, self.spec)
+        keys, checks = _hashes(table)
+        pickup = table[self.spec.pickup]
+        table = table.append_column("trip_key", pa.array(keys)).append_column(
+            "pickup_date", pickup.cast(pa.date32())
+        )
+        broken = [(PICKUP_OUTSIDE_MONTH, ~_in_month(pickup, self.start, self.end))]
+        broken += [
+            (not_positive(name), ~_positive(table[name]))
+            for name in self.spec.positive_columns
+            if name not in self.relaxed
+        ]
+        reason = np.full(table.num_rows, None, dtype=object)
+        for name, mask in reversed(broken):  # the first rule broken wins
+            reason[mask] = name
+        passing = reason == None  # noqa: E711 (element-wise)
+        reason[self._duplicated(keys, checks, passing)] = DUPLICATE_ROW
+        rejected_mask = reason != None  # noqa: E711
+        self.raw_rows += table.num_rows
+        rejected = table.filter(rejected_mask).append_column(
+            "reject_reason", pa.array(reason[rejected_mask], type=pa.string())
+        )
+        self.rejected_batches.append(_one_batch(rejected))
+        clean = _one_batch(table.filter(~rejected_mask))
+        self.clean_rows += clean.num_rows
+        return clean
+
+    def clean_stream(self, raw: pa.RecordBatchReader) -> pa.RecordBatchReader:
+        """The clean rows of a stream of raw batches, cleaned as they are read."""
+        return pa.RecordBatchReader.from_batches(self.spec.clean_schema, map(self.clean, raw))
+
+    def rejected(self) -> pa.Table:
+        return pa.Table.from_batches(self.rejected_batches, rejected_schema(self.spec))
+
+    def _duplicated(self, keys: np.ndarray, checks: np.ndarray, passing: np.ndarray) -> np.ndarray:
+        """Passing rows equal to a passing row seen before (in this batch or an earlier one)."""
+        rows = np.flatnonzero(passing)
+        pairs = pd.DataFrame({"key": keys[rows], "check": checks[rows]})
+        repeated = pairs.duplicated().to_numpy()
+        at = np.searchsorted(self._seen_keys, pairs["key"].to_numpy())
+        inside = at < len(self._seen_keys)
+        found = np.zeros(len(rows), dtype=bool)
+        found[inside] = (self._seen_keys[at[inside]] == pairs["key"].to_numpy()[inside]) & (
+            self._seen_checks[at[inside]] == pairs["check"].to_numpy()[inside]
+        )
+        duplicated = repeated | found
+        new = pairs[~duplicated].sort_values("key")
+        at = np.searchsorted(self._seen_keys, new["key"].to_numpy())
+        self._seen_keys = np.insert(self._seen_keys, at, new["key"].to_numpy())
+        self._seen_checks = np.insert(self._seen_checks, at, new["check"].to_numpy())
+        mask = np.zeros(len(keys), dtype=bool)
+        mask[rows[duplicated]] = True
+        return mask
+
+
+def rejected_by_reason(rejected: pa.Table, spec: DatasetSpec) -> dict[str, int]:
+    """How many rejected rows each rule took, for every rule of the dataset."""
+    counts = pc.value_counts(rejected["reject_reason"]).to_pylist()
+    found = {c["values"]: c["counts"] for c in counts}
+    return {reason: found.get(reason, 0) for reason in reject_reasons(spec)}
+
+
+def to_clean_columns(raw: pa.Table | pa.RecordBatch, spec: DatasetSpec) -> pa.Table:
     """Rename to snake_case and cast to the clean types; columns the file lacks become nulls."""
     by_folded = {name.lower(): name for name in raw.column_names}
     columns = {}
@@ -61,8 +146,14 @@ def trip_key(table: pa.Table) -> pa.Array:
 
     Stable across runs and source forms for the same typed values (pandas' fixed-key siphash).
     """
+    return pa.array(_hashes(table)[0])
+
+
+def _hashes(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """trip_key, and a check hash combining the same column hashes another way."""
     combined = np.zeros(table.num_rows, dtype=np.uint64)
-    for column in table.columns:
+    check = np.zeros(table.num_rows, dtype=np.uint64)
+    for position, column in enumerate(table.columns, start=1):
         if pa.types.is_timestamp(column.type):
             column = column.cast(pa.int64())
         missing = column.is_null().to_numpy(zero_copy_only=False)
@@ -71,7 +162,8 @@ def trip_key(table: pa.Table) -> pa.Array:
         hashed = pd.util.hash_array(values, categorize=False)
         hashed[missing] = _NULL_HASH
         combined = combined * np.uint64(1_000_003) ^ hashed
-    return pa.array(combined.view(np.int64))
+        check += (hashed ^ np.uint64(position)) * _CHECK_FACTOR
+    return combined.view(np.int64), check
 
 
 def clean_month(
@@ -81,47 +173,14 @@ def clean_month(
     month_end: datetime,
     relaxed: frozenset[str] = frozenset(),
 ) -> CleanMonth:
-    """Apply the rules to one month; `relaxed` names positive columns whose rule is switched off."""
-    unknown = relaxed - set(spec.positive_columns)
-    if unknown:
-        raise ValueError(
-            f"{spec.name} has no rule on {sorted(unknown)}; its rules: {list(spec.positive_columns)}"
-        )
-    table = to_clean_columns(raw, spec)
-    keys = trip_key(table)
-    pickup = table[spec.pickup]
-    table = table.append_column("trip_key", keys).append_column(
-        "pickup_date", pickup.cast(pa.date32())
-    )
-
-    broken = [(PICKUP_OUTSIDE_MONTH, ~_in_month(pickup, month_start, month_end))]
-    broken += [
-        (not_positive(name), ~_positive(table[name]))
-        for name in spec.positive_columns
-        if name not in relaxed
-    ]
-    broken.append((DUPLICATE_ROW, _duplicated(table, keys)))
-
-    reason = np.full(table.num_rows, None, dtype=object)
-    for name, mask in reversed(broken):  # the first rule broken wins
-        reason[mask] = name
-    rejected_mask = pa.array(reason != None)  # noqa: E711 (element-wise)
-    return CleanMonth(
-        clean=table.filter(pc.invert(rejected_mask)),
-        rejected=table.filter(rejected_mask).append_column(
-            "reject_reason", pa.array(reason[reason != None], type=pa.string())  # noqa: E711
-        ),
-    )
+    """Apply the rules to a whole month held in memory (the assets stream it through MonthCleaner)."""
+    cleaner = MonthCleaner(spec, month_start, month_end, relaxed)
+    clean = cleaner.clean_stream(pa.RecordBatchReader.from_batches(raw.schema, raw.to_batches()))
+    return CleanMonth(clean=clean.read_all(), rejected=cleaner.rejected())
 
 
-def _duplicated(table: pa.Table, keys: pa.Array) -> np.ndarray:
-    """Rows equal in every trip column to an earlier row; only rows sharing a trip_key are compared."""
-    duplicated = np.zeros(table.num_rows, dtype=bool)
-    candidates = np.flatnonzero(pd.Series(keys.to_numpy()).duplicated(keep=False).to_numpy())
-    if len(candidates):
-        trips = table.drop_columns(["trip_key", "pickup_date"]).take(candidates).to_pandas()
-        duplicated[candidates] = trips.duplicated().to_numpy()
-    return duplicated
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([c.combine_chunks() for c in table.columns], schema=table.schema)
 
 
 def _in_month(pickup: pa.ChunkedArray, start: datetime, end: datetime) -> np.ndarray:

@@ -19,20 +19,32 @@ class SchemaDriftError(UnreadableFile):
     """The file's columns differ from the declared schema; the message names file, month and columns."""
 
 
-def read_trips(path: Path, spec: DatasetSpec, form: str, origin: str) -> pa.Table:
-    """Every row of the file, with its original column names and the declared types of `form`.
+_READ_ERRORS = (pa.ArrowException, OSError, EOFError, zlib.error, UnicodeDecodeError)
+BATCH_BYTES = 16 << 20  # CSV text parsed per batch (about 100,000 trips)
+BATCH_ROWS = 131_072  # parquet rows per batch
 
-    `origin` names the file and month in errors ("green 2020-10 (https://...)").
+
+def read_trips(path: Path, spec: DatasetSpec, form: str, origin: str) -> pa.RecordBatchReader:
+    """Every row of the file, with its original column names and the declared types of `form`, as a
+    stream of batches: the file is parsed as the stream is read, never held whole.
+
+    The columns are checked at once; a row that cannot be parsed or cast raises UnreadableFile when
+    its batch is read. `origin` names the file and month in errors ("green 2020-10 (https://...)").
     """
     try:
         columns = _csv_header(path) if form == "csv" else pq.read_schema(path).names
-        declared = _match_columns(columns, spec, form, origin)
-        if form == "csv":
-            return _read_csv(path, declared)
-        return _read_parquet(path, declared)
-    except SchemaDriftError:
-        raise
-    except (pa.ArrowException, OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
+    except _READ_ERRORS as error:
+        raise UnreadableFile(f"{origin}: cannot read the {form} file: {error}") from error
+    declared = _match_columns(columns, spec, form, origin)
+    schema = pa.schema(declared.items())
+    batches = _csv_batches(path, declared) if form == "csv" else _parquet_batches(path, declared)
+    return pa.RecordBatchReader.from_batches(schema, _explained(batches, form, origin))
+
+
+def _explained(batches, form: str, origin: str):
+    try:
+        yield from batches
+    except _READ_ERRORS as error:
         raise UnreadableFile(f"{origin}: cannot read the {form} file: {error}") from error
 
 
@@ -86,24 +98,29 @@ def _match_columns(columns: list[str], spec: DatasetSpec, form: str, origin: str
     return {name: getattr(by_folded[name.lower()], form) for name in columns}
 
 
-def _read_csv(path: Path, declared: dict[str, pa.DataType]) -> pa.Table:
+def _csv_batches(path: Path, declared: dict[str, pa.DataType]):
     # Integers are parsed as float64 and then cast safely, so "1.0" is read as 1 but "1.5" fails.
     parse_types = {
         name: pa.float64() if pa.types.is_integer(t) else t for name, t in declared.items()
     }
-    table = pacsv.read_csv(
+    with pacsv.open_csv(
         path,
+        read_options=pacsv.ReadOptions(block_size=BATCH_BYTES),
         convert_options=pacsv.ConvertOptions(column_types=parse_types, strings_can_be_null=True),
-    )
-    return _cast(table, declared)
+    ) as reader:
+        for batch in reader:
+            yield _cast(batch, declared)
 
 
-def _read_parquet(path: Path, declared: dict[str, pa.DataType]) -> pa.Table:
-    return _cast(pq.read_table(path), declared)
+def _parquet_batches(path: Path, declared: dict[str, pa.DataType]):
+    file = pq.ParquetFile(path)
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=list(declared)):
+        yield _cast(batch, declared)
 
 
-def _cast(table: pa.Table, declared: dict[str, pa.DataType]) -> pa.Table:
+def _cast(batch: pa.RecordBatch, declared: dict[str, pa.DataType]) -> pa.RecordBatch:
     """Cast each column to its declared type; a lossy cast (1.5 to an integer) raises."""
-    return pa.table(
-        {name: table[name].cast(type, safe=True) for name, type in declared.items()},
+    return pa.RecordBatch.from_arrays(
+        [batch[name].cast(type, safe=True) for name, type in declared.items()],
+        names=list(declared),
     )

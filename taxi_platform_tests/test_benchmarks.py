@@ -37,7 +37,7 @@ def test_synthetic_months_read_and_clean_like_real_ones(dataset, tmp_path):
     assert paths["parquet"] == tmp_path / "trip-data" / f"{dataset}_tripdata_{month}.parquet"
     cleaned = {}
     for form, path in paths.items():
-        raw = read_trips(path, spec, form, f"synthetic {dataset}")
+        raw = read_trips(path, spec, form, f"synthetic {dataset}").read_all()
         assert raw.num_rows == 20_000
         cleaned[form] = clean_month(raw, spec, datetime(2021, 1, 1), datetime(2021, 2, 1))
     reasons = cleaned["csv"].rejected_by_reason(spec)

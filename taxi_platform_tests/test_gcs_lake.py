@@ -103,7 +103,7 @@ def test_files_without_day_directories_and_an_emulator_host_without_scheme(gcs, 
     unpartitioned = dg.AssetKey(["reference", "zones"])
     lake.handle_output(dg.build_output_context(asset_key=unpartitioned), pa.table({"zone": ["a"]}))
     loaded = lake.load_input(dg.build_input_context(asset_key=unpartitioned))
-    assert loaded.to_pydict() == {"zone": ["a"]} and "reference/zones.parquet" in gcs.objects()
+    assert loaded.to_table().to_pydict() == {"zone": ["a"]} and "reference/zones.parquet" in gcs.objects()
 
 
 def test_a_release_month_lands_raw_and_clean_in_the_bucket(taxi_env, gcs):

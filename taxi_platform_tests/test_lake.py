@@ -27,7 +27,10 @@ def read(lake, partition=None, key_range=None):
     upstream = dg.build_output_context(asset_key=KEY, definition_metadata=BY_DAY)
     context = dg.build_input_context(asset_key=KEY, partition_key=partition, asset_partitions_def=MONTHS,
                                      asset_partition_key_range=key_range, upstream_output=upstream)
-    return lake.load_input(context)
+    loaded = lake.load_input(context)  # datasets, read here in full
+    if isinstance(loaded, dict):
+        return {month: dataset.to_table() for month, dataset in loaded.items()}
+    return loaded.to_table()
 
 
 def stored_days(root) -> list[str]:

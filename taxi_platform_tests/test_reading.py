@@ -24,7 +24,7 @@ def test_the_tlc_csv_headers_of_every_dataset_parse(sample_data, tmp_path, name)
     path = tmp_path / f"{name}.csv.gz"
     path.write_bytes(gzip_csv(whole_lines))
     spec = DATASETS[name.split("_")[0]]
-    table = read_trips(path, spec, "csv", name)
+    table = read_trips(path, spec, "csv", name).read_all()
     assert table.num_rows == whole_lines.count("\n") - 1
     clean = to_clean_columns(table, spec)
     assert clean.column("pu_location_id").type == pa.int64()
@@ -43,7 +43,7 @@ def test_parquet_variants_cast_to_the_declared_types(tmp_path):
         "Airport_fee": pa.array([1.25, None]),
     })
     pq.write_table(pa.table(columns), path)
-    table = read_trips(path, DATASETS["yellow"], "parquet", "yellow 2019-03")
+    table = read_trips(path, DATASETS["yellow"], "parquet", "yellow 2019-03").read_all()
     assert table.schema.field("VendorID").type == pa.int32()
     assert table["passenger_count"].to_pylist() == [1, None]
     clean = to_clean_columns(table, DATASETS["yellow"])
@@ -57,7 +57,7 @@ def test_a_lossy_cast_is_a_clear_error(tmp_path):
     columns["passenger_count"] = pa.array([1.5])
     pq.write_table(pa.table(columns), path)
     with pytest.raises(ValueError, match=r"green 2019-03 \(x\): cannot read the parquet file: .*1\.5"):
-        read_trips(path, DATASETS["green"], "parquet", "green 2019-03 (x)")
+        read_trips(path, DATASETS["green"], "parquet", "green 2019-03 (x)").read_all()
 
 
 def test_a_repeated_column_is_schema_drift(tmp_path):

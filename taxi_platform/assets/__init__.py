@@ -1,8 +1,10 @@
 """Asset factories, one module per layer; each builds a dataset's assets from its spec."""
 
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import dagster as dg
+import pyarrow as pa
 
 from taxi_platform.reading import UnreadableFile
 from taxi_platform.source import SourceError, SourceUnavailable
@@ -26,6 +28,21 @@ def permanent_errors_not_retried():
         raise dg.Failure(description=str(error), allow_retries=False) from error
 
 
+def streamed(rows: pa.RecordBatchReader, when_read: Callable[[int], None]) -> pa.RecordBatchReader:
+    """The same batches, for an IO manager to write as they are read: a file that turns out
+    unreadable fails the step without retries, and `when_read(row_count)` runs after the last batch."""
+
+    def batches():
+        count = 0
+        with permanent_errors_not_retried():
+            for batch in rows:
+                count += batch.num_rows
+                yield batch
+        when_read(count)
+
+    return pa.RecordBatchReader.from_batches(rows.schema, batches())
+
+
 def build_sink_asset(spec, layer: str, description: str, **options) -> dg.AssetsDefinition:
     """`<layer>/<dataset>_trips`: the clean months, handed to the layer's IO manager to store."""
 
@@ -39,9 +56,10 @@ def build_sink_asset(spec, layer: str, description: str, **options) -> dg.Assets
         **options,
     )
     def sink(context: dg.AssetExecutionContext, clean) -> dict:
+        """The stored months, read by the IO manager as it writes them."""
         months = by_month(context, clean)
-        for month, table in months.items():
-            context.add_asset_metadata({"dagster/row_count": table.num_rows}, partition_key=month)
+        for month, rows in months.items():
+            context.add_asset_metadata({"dagster/row_count": rows.count_rows()}, partition_key=month)
         return months
 
     return sink

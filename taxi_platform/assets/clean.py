@@ -1,13 +1,16 @@
 """clean/<dataset>_trips and clean/<dataset>_trips_rejected: typed, snake_case, rules applied."""
 
+from functools import partial
+
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from taxi_platform.assets import by_month
+from taxi_platform.assets import by_month, streamed
 from taxi_platform.checks import RELAXED_RULES
-from taxi_platform.cleaning import clean_month, reject_reasons
+from taxi_platform.cleaning import MonthCleaner, reject_reasons, rejected_by_reason, rejected_schema
 from taxi_platform.datasets import DatasetSpec
+from taxi_platform.io_managers.arrow_data import stream
 from taxi_platform.io_managers.lake import PARTITION_COLUMN
 from taxi_platform.metadata import CLEAN_DESCRIPTIONS, clean_column_lineage, column_schema
 
@@ -55,29 +58,14 @@ def build_clean_assets(spec: DatasetSpec) -> dg.AssetsDefinition:
     )
     def clean(context: dg.AssetExecutionContext, config: CleanConfig, raw):
         relaxed = frozenset(config.relax_positive)
-        cleaned, rejected = {}, {}
-        for month, raw_table in by_month(context, raw).items():
+        cleaners, streams = {}, {}
+        for month, raw_rows in by_month(context, raw).items():
             window = spec.partitions_def.time_window_for_partition_key(month)
             start, end = window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
-            result = clean_month(raw_table, spec, start, end, relaxed)
-            cleaned[month], rejected[month] = result.clean, result.rejected
-            context.add_asset_metadata(
-                {
-                    "dagster/row_count": result.clean.num_rows,
-                    "raw_rows": raw_table.num_rows,
-                    "rejected_rows": result.rejected.num_rows,
-                    **{f"rejected_{r}": n for r, n in result.rejected_by_reason(spec).items()},
-                    RELAXED_RULES: ",".join(sorted(relaxed)),
-                },
-                asset_key=clean_key,
-                partition_key=month,
-            )
-            context.add_asset_metadata(
-                {"dagster/row_count": result.rejected.num_rows},
-                asset_key=rejected_key,
-                partition_key=month,
-            )
-        for key, schema in ((clean_key, spec.clean_schema), (rejected_key, _rejected_schema(spec))):
+            cleaner = cleaners[month] = MonthCleaner(spec, start, end, relaxed)
+            clean_rows = cleaner.clean_stream(stream(raw_rows))
+            streams[month] = streamed(clean_rows, partial(_add_month_metadata, context, month, cleaner))
+        for key, schema in ((clean_key, spec.clean_schema), (rejected_key, rejected_schema(spec))):
             context.add_asset_metadata(
                 {
                     "dagster/column_schema": column_schema(schema, CLEAN_DESCRIPTIONS),
@@ -85,10 +73,25 @@ def build_clean_assets(spec: DatasetSpec) -> dg.AssetsDefinition:
                 },
                 asset_key=key,
             )
-        return dg.Output(cleaned, "clean"), dg.Output(rejected, "rejected")
+        # The lake writes the clean rows as the raw month is read; the rejected rows are then known.
+        yield dg.Output(streams, "clean")
+        yield dg.Output({month: cleaner.rejected() for month, cleaner in cleaners.items()}, "rejected")
+
+    def _add_month_metadata(context, month: str, cleaner: MonthCleaner, _rows: int) -> None:
+        rejected = cleaner.rejected()
+        context.add_asset_metadata(
+            {
+                "dagster/row_count": cleaner.clean_rows,
+                "raw_rows": cleaner.raw_rows,
+                "rejected_rows": rejected.num_rows,
+                **{f"rejected_{r}": n for r, n in rejected_by_reason(rejected, spec).items()},
+                RELAXED_RULES: ",".join(sorted(cleaner.relaxed)),
+            },
+            asset_key=clean_key,
+            partition_key=month,
+        )
+        context.add_asset_metadata(
+            {"dagster/row_count": rejected.num_rows}, asset_key=rejected_key, partition_key=month
+        )
 
     return clean
-
-
-def _rejected_schema(spec: DatasetSpec) -> pa.Schema:
-    return spec.clean_schema.append(pa.field("reject_reason", pa.string()))

@@ -1,7 +1,7 @@
 """postgres/<dataset>_trips and postgres/taxi_zones: the clean months and the zones in PostgreSQL."""
 
 import dagster as dg
-import pyarrow as pa
+import pyarrow.dataset as ds
 
 from taxi_platform.assets import build_sink_asset
 from taxi_platform.automation import SINKS_FOLLOW_UPSTREAM
@@ -43,6 +43,6 @@ def build_postgres_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     pool=writer_pool("taxi_zones"),
     **COMMON,
 )
-def postgres_taxi_zones(context: dg.AssetExecutionContext, zones: pa.Table) -> pa.Table:
-    context.add_output_metadata({"dagster/row_count": zones.num_rows})
+def postgres_taxi_zones(context: dg.AssetExecutionContext, zones: ds.Dataset) -> ds.Dataset:
+    context.add_output_metadata({"dagster/row_count": zones.count_rows()})
     return zones

@@ -1,10 +1,11 @@
 """raw/<dataset>_trips: each month's source file, parsed with its declared schema, every row."""
 
 import tempfile
+from functools import partial
 
 import dagster as dg
 
-from taxi_platform.assets import permanent_errors_not_retried
+from taxi_platform.assets import permanent_errors_not_retried, streamed
 from taxi_platform.datasets import DatasetSpec
 from taxi_platform.landing import LANDED_FILE_TAG
 from taxi_platform.metadata import column_schema
@@ -33,24 +34,27 @@ def build_raw_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         retry_policy=DOWNLOAD_RETRY,
         pool="downloads",
     )
-    def raw(context: dg.AssetExecutionContext, taxi_source: TaxiSource) -> dict:
-        tables, landed = {}, context.run.tags.get(LANDED_FILE_TAG)
+    def raw(context: dg.AssetExecutionContext, taxi_source: TaxiSource):
+        streams, landed = {}, context.run.tags.get(LANDED_FILE_TAG)
         with permanent_errors_not_retried(), tempfile.TemporaryDirectory(prefix="taxi-") as folder:
             for month in context.partition_keys:
                 file = taxi_source.locate(spec, month, landed)
                 download = taxi_source.fetch(file, folder)
-                table = read_trips(download.path, spec, file.form, f"{file.label} ({file.url})")
-                download.path.unlink()
+                rows = read_trips(download.path, spec, file.form, f"{file.label} ({file.url})")
                 context.add_asset_metadata(
                     {
                         **download.metadata,
                         "source_kind": file.kind,
-                        "dagster/row_count": table.num_rows,
-                        "dagster/column_schema": column_schema(table.schema),
+                        "dagster/column_schema": column_schema(rows.schema),
                     },
                     partition_key=month,
                 )
-                tables[month] = table
-        return tables
+                streams[month] = streamed(rows, partial(_add_row_count, context, month))
+            # The lake writes each file's rows as they are parsed, before the downloads are removed.
+            yield dg.Output(streams)
 
     return raw
+
+
+def _add_row_count(context: dg.AssetExecutionContext, month: str, rows: int) -> None:
+    context.add_asset_metadata({"dagster/row_count": rows}, partition_key=month)

@@ -1,7 +1,7 @@
 """warehouse/<dataset>_trips and warehouse/taxi_zones: the clean months in DuckDB or BigQuery."""
 
 import dagster as dg
-import pyarrow as pa
+import pyarrow.dataset as ds
 
 from taxi_platform.assets import build_sink_asset
 from taxi_platform.automation import SINKS_FOLLOW_UPSTREAM
@@ -42,6 +42,6 @@ def build_warehouse_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     description="The taxi zones in the warehouse, for joins in the marts.",
     **COMMON,
 )
-def warehouse_taxi_zones(context: dg.AssetExecutionContext, zones: pa.Table) -> pa.Table:
-    context.add_output_metadata({"dagster/row_count": zones.num_rows})
+def warehouse_taxi_zones(context: dg.AssetExecutionContext, zones: ds.Dataset) -> ds.Dataset:
+    context.add_output_metadata({"dagster/row_count": zones.count_rows()})
     return zones

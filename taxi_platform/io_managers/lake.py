@@ -9,9 +9,14 @@ Layout under `root`, from the asset key (`clean/green_trips` -> `clean/green_tri
   back as the last column. A partition without rows is stored as one empty file in the directory of
   its window's first day, so it loads back as an empty table, not as "not materialized".
 
-Writing a partition replaces exactly its files: each is written whole (see `_write_atomic`), then
-files of the partition that the new data no longer has are removed. A run over a range of
-partitions (a single-run backfill) takes and gives a dict of partition key -> table.
+An output is a pyarrow Table or a RecordBatchReader (a stream: it is written batch by batch and never
+held whole). Writing a partition replaces exactly its files: all are staged under temporary names and
+moved into place only when every one is complete (see `_StagedFiles`), then files of the partition that
+the new data no longer has are removed. A run over a range of partitions (a single-run backfill) takes
+and gives a dict of partition key -> data.
+
+Loading gives a `pyarrow.dataset.Dataset` (per partition): it reads nothing until scanned, in
+batches or only the columns needed, so no consumer has to hold a month in memory.
 
 One code path for a folder and a bucket, through `pyarrow.fs`. In a bucket (`gs://bucket/prefix`) a
 "directory" is only a prefix of object names: the lake creates no directory marker objects and finds
@@ -31,11 +36,15 @@ from urllib.parse import urlsplit
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from taxi_platform.io_managers.arrow_data import BATCH_ROWS, stream
+
 PARTITION_COLUMN = "lake/partition_column"
+BUFFERED_ROWS = 4 * BATCH_ROWS
 
 
 class LakeIOManager(dg.ConfigurableIOManager):
@@ -46,33 +55,34 @@ class LakeIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         fs, path = self._asset_path(context.asset_key)
         if not context.has_asset_partitions:
-            written = [_write_atomic(fs, f"{path}.parquet", obj)]
+            written = [_write_file(fs, f"{path}.parquet", obj)]
         else:
             tables = _by_partition(context, obj)
             column = context.definition_metadata.get(PARTITION_COLUMN)
             written = []
-            for key, table in tables.items():
+            for key, data in tables.items():
                 if column:
                     window = context.asset_partitions_def.time_window_for_partition_key(key)
-                    written += _write_hive(fs, path, key, table, column, window)
+                    written += _write_hive(fs, path, key, data, column, window)
                 else:
-                    written.append(_write_atomic(fs, f"{path}/{key}.parquet", table))
+                    written.append(_write_file(fs, f"{path}/{key}.parquet", data))
         context.add_output_metadata(_location_metadata(fs, path, written))
 
     def load_input(self, context: dg.InputContext):
         fs, path = self._asset_path(context.asset_key)
         if not context.has_asset_partitions:
-            return _read(fs, f"{path}.parquet")
+            return _dataset(fs, f"{path}.parquet")
         column = context.upstream_output.definition_metadata.get(PARTITION_COLUMN)
         partitions_def = context.asset_partitions_def
-        tables = {}
+        loaded = {}
         for key in context.asset_partition_keys:
             if column:
                 window = partitions_def.time_window_for_partition_key(key)
-                tables[key] = _read_hive(fs, path, key, column, window)
+                dataset = _hive_dataset(fs, path, key, column, window)
             else:
-                tables[key] = _read(fs, f"{path}/{key}.parquet")
-        return tables if len(tables) > 1 else next(iter(tables.values()))
+                dataset = _dataset(fs, f"{path}/{key}.parquet")
+            loaded[key] = dataset
+        return loaded if len(loaded) > 1 else next(iter(loaded.values()))
 
     def _asset_path(self, asset_key: dg.AssetKey) -> tuple[pafs.FileSystem, str]:
         fs, base = filesystem(self.root)
@@ -115,26 +125,16 @@ def _by_partition(context: dg.OutputContext, obj) -> dict[str, pa.Table]:
     return tables
 
 
-def _write_hive(fs, path: str, key: str, table: pa.Table, column: str, window) -> list[int]:
+def _write_hive(fs, path: str, key: str, data, column: str, window) -> list[int]:
     """Write a partition's hive files, remove its stale ones; the sizes of the files written."""
     start, end = window.start.date(), window.end.date()
-    table = table.sort_by(column)
-    counts = pc.value_counts(table[column]).to_pylist()  # ascending: the table is sorted
-    outside = [c["values"] for c in counts if c["values"] is None or not start <= c["values"] < end]
-    if outside:
-        raise ValueError(
-            f"{path}: partition {key} holds rows with {column} outside [{start}, {end}): "
-            f"{outside[:5]}"
-        )
-    data = table.drop_columns([column])
-    if not counts:
-        counts = [{"values": start, "counts": 0}]
-    offset, written, sizes = 0, set(), []
-    for c in counts:
-        file = f"{path}/{column}={c['values'].isoformat()}/{key}.parquet"
-        sizes.append(_write_atomic(fs, file, data.slice(offset, c["counts"])))
-        offset += c["counts"]
-        written.add(file)
+    staged = _StagedFiles(fs)
+    with staged:
+        days = _DayWriters(staged, path, key, column, start, end, data.schema)
+        for batch in stream(data):
+            days.add(batch)
+        days.close()
+    written = set(staged.files)
     files, entries = _partition_files(fs, path, column, start, end)
     for directory, paths in files.items():
         for file in paths:
@@ -142,22 +142,67 @@ def _write_hive(fs, path: str, key: str, table: pa.Table, column: str, window) -
                 fs.delete_file(file)
         if directory in entries and f"{directory}/{key}.parquet" not in written:
             fs.delete_dir(directory)  # a folder, or a marker object: a bucket's prefix needs nothing
-    return sizes
+    return list(staged.files.values())
 
 
-def _read_hive(fs, path: str, key: str, column: str, window) -> pa.Table:
+class _DayWriters:
+    """One parquet file per day of the partition, written as the batches come: rows are buffered
+    by day and written as row groups whenever BUFFERED_ROWS are held, so memory holds a few batches,
+    not the month."""
+
+    def __init__(self, staged, path, key, column, start: date, end: date, schema: pa.Schema):
+        self.staged, self.path, self.key, self.column = staged, path, key, column
+        self.start, self.end = start, end
+        self.schema = schema.remove(schema.get_field_index(column))
+        self.buffered: dict[date, list[pa.RecordBatch]] = {}
+        self.writers: dict[date, pq.ParquetWriter] = {}
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if not batch.num_rows:
+            return
+        batch = batch.take(pc.sort_indices(batch[self.column]))
+        counts = pc.value_counts(batch[self.column]).to_pylist()  # ascending: the batch is sorted
+        outside = [c["values"] for c in counts
+                   if c["values"] is None or not self.start <= c["values"] < self.end]
+        if outside:
+            raise ValueError(
+                f"{self.path}: partition {self.key} holds rows with {self.column} outside "
+                f"[{self.start}, {self.end}): {outside[:5]}"
+            )
+        data, offset = batch.drop_columns([self.column]), 0
+        for c in counts:
+            day, rows = c["values"], c["counts"]
+            self.buffered.setdefault(day, []).append(data.slice(offset, rows))
+            offset += rows
+        if sum(b.num_rows for days in self.buffered.values() for b in days) >= BUFFERED_ROWS:
+            for day in list(self.buffered):
+                self._flush(day)
+
+    def close(self) -> None:
+        if not self.writers and not self.buffered:  # an empty partition: one empty file
+            self.buffered[self.start] = []
+        for day in list(self.buffered):
+            self._flush(day)
+        for writer in self.writers.values():
+            writer.close()
+
+    def _flush(self, day: date) -> None:
+        if day not in self.writers:
+            file = f"{self.path}/{self.column}={day.isoformat()}/{self.key}.parquet"
+            self.writers[day] = self.staged.writer(file, self.schema)
+        self.writers[day].write_table(pa.Table.from_batches(self.buffered.pop(day), self.schema))
+
+
+def _hive_dataset(fs, path: str, key: str, column: str, window) -> ds.Dataset:
     files, _ = _partition_files(fs, path, column, window.start.date(), window.end.date())
     name = f"{key}.parquet"
-    tables = []
-    for directory, paths in files.items():
-        if f"{directory}/{name}" in paths:
-            table = pq.read_table(f"{directory}/{name}", filesystem=fs)
-            value = date.fromisoformat(directory.rsplit("=", 1)[1])
-            constant = pa.repeat(pa.scalar(value, pa.date32()), table.num_rows)
-            tables.append(table.append_column(column, constant))
-    if not tables:
+    paths = [f"{directory}/{name}" for directory, names in files.items() if f"{directory}/{name}" in names]
+    if not paths:
         raise FileNotFoundError(f"{path}: no files for partition {key}; is it materialized?")
-    return pa.concat_tables(tables)
+    return ds.dataset(
+        paths, filesystem=fs, format="parquet", partition_base_dir=path,
+        partitioning=ds.partitioning(pa.schema([(column, pa.date32())]), flavor="hive"),
+    )
 
 
 def _partition_files(fs, path: str, column: str, start: date, end: date):
@@ -184,28 +229,52 @@ def _partition_files(fs, path: str, column: str, start: date, end: date):
     return dict(sorted(files.items())), entries
 
 
-def _write_atomic(fs, path: str, table: pa.Table) -> int:
-    """Replace the file at `path` at once, never leaving it partly written.
+class _StagedFiles:
+    """Files written under temporary names, moved into place only when every one is complete.
 
-    The parquet is built in memory, then stored in one write. A bucket's object appears whole when
-    its upload completes, and a bucket has no folders to create (pyarrow would add marker objects);
-    a local file goes under a temporary name in its folder, then is renamed.
+    A local file or a bucket's object appears whole at its final name, and a failure anywhere
+    (bad rows, a broken stream) leaves the stored files as they were and removes the staged ones.
     """
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    data = sink.getvalue()
-    target = path
-    if isinstance(fs, pafs.LocalFileSystem):
-        fs.create_dir(posixpath.dirname(path), recursive=True)
+
+    def __init__(self, fs):
+        self.fs, self.files, self._staged, self._writers = fs, {}, {}, []
+
+    def writer(self, path: str, schema: pa.Schema) -> pq.ParquetWriter:
         target = f"{path}.{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(target, compression=None) as out:
-        out.write(data)
-    if target != path:
-        fs.move(target, path)
-    return data.size
+        if isinstance(self.fs, pafs.LocalFileSystem):  # a bucket has no folders to create
+            self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        writer = pq.ParquetWriter(target, schema, filesystem=self.fs)
+        self._staged[path] = target
+        self._writers.append(writer)
+        return writer
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        for writer in self._writers:
+            if writer.is_open:
+                writer.close()
+        if error_type is not None:
+            for target in self._staged.values():
+                if self.fs.get_file_info(target).type == pafs.FileType.File:
+                    self.fs.delete_file(target)
+            return
+        for path, target in self._staged.items():
+            self.fs.move(target, path)
+            self.files[path] = self.fs.get_file_info(path).size
 
 
-def _read(fs, path: str) -> pa.Table:
+def _write_file(fs, path: str, data) -> int:
+    """Write one whole parquet file from a table or a stream of batches; its size."""
+    with _StagedFiles(fs) as staged:
+        writer = staged.writer(path, data.schema)
+        for batch in stream(data):
+            writer.write_batch(batch, row_group_size=BATCH_ROWS)
+    return staged.files[path]
+
+
+def _dataset(fs, path: str) -> ds.Dataset:
     if fs.get_file_info(path).type != pafs.FileType.File:
         raise FileNotFoundError(f"{path} does not exist; is the partition materialized?")
-    return pq.read_table(path, filesystem=fs)
+    return ds.dataset(path, filesystem=fs, format="parquet")

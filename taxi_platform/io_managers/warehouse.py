@@ -26,9 +26,12 @@ from typing import ClassVar
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from dagster_gcp import BigQueryResource
 from pydantic import Field
+
+from taxi_platform.io_managers.arrow_data import as_dataset, stream
 
 PARTITION_COLUMN = "warehouse/partition_column"
 CLUSTER_BY = "warehouse/cluster_by"
@@ -51,21 +54,21 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
     lake_root: str = Field(default="", description="The lake's root, for `<table>_lake` tables.")
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
-        table = pa.concat_tables(obj.values()) if isinstance(obj, dict) else obj
+        data = as_dataset(obj)
         meta = context.definition_metadata
         name = _checked_name(context.asset_key.path[-1])
         window = None
         if context.has_asset_partitions:
             time_window = context.asset_partitions_time_window
             window = Window(meta[PARTITION_COLUMN], time_window.start, time_window.end)
-        descriptions = _descriptions(table.schema, meta)
-        stored = self._replace(name, table, window, list(meta.get(CLUSTER_BY) or []), descriptions)
+        descriptions = _descriptions(data.schema, meta)
+        stored = self._replace(name, data, window, list(meta.get(CLUSTER_BY) or []), descriptions)
         if meta.get(LAKE_TABLE) and self.lake_root:
             prefix = f"{self.lake_root.rstrip('/')}/{meta[LAKE_TABLE]}"
             self._create_lake_table(f"{name}_lake", prefix, window.column if window else None)
             stored["lake_table"] = self.table_id(f"{name}_lake")
         context.add_output_metadata(
-            {"dagster/table_name": self.table_id(name), "rows_written": table.num_rows, **stored}
+            {"dagster/table_name": self.table_id(name), "rows_written": data.count_rows(), **stored}
         )
 
     def load_input(self, context: dg.InputContext):
@@ -102,8 +105,8 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         """The names of the tables in the dataset."""
         raise NotImplementedError
 
-    def _replace(self, name, table, window, cluster_by, descriptions) -> dict:
-        """Replace the window's rows (all rows if None) by `table`; metadata about the table."""
+    def _replace(self, name, data: ds.Dataset, window, cluster_by, descriptions) -> dict:
+        """Replace the window's rows (all rows if None) by `data`; metadata about the table."""
         raise NotImplementedError
 
     def _read(self, name: str, window: Window | None) -> pa.Table:
@@ -120,11 +123,11 @@ class DuckDBWarehouse(WarehouseIOManager):
     path: str = Field(description="The DuckDB database file.")
     lock_timeout_seconds: float = 120.0
 
-    def _replace(self, name, table, window, cluster_by, descriptions) -> dict:
+    def _replace(self, name, data, window, cluster_by, descriptions) -> dict:
         target = f"{_quote(self.dataset)}.{_quote(name)}"
         order = f" ORDER BY {', '.join(map(_quote, cluster_by))}" if cluster_by else ""
         with self._connect() as con:
-            con.register("incoming", table)
+            con.register("incoming", data)  # scanned by DuckDB in batches
             con.begin()
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.dataset)}")
             con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM incoming LIMIT 0")
@@ -212,11 +215,11 @@ class BigQueryWarehouse(WarehouseIOManager):
     def table_id(self, name: str) -> str:
         return f"{self.bigquery.project}.{_checked_name(self.dataset)}.{name}"
 
-    def _replace(self, name, table, window, cluster_by, descriptions) -> dict:
+    def _replace(self, name, data, window, cluster_by, descriptions) -> dict:
         from google.cloud import bigquery
 
         schema = [bigquery.SchemaField(f.name, _bq_type(f.type), description=descriptions.get(f.name))
-                  for f in table.schema]
+                  for f in data.schema]
         with self.bigquery.get_client() as client:
             dataset = bigquery.Dataset(f"{self.bigquery.project}.{self.dataset}")
             dataset.location = self.bigquery.location
@@ -224,8 +227,8 @@ class BigQueryWarehouse(WarehouseIOManager):
             target = self._ensure_table(client, name, schema, window, cluster_by)
             staging_id = f"{self.bigquery.project}.{self.dataset}._staging_{name}_{uuid.uuid4().hex[:12]}"
             try:
-                self._load(client, staging_id, table, schema)
-                columns = ", ".join(f"`{f.name}`" for f in table.schema)
+                self._load(client, staging_id, data, schema)
+                columns = ", ".join(f"`{f.name}`" for f in data.schema)
                 bounds = ""
                 if window:
                     bounds = (f" AND T.`{window.column}` >= DATE '{window.start}'"
@@ -298,13 +301,15 @@ class BigQueryWarehouse(WarehouseIOManager):
             client.update_table(existing, ["schema"])
         return table_id
 
-    def _load(self, client, staging_id: str, table: pa.Table, schema) -> None:
+    def _load(self, client, staging_id: str, data: ds.Dataset, schema) -> None:
         import io
 
         from google.cloud import bigquery
 
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
+        buffer = io.BytesIO()  # the compressed parquet, written batch by batch
+        with pq.ParquetWriter(buffer, data.schema) as writer:
+            for batch in stream(data):
+                writer.write_batch(batch)
         buffer.seek(0)
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.PARQUET, schema=schema,

@@ -1,0 +1,27 @@
+"""The data the IO managers take and give: a pyarrow Table, a lazy pyarrow Dataset, a stream
+(RecordBatchReader), or a dict of partition key -> one of them; read in batches of a bounded size."""
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+BATCH_ROWS = 131_072
+
+
+def stream(data: pa.Table | ds.Dataset | dict | pa.RecordBatchReader) -> pa.RecordBatchReader:
+    """The data's rows as a stream of batches of at most BATCH_ROWS rows (a stream is passed on)."""
+    if isinstance(data, pa.RecordBatchReader):
+        return data
+    if isinstance(data, pa.Table):
+        return pa.RecordBatchReader.from_batches(data.schema, data.to_batches(BATCH_ROWS))
+    data = as_dataset(data)
+    # Read ahead little: a scan's default of 16 batches would hold two million rows.
+    return data.scanner(batch_size=BATCH_ROWS, batch_readahead=2, fragment_readahead=1).to_reader()
+
+
+
+
+def as_dataset(data: pa.Table | ds.Dataset | dict) -> ds.Dataset:
+    """A Table, a Dataset, or a dict of them (a run's partitions) as one Dataset, read lazily."""
+    if isinstance(data, dict):
+        return ds.dataset([as_dataset(part) for part in data.values()])
+    return data if isinstance(data, ds.Dataset) else ds.dataset(data)
