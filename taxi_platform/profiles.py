@@ -11,11 +11,10 @@ import os
 from collections.abc import Mapping
 
 import dagster as dg
-from dagster_gcp import BigQueryResource
 
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.io_managers.postgres import PostgresIOManager
-from taxi_platform.io_managers.warehouse import BigQueryWarehouse, DuckDBWarehouse
+from taxi_platform.io_managers.warehouse import DuckDBWarehouse
 from taxi_platform.source import RELEASES_URL, TLC_URL, TaxiSource
 
 PROFILES = ("local", "gcp")
@@ -49,6 +48,10 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
                 path=os.path.join(data_dir, "warehouse.duckdb"), dataset=dataset, lake_root=lake_root
             ),
         }
+    from dagster_gcp import BigQueryResource  # the Google clients: only this profile imports them
+
+    from taxi_platform.io_managers.bigquery import BigQueryWarehouse
+
     bucket, prefix = environ["TAXI_GCS_BUCKET"], environ.get("TAXI_GCS_PREFIX", "taxi")
     lake_root = f"gs://{bucket}/{prefix}".rstrip("/")
     return {

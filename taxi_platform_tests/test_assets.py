@@ -1,5 +1,6 @@
 """Raw and clean green months from the real files, materialized as Dagster runs them."""
 
+import gzip
 import os
 import subprocess
 import sys
@@ -210,3 +211,33 @@ def test_the_checks_judge_what_is_stored(taxi_env):
     for day in day.parent.parent.glob("pickup_date=2020-10-*/2020-10.parquet"):
         pq.write_table(pq.read_table(day).drop_columns(["tip_amount"]), day)
     assert run_clean_checks("2020-10")["schema_as_declared"] is False
+
+
+def test_a_bad_row_deep_in_a_file_fails_without_retries_and_the_stored_month_survives(
+    taxi_env, overlay, sample_data, monkeypatch
+):
+    """The file is parsed as the lake writes it; a bad row many batches in still leaves the month whole."""
+    from taxi_platform import reading
+
+    monkeypatch.setattr(reading, "BATCH_BYTES", 64 << 10)  # about 400 rows a batch
+    published = overlay / "releases/green/green_tripdata_2019-08.csv.gz"
+    published.parent.mkdir(parents=True, exist_ok=True)
+    lines = gzip.decompress((sample_data / "releases/green/green_tripdata_2020-10.csv.gz").read_bytes())
+    header, *rows = lines.decode().splitlines()[:20_001]
+    rows = [row.replace("2020-10-", "2019-08-") for row in rows]
+    published.write_bytes(gzip_csv("\n".join([header, *rows]) + "\n"))
+    materialize("raw/green_trips", partition="2019-08")
+    before = lake_files(taxi_env, "raw/green_trips")
+    assert before == {"2019-08.parquet": 20_000}
+
+    column = header.split(",").index("passenger_count")
+    bad = rows[-1].split(",")
+    bad[column] = "1.5"
+    published.write_bytes(gzip_csv("\n".join([header, *rows[:-1], ",".join(bad)]) + "\n"))
+    started = time.monotonic()
+    result = materialize("raw/green_trips", partition="2019-08", raise_on_error=False)
+    message = failure_message(result)
+    assert not result.success and time.monotonic() - started < 25  # the retry policy waits 30 s first
+    assert "green 2019-08" in message and "green_tripdata_2019-08.csv.gz" in message and "1.5" in message
+    assert lake_files(taxi_env, "raw/green_trips") == before
+    assert not list((taxi_env / "lake/raw/green_trips").glob("*.tmp"))

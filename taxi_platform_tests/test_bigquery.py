@@ -6,7 +6,7 @@ from dagster_gcp import BigQueryResource
 from google.cloud import bigquery
 
 from taxi_platform.definitions import defs
-from taxi_platform.io_managers.warehouse import BigQueryWarehouse, lake_table_definition
+from taxi_platform.io_managers.bigquery import BigQueryWarehouse, lake_table_definition
 from taxi_platform_tests.helpers import green_trip_keys, materializations
 
 CLEAN_COUNTS = {"2020-10": 49262, "2020-11": 45868, "2020-12": 44228}

@@ -5,7 +5,7 @@ from datetime import datetime
 import pyarrow as pa
 import pytest
 
-from taxi_platform.cleaning import clean_month, to_clean_columns, trip_key
+from taxi_platform.cleaning import MonthCleaner, clean_month, to_clean_columns, trip_key
 from taxi_platform.datasets import DATASETS
 
 GREEN = DATASETS["green"]
@@ -91,3 +91,14 @@ def test_trip_key_values_are_pinned():
     """The Postgres and warehouse unique keys depend on trip_key staying the same across versions."""
     raw = green_rows({"VendorID": 2, "PULocationID": 7, "DOLocationID": 7, "fare_amount": 5.0})
     assert trip_key(to_clean_columns(raw, GREEN)).to_pylist() == [PINNED_KEY]
+
+
+def test_duplicates_are_found_across_batches_and_each_batch_is_cleaned_alone():
+    cleaner = MonthCleaner(GREEN, OCT, NOV)
+    first = green_rows({"fare_amount": 7.0}, {"fare_amount": 8.0}).to_batches()[0]
+    second = green_rows({"fare_amount": 8.0}, {"fare_amount": 9.0}, {"fare_amount": 9.0}).to_batches()[0]
+    kept = [cleaner.clean(first), cleaner.clean(second)]
+    assert [batch["fare_amount"].to_pylist() for batch in kept] == [[7.0, 8.0], [9.0]]
+    assert cleaner.rejected()["reject_reason"].to_pylist() == ["duplicate_row"] * 2
+    assert cleaner.rejected()["fare_amount"].to_pylist() == [8.0, 9.0]
+    assert (cleaner.raw_rows, cleaner.clean_rows) == (5, 3)

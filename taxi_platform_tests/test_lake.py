@@ -4,8 +4,11 @@ from datetime import date
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
+from taxi_platform.io_managers import lake as lake_module
 from taxi_platform.io_managers.lake import PARTITION_COLUMN, LakeIOManager
 
 MONTHS = dg.MonthlyPartitionsDefinition(start_date="2020-01", fmt="%Y-%m")
@@ -74,3 +77,33 @@ def test_a_range_is_written_and_loaded_as_a_dict_of_months(tmp_path):
 def test_a_month_never_written_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no files for partition 2020-05; is it materialized"):
         read(LakeIOManager(root=str(tmp_path)), "2020-05")
+
+
+def test_a_stream_is_written_batch_by_batch_and_loads_back_as_a_lazy_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(lake_module, "BUFFERED_ROWS", 2)  # write row groups after every batch
+    lake = LakeIOManager(root=str(tmp_path))
+    batches = [days(date(2020, 3, d), date(2020, 3, 1)).to_batches()[0] for d in (3, 2, 1)]
+    write(lake, pa.RecordBatchReader.from_batches(batches[0].schema, iter(batches)), "2020-03")
+    assert stored_days(tmp_path) == [f"day=2020-03-0{d}/2020-03.parquet" for d in (1, 2, 3)]
+    assert pq.read_metadata(tmp_path / "clean/trips/day=2020-03-01/2020-03.parquet").num_row_groups == 3
+    upstream = dg.build_output_context(asset_key=KEY, definition_metadata=BY_DAY)
+    loaded = lake.load_input(dg.build_input_context(
+        asset_key=KEY, partition_key="2020-03", asset_partitions_def=MONTHS, upstream_output=upstream))
+    assert isinstance(loaded, ds.Dataset) and loaded.count_rows() == 6
+    assert sorted(loaded.to_table(columns=["day"])["day"].to_pylist()) == [date(2020, 3, 1)] * 4 + [
+        date(2020, 3, 2), date(2020, 3, 3)]
+
+
+def test_a_stream_that_breaks_midway_leaves_the_stored_month_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(lake_module, "BUFFERED_ROWS", 1)
+    lake = LakeIOManager(root=str(tmp_path))
+    write(lake, days(date(2020, 3, 5), date(2020, 3, 6)), "2020-03")
+    before = {day: (tmp_path / "clean/trips" / day).read_bytes() for day in stored_days(tmp_path)}
+
+    def breaking():
+        yield days(date(2020, 3, 1), date(2020, 3, 7)).to_batches()[0]
+        raise OSError("connection reset while reading the source")
+
+    with pytest.raises(OSError, match="connection reset"):
+        write(lake, pa.RecordBatchReader.from_batches(days().schema, breaking()), "2020-03")
+    assert {day: (tmp_path / "clean/trips" / day).read_bytes() for day in stored_days(tmp_path)} == before

@@ -5,7 +5,7 @@ import base64
 import duckdb
 from dagster_gcp import BigQueryResource
 
-from taxi_platform.io_managers.warehouse import BigQueryWarehouse
+from taxi_platform.io_managers.bigquery import BigQueryWarehouse
 from taxi_platform_tests.helpers import green_trip_keys, materialize, materializations
 
 UPSTREAM = (*green_trip_keys(), "warehouse/green_trips", "reference/taxi_zones", "warehouse/taxi_zones")

@@ -3,7 +3,6 @@
 from functools import partial
 
 import dagster as dg
-import pyarrow as pa
 from pydantic import Field
 
 from taxi_platform.assets import by_month, streamed

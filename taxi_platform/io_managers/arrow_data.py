@@ -1,10 +1,17 @@
 """The data the IO managers take and give: a pyarrow Table, a lazy pyarrow Dataset, a stream
 (RecordBatchReader), or a dict of partition key -> one of them; read in batches of a bounded size."""
 
+import os
+
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 BATCH_ROWS = 131_072
+
+# jemalloc hands the memory of freed batches back to the system; pyarrow's default (mimalloc) kept it,
+# and a run's RSS climbed step by step (benchmarks/README.md). ARROW_DEFAULT_MEMORY_POOL overrides.
+if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 def stream(data: pa.Table | ds.Dataset | dict | pa.RecordBatchReader) -> pa.RecordBatchReader:

@@ -11,6 +11,7 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
   one transaction; BigQuery loads a staging table, then one MERGE deletes the window's rows and
   inserts the staged ones.
 - Schema drift: new columns are added; a changed type fails, naming the columns.
+- BigQuery's back end is `taxi_platform.io_managers.bigquery` (imported by the gcp profile only).
 - Definition metadata `warehouse/lake_table: "clean/green_trips"` also (re)creates `<table>_lake`
   over that asset's hive-partitioned parquet in the lake at `lake_root`: a BigQuery external table
   (hive partitions), or a DuckDB view; the lake's files queried where they lie.
@@ -18,7 +19,6 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
 
 import re
 import time
-import uuid
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -27,11 +27,9 @@ from typing import ClassVar
 import dagster as dg
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
-from dagster_gcp import BigQueryResource
 from pydantic import Field
 
-from taxi_platform.io_managers.arrow_data import as_dataset, stream
+from taxi_platform.io_managers.arrow_data import as_dataset
 
 PARTITION_COLUMN = "warehouse/partition_column"
 CLUSTER_BY = "warehouse/cluster_by"
@@ -122,6 +120,9 @@ class DuckDBWarehouse(WarehouseIOManager):
 
     path: str = Field(description="The DuckDB database file.")
     lock_timeout_seconds: float = 120.0
+    memory_limit: str = Field(
+        default="1GB", description="DuckDB's memory; beyond it, sorts spill to <path>.tmp on disk."
+    )
 
     def _replace(self, name, data, window, cluster_by, descriptions) -> dict:
         target = f"{_quote(self.dataset)}.{_quote(name)}"
@@ -195,7 +196,7 @@ class DuckDBWarehouse(WarehouseIOManager):
         deadline = time.monotonic() + self.lock_timeout_seconds
         while True:
             try:
-                con = duckdb.connect(self.path)
+                con = duckdb.connect(self.path, config={"memory_limit": self.memory_limit})
                 break
             except duckdb.IOException as error:
                 if "lock" not in str(error).lower() or time.monotonic() > deadline:
@@ -205,158 +206,6 @@ class DuckDBWarehouse(WarehouseIOManager):
             yield con
         finally:
             con.close()
-
-
-class BigQueryWarehouse(WarehouseIOManager):
-    """The GCP warehouse: native partitioned, clustered BigQuery tables."""
-
-    bigquery: BigQueryResource
-
-    def table_id(self, name: str) -> str:
-        return f"{self.bigquery.project}.{_checked_name(self.dataset)}.{name}"
-
-    def _replace(self, name, data, window, cluster_by, descriptions) -> dict:
-        from google.cloud import bigquery
-
-        schema = [bigquery.SchemaField(f.name, _bq_type(f.type), description=descriptions.get(f.name))
-                  for f in data.schema]
-        with self.bigquery.get_client() as client:
-            dataset = bigquery.Dataset(f"{self.bigquery.project}.{self.dataset}")
-            dataset.location = self.bigquery.location
-            client.create_dataset(dataset, exists_ok=True)
-            target = self._ensure_table(client, name, schema, window, cluster_by)
-            staging_id = f"{self.bigquery.project}.{self.dataset}._staging_{name}_{uuid.uuid4().hex[:12]}"
-            try:
-                self._load(client, staging_id, data, schema)
-                columns = ", ".join(f"`{f.name}`" for f in data.schema)
-                bounds = ""
-                if window:
-                    bounds = (f" AND T.`{window.column}` >= DATE '{window.start}'"
-                              f" AND T.`{window.column}` < DATE '{window.end}'")
-                client.query(
-                    f"MERGE `{target}` T USING `{staging_id}` S ON FALSE"
-                    f" WHEN NOT MATCHED BY SOURCE{bounds} THEN DELETE"
-                    f" WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({columns})"
-                ).result()
-            finally:
-                client.delete_table(staging_id, not_found_ok=True)
-            stored = client.get_table(target)
-        project = self.bigquery.project
-        url = (f"https://console.cloud.google.com/bigquery?project={project}"
-               f"&ws=!1m5!1m4!4m3!1s{project}!2s{self.dataset}!3s{name}")
-        return {"console_url": dg.MetadataValue.url(url), "table_bytes": stored.num_bytes or 0,
-                "table_rows": stored.num_rows or 0}
-
-    float_type: ClassVar[str] = "FLOAT64"
-    int_type: ClassVar[str] = "INT64"
-
-    def ref(self, name: str) -> str:
-        return f"`{self.table_id(_checked_name(name))}`"
-
-    def seconds_between(self, start: str, end: str) -> str:
-        return f"DATETIME_DIFF({end}, {start}, SECOND)"
-
-    def execute(self, statement: str) -> pa.Table:
-        with self.bigquery.get_client() as client:
-            return client.query(statement).result().to_arrow(create_bqstorage_client=False)
-
-    def tables(self) -> set[str]:
-        from google.api_core.exceptions import NotFound
-
-        with self.bigquery.get_client() as client:
-            try:
-                return {t.table_id for t in client.list_tables(f"{self.bigquery.project}.{self.dataset}")}
-            except NotFound:
-                return set()
-
-    def _create_lake_table(self, name, prefix, partition_column) -> None:
-        from google.api_core.exceptions import Conflict
-
-        table = lake_table_definition(self.table_id(name), prefix, partition_column)
-        with self.bigquery.get_client() as client:
-            try:
-                client.create_table(table)
-            except Conflict:
-                client.update_table(table, ["external_data_configuration"])
-
-    def _ensure_table(self, client, name, schema, window, cluster_by) -> str:
-        from google.api_core.exceptions import NotFound
-        from google.cloud import bigquery
-
-        table_id = self.table_id(name)
-        try:
-            existing = client.get_table(table_id)
-        except NotFound:
-            table = bigquery.Table(table_id, schema=schema)
-            if window:
-                table.time_partitioning = bigquery.TimePartitioning(field=window.column)
-            table.clustering_fields = cluster_by or None
-            client.create_table(table)
-            return table_id
-        _check_drift(table_id, {f.name: f.field_type for f in existing.schema},
-                     {f.name: f.field_type for f in schema})
-        new = [f for f in schema if f.name not in {e.name for e in existing.schema}]
-        if new:
-            existing.schema = [*existing.schema, *new]
-            client.update_table(existing, ["schema"])
-        return table_id
-
-    def _load(self, client, staging_id: str, data: ds.Dataset, schema) -> None:
-        import io
-
-        from google.cloud import bigquery
-
-        buffer = io.BytesIO()  # the compressed parquet, written batch by batch
-        with pq.ParquetWriter(buffer, data.schema) as writer:
-            for batch in stream(data):
-                writer.write_batch(batch)
-        buffer.seek(0)
-        config = bigquery.LoadJobConfig(
-            source_format=bigquery.SourceFormat.PARQUET, schema=schema,
-            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
-        )
-        client.load_table_from_file(buffer, staging_id, job_config=config).result()
-
-    def _read(self, name: str, window: Window | None) -> pa.Table:
-        from google.cloud import bigquery
-
-        query, params = f"SELECT * FROM `{self.table_id(name)}`", []
-        if window:
-            query += f" WHERE `{window.column}` >= @start AND `{window.column}` < @end"
-            params = [bigquery.ScalarQueryParameter("start", "DATE", window.start),
-                      bigquery.ScalarQueryParameter("end", "DATE", window.end)]
-        with self.bigquery.get_client() as client:
-            job = client.query(query, job_config=bigquery.QueryJobConfig(query_parameters=params))
-            return job.result().to_arrow(create_bqstorage_client=False)
-
-
-def lake_table_definition(table_id: str, prefix: str, partition_column: str | None):
-    """A BigQuery external table over the parquet under `prefix`, hive-partitioned by a DATE column."""
-    from google.cloud import bigquery
-
-    external = bigquery.ExternalConfig("PARQUET")
-    external.source_uris = [f"{prefix}/*"]
-    if partition_column:
-        hive = bigquery.HivePartitioningOptions()
-        hive.mode = "CUSTOM"
-        hive.source_uri_prefix = f"{prefix}/{{{partition_column}:DATE}}"
-        external.hive_partitioning = hive
-    table = bigquery.Table(table_id)
-    table.external_data_configuration = external
-    return table
-
-
-def _bq_type(arrow_type: pa.DataType) -> str:
-    for matches, name in [
-        (pa.types.is_integer, "INT64"), (pa.types.is_floating, "FLOAT64"),
-        (pa.types.is_boolean, "BOOL"), (pa.types.is_date32, "DATE"),
-        (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "STRING"),
-        (lambda t: pa.types.is_timestamp(t) and t.tz is None, "DATETIME"),
-        (pa.types.is_timestamp, "TIMESTAMP"),
-    ]:
-        if matches(arrow_type):
-            return name
-    raise TypeError(f"no BigQuery type for arrow type {arrow_type}")
 
 
 def _descriptions(schema: pa.Schema, meta) -> dict[str, str]:
