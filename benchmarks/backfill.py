@@ -13,7 +13,8 @@ executed with `dagster.execute_job` on a Dagster instance of its own DAGSTER_HOM
 
 - serial: one process executes the runs one after another with the in_process executor;
 - multiprocess: the runs are split over two processes (as a run queue with max 2 concurrent runs would),
-  each executing its runs with the multiprocess executor (max_concurrent 2: a process per step);
+  each executing its runs with the multiprocess executor (max_concurrent 2: a process per step, forked
+  from a forkserver that has imported the code location once);
 - two_processes: the same split, each run with the in_process executor (no process per step).
 
 Each mode writes a throwaway Postgres schema and data folder of its own. Afterwards each mode's Postgres
@@ -82,7 +83,8 @@ def backfill_job():
     selection = dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in keys))
     if os.environ.get("BENCH_CHECKS", "1") == "0":
         selection = selection.without_checks()
-    executor = (dg.multiprocess_executor.configured({"max_concurrent": 2})
+    executor = (dg.multiprocess_executor.configured({"max_concurrent": 2, "start_method": {
+                    "forkserver": {"preload_modules": ["taxi_platform.definitions", "benchmarks.backfill"]}}})
                 if os.environ.get("BENCH_EXECUTOR") == "multiprocess" else dg.in_process_executor)
     job = dg.define_asset_job(
         "benchmark_backfill",
