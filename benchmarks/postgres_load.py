@@ -134,9 +134,12 @@ def _check_count(url: str, schema: str, name: str, rows: int, way: str) -> None:
 
 
 def _indexes(url: str, schema: str, name: str) -> list[str]:
+    """The indexes of the table and of its partitions."""
     return [row[0] for row in _execute(
-        url, "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = %s ORDER BY 1",
-        [schema, name])]
+        url, "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND (tablename = %s OR tablename IN"
+        " (SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        "  WHERE i.inhparent = (quote_ident(%s) || '.' || quote_ident(%s))::regclass)) ORDER BY 1",
+        [schema, name, schema, name])]
 
 
 def _sqlalchemy_url(url: str) -> sqlalchemy.URL:

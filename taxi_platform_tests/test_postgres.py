@@ -132,8 +132,9 @@ def test_a_table_name_cannot_inject_sql(postgres_url, pg_schema):
     hostile_schema = PostgresIOManager(url=postgres_url, db_schema=pg_schema + "; DROP SCHEMA public")
     try:
         write(hostile_schema, "2020-03", trips("2020-03", 3))
-        tables = query(postgres_url, "SELECT table_schema, table_name FROM information_schema.tables"
-                       " WHERE table_schema LIKE %s ORDER BY 1, 2", [pg_schema + "%"])
+        tables = query(postgres_url, "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
+                       " ON n.oid = c.relnamespace WHERE n.nspname LIKE %s AND c.relkind IN ('r', 'p')"
+                       " AND NOT c.relispartition ORDER BY 1, 2", [pg_schema + "%"])
         assert tables == [(pg_schema, "trips"), (pg_schema, hostile["postgres/table"]),
                           (pg_schema + "; DROP SCHEMA public", "trips")]
         assert query(postgres_url, f'SELECT count(*) FROM "{pg_schema}".trips') == [(3,)]
@@ -167,3 +168,41 @@ def test_a_writer_killed_during_copy_leaves_the_previous_month_whole(postgres_ur
     writer.wait()
     assert writer.returncode == -signal.SIGKILL
     assert month_counts(postgres_url, pg_schema, "trips") == {"2020-03": 1000, "2020-04": 10}
+
+
+def test_months_are_partitions_and_rows_outside_their_month_are_refused(postgres_url, pg_schema):
+    manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema)
+    write(manager, "2020-03", trips("2020-03", 4))
+    write(manager, "2020-04", trips("2020-04", 2))
+    partitions = query(postgres_url, "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+                       " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass ORDER BY 1",
+                       [f'"{pg_schema}".trips'])
+    assert partitions == [("trips_2020_03", "FOR VALUES FROM ('2020-03-01') TO ('2020-04-01')"),
+                          ("trips_2020_04", "FOR VALUES FROM ('2020-04-01') TO ('2020-05-01')")]
+    stray = trips("2020-03", 3).set_column(1, "pickup_date", pa.array([datetime(2020, 4, 1).date()] * 3, pa.date32()))
+    with pytest.raises(ValueError, match=r"trips: partition 2020-03 holds rows with pickup_date outside "
+                                         r"\[2020-03-01, 2020-04-01\)"):
+        write(manager, "2020-03", stray)
+    assert month_counts(postgres_url, pg_schema, "trips") == {"2020-03": 4, "2020-04": 2}
+
+
+def test_writers_of_different_months_run_at_once_and_a_months_writers_wait_in_turn(postgres_url, pg_schema):
+    """Each writer holds its month's lock; creating the table, or swapping partitions in, must not
+    make two writers fail or deadlock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema)
+    jobs = [("2020-01", 10), ("2020-03", 200_000), ("2020-04", 200_000), ("2020-03", 150_000), ("2020-04", 100_000)]
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        for future in [pool.submit(write, manager, month, trips(month, n)) for month, n in jobs]:
+            future.result(timeout=120)
+    counts = month_counts(postgres_url, pg_schema, "trips")
+    assert counts["2020-01"] == 10
+    assert counts["2020-03"] in (200_000, 150_000) and counts["2020-04"] in (200_000, 100_000)
+
+
+def test_an_unpartitioned_table_in_the_way_is_a_clear_error(postgres_url, pg_schema):
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{pg_schema}"; CREATE TABLE "{pg_schema}".trips (trip_key bigint)')
+    with pytest.raises(ValueError, match=r"trips exists but is not partitioned by pickup_date"):
+        write(PostgresIOManager(url=postgres_url, db_schema=pg_schema), "2020-03", trips("2020-03", 3))
