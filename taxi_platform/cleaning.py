@@ -86,11 +86,11 @@ class MonthCleaner:
         reason[self._duplicated(keys, checks, passing)] = DUPLICATE_ROW
         rejected_mask = reason != None  # noqa: E711
         self.raw_rows += table.num_rows
-        rejected = table.filter(rejected_mask).append_column(
+        rejected = table.filter(pa.array(rejected_mask))
+        self.rejected_batches.append(rejected.append_column(
             "reject_reason", pa.array(reason[rejected_mask], type=pa.string())
-        )
-        self.rejected_batches.append(_one_batch(rejected))
-        clean = _one_batch(table.filter(~rejected_mask))
+        ))
+        clean = table.filter(pa.array(~rejected_mask))
         self.clean_rows += clean.num_rows
         return clean
 
@@ -104,21 +104,21 @@ class MonthCleaner:
     def _duplicated(self, keys: np.ndarray, checks: np.ndarray, passing: np.ndarray) -> np.ndarray:
         """Passing rows equal to a passing row seen before (in this batch or an earlier one)."""
         rows = np.flatnonzero(passing)
-        pairs = pd.DataFrame({"key": keys[rows], "check": checks[rows]})
-        repeated = pairs.duplicated().to_numpy()
-        at = np.searchsorted(self._seen_keys, pairs["key"].to_numpy())
-        inside = at < len(self._seen_keys)
-        found = np.zeros(len(rows), dtype=bool)
-        found[inside] = (self._seen_keys[at[inside]] == pairs["key"].to_numpy()[inside]) & (
-            self._seen_checks[at[inside]] == pairs["check"].to_numpy()[inside]
+        order = np.lexsort((checks[rows], keys[rows]))  # stable: equal rows keep their order
+        key, check = keys[rows][order], checks[rows][order]
+        repeated = np.zeros(len(key), dtype=bool)
+        repeated[1:] = (key[1:] == key[:-1]) & (check[1:] == check[:-1])
+        at = np.searchsorted(self._seen_keys, key)  # sorted needles: a sequential walk
+        inside = np.flatnonzero(at < len(self._seen_keys))
+        seen = np.zeros(len(key), dtype=bool)
+        seen[inside] = (self._seen_keys[at[inside]] == key[inside]) & (
+            self._seen_checks[at[inside]] == check[inside]
         )
-        duplicated = repeated | found
-        new = pairs[~duplicated].sort_values("key")
-        at = np.searchsorted(self._seen_keys, new["key"].to_numpy())
-        self._seen_keys = np.insert(self._seen_keys, at, new["key"].to_numpy())
-        self._seen_checks = np.insert(self._seen_checks, at, new["check"].to_numpy())
+        duplicated = repeated | seen
+        self._seen_keys = np.insert(self._seen_keys, at[~duplicated], key[~duplicated])
+        self._seen_checks = np.insert(self._seen_checks, at[~duplicated], check[~duplicated])
         mask = np.zeros(len(keys), dtype=bool)
-        mask[rows[duplicated]] = True
+        mask[rows[order[duplicated]]] = True
         return mask
 
 
@@ -129,7 +129,7 @@ def rejected_by_reason(rejected: pa.Table, spec: DatasetSpec) -> dict[str, int]:
     return {reason: found.get(reason, 0) for reason in reject_reasons(spec)}
 
 
-def to_clean_columns(raw: pa.Table | pa.RecordBatch, spec: DatasetSpec) -> pa.Table:
+def to_clean_columns(raw: pa.Table | pa.RecordBatch, spec: DatasetSpec) -> pa.Table | pa.RecordBatch:
     """Rename to snake_case and cast to the clean types; columns the file lacks become nulls."""
     by_folded = {name.lower(): name for name in raw.column_names}
     columns = {}
@@ -138,7 +138,7 @@ def to_clean_columns(raw: pa.Table | pa.RecordBatch, spec: DatasetSpec) -> pa.Ta
         columns[c.name] = (
             raw[source].cast(c.type) if source else pa.nulls(raw.num_rows, type=c.type)
         )
-    return pa.table(columns)
+    return pa.record_batch(columns) if isinstance(raw, pa.RecordBatch) else pa.table(columns)
 
 
 def trip_key(table: pa.Table) -> pa.Array:
@@ -177,10 +177,6 @@ def clean_month(
     cleaner = MonthCleaner(spec, month_start, month_end, relaxed)
     clean = cleaner.clean_stream(pa.RecordBatchReader.from_batches(raw.schema, raw.to_batches()))
     return CleanMonth(clean=clean.read_all(), rejected=cleaner.rejected())
-
-
-def _one_batch(table: pa.Table) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays([c.combine_chunks() for c in table.columns], schema=table.schema)
 
 
 def _in_month(pickup: pa.ChunkedArray, start: datetime, end: datetime) -> np.ndarray:
