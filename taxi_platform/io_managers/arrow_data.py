@@ -2,6 +2,9 @@
 (RecordBatchReader), or a dict of partition key -> one of them; read in batches of a bounded size."""
 
 import os
+import queue
+import threading
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -32,3 +35,37 @@ def as_dataset(data: pa.Table | ds.Dataset | dict) -> ds.Dataset:
     if isinstance(data, dict):
         return ds.dataset([as_dataset(part) for part in data.values()])
     return data if isinstance(data, ds.Dataset) else ds.dataset(data)
+
+
+def prefetched(rows: pa.RecordBatchReader, depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """The stream's batches, produced in a thread up to `depth` ahead of their consumer: parsing or
+    cleaning the next batch overlaps with writing this one (both release the GIL in pyarrow)."""
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for batch in rows:
+                while not stop.is_set():
+                    try:
+                        handoff.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+            handoff.put(done)
+        except BaseException as error:  # re-raised in the consumer
+            handoff.put(error)
+
+    producer = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    producer.start()
+    try:
+        while (item := handoff.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        producer.join()

@@ -41,7 +41,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from taxi_platform.io_managers.arrow_data import BATCH_ROWS, stream
+from taxi_platform.io_managers.arrow_data import BATCH_ROWS, prefetched, stream
 
 PARTITION_COLUMN = "lake/partition_column"
 BUFFERED_ROWS = 4 * BATCH_ROWS
@@ -131,7 +131,7 @@ def _write_hive(fs, path: str, key: str, data, column: str, window) -> list[int]
     staged = _StagedFiles(fs)
     with staged:
         days = _DayWriters(staged, path, key, column, start, end, data.schema)
-        for batch in stream(data):
+        for batch in prefetched(stream(data)):
             days.add(batch)
         days.close()
     written = set(staged.files)
@@ -269,7 +269,7 @@ def _write_file(fs, path: str, data) -> int:
     """Write one whole parquet file from a table or a stream of batches; its size."""
     with _StagedFiles(fs) as staged:
         writer = staged.writer(path, data.schema)
-        for batch in stream(data):
+        for batch in prefetched(stream(data)):
             writer.write_batch(batch, row_group_size=BATCH_ROWS)
     return staged.files[path]
 
