@@ -208,8 +208,8 @@ def _worker(argv) -> None:
 
 
 def run_child(command: list[str], env: dict, timeout: float | None = None) -> dict:
-    """Run `command`; its wall time, peak RSS (bytes) and CPU time (rusage of the child and its
-    waited children) and the JSON it printed after RESULT_MARK."""
+    """Run `command`; its wall time, peak RSS (bytes, rusage of the child and its waited children)
+    and the JSON it printed after RESULT_MARK."""
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=err, start_new_session=True)
@@ -233,8 +233,7 @@ def run_child(command: list[str], env: dict, timeout: float | None = None) -> di
     found = [line[len(RESULT_MARK):] for line in stdout.splitlines() if line.startswith(RESULT_MARK)]
     if not found:
         raise RuntimeError(f"{command} printed no result:\n{stdout[-2000:]}\n{stderr[-2000:]}")
-    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024,
-            "cpu_seconds": usage.ru_utime + usage.ru_stime, **json.loads(found[-1])}
+    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024, **json.loads(found[-1])}
 
 
 def _execute(url: str, statement, params=()) -> list[tuple]:
