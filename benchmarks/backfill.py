@@ -34,6 +34,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from psycopg import sql
 
@@ -49,11 +50,13 @@ MODES = {
     "multiprocess": (2, "multiprocess"),
     "two_processes": (2, "in_process"),
 }
+STORAGE_YAML = {
+    "sqlite": "  sqlite:\n    base_dir: {home}/storage\n",
+    "postgres": "  postgres:\n    postgres_url: {storage_url}\n",  # as docker/dagster.yaml
+}
 INSTANCE_YAML = """\
 storage:
-  sqlite:
-    base_dir: {home}/storage
-local_artifact_storage:
+{storage}local_artifact_storage:
   module: dagster._core.storage.root
   class: LocalArtifactStorage
   config:
@@ -128,6 +131,8 @@ def _parse(argv) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=100_000, help="rows per synthetic month")
     parser.add_argument("--months", type=int, default=12)
     parser.add_argument("--first", default="2020-01", help="first month (YYYY-MM)")
+    parser.add_argument("--storage", default="sqlite", choices=sorted(STORAGE_YAML),
+                        help="the Dagster instance's run and event storage (postgres: a throwaway database)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--pool", action="append", default=[], metavar="NAME=LIMIT",
                         help="a pool limit other than the default 1, e.g. downloads=2 (repeatable)")
@@ -163,7 +168,9 @@ def main(argv=None) -> dict:
                 work, schema = folder / mode, schemas[mode]
                 home = work / "dagster_home"
                 home.mkdir(parents=True)
-                (home / "dagster.yaml").write_text(INSTANCE_YAML.format(home=home))
+                storage_url = _storage_database(url, schema) if args.storage == "postgres" else ""
+                storage = STORAGE_YAML[args.storage].format(home=home, storage_url=storage_url)
+                (home / "dagster.yaml").write_text(INSTANCE_YAML.format(home=home, storage=storage))
                 env = {k: v for k, v in os.environ.items() if not k.startswith(("TAXI_", "DAGSTER_"))}
                 env.update(
                     PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
@@ -176,7 +183,7 @@ def main(argv=None) -> dict:
                 processes = MODES[mode][0]
                 shares = [runs[i::processes] for i in range(processes)]
                 shares = [share for share in shares if share]
-                # Create the instance's sqlite storage once: two processes migrating a fresh one at the
+                # Create the instance's storage once: two processes migrating a fresh sqlite one at the
                 # same moment fail ("alembic_version has more than one head").
                 _init_instance(home, limits)
                 start, cpu = time.perf_counter(), machine_cpu_seconds()
@@ -190,9 +197,10 @@ def main(argv=None) -> dict:
     finally:
         for schema in schemas.values():
             _execute(url, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            _execute(url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(schema)))
         shutil.rmtree(folder, ignore_errors=True)
 
-    figures = {"dataset": spec.name, "rows_per_month": args.rows, "pool_limits": limits, "months": months, "runs": runs,
+    figures = {"dataset": spec.name, "rows_per_month": args.rows, "storage": args.storage, "pool_limits": limits, "months": months, "runs": runs,
                "seed": args.seed, "generate_seconds": generate_seconds, "cpus": os.cpu_count(),
                "modes": results, "goals": {}}
     for mode in ("multiprocess", "two_processes"):
@@ -203,8 +211,15 @@ def main(argv=None) -> dict:
     return figures
 
 
+def _storage_database(url: str, name: str) -> str:
+    """A new database on the server for the instance's storage (dropped at the end); its URL."""
+    _execute(url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    # psycopg2, as docker/dagster.yaml: on psycopg 3 (SQLAlchemy's default) dagster-postgres' NOTIFY fails.
+    return urlsplit(url)._replace(scheme="postgresql+psycopg2", path=f"/{name}").geturl()
+
+
 def _init_instance(home: Path, limits: dict) -> None:
-    """Create the instance's sqlite storage, and set the pool limits as `dagster instance concurrency set`."""
+    """Create the instance's storage, and set the pool limits as `dagster instance concurrency set`."""
     import dagster as dg
     from dagster._core.instance.ref import InstanceRef
 
@@ -250,7 +265,7 @@ def _report(f: dict) -> None:
     lines = [
         f"backfill of synthetic {f['dataset']}: {len(f['months'])} months ({f['months'][0]}..{f['months'][-1]}) "
         f"x {f['rows_per_month']:,} rows, in {len(f['runs'])} runs of up to "
-        f"{DATASETS[f['dataset']].months_per_run} months; {f['cpus']} CPUs; pools limit 1"
+        f"{DATASETS[f['dataset']].months_per_run} months; {f['cpus']} CPUs; {f['storage']} storage; pools limit 1"
         + "".join(f", {name} {limit}" for name, limit in f["pool_limits"].items()),
         "",
         f"{'mode':<44}  {'wall s':>7}  {'CPU s':>6}  {'cores busy':>10}  {'peak RSS MB':>11}"

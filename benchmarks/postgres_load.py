@@ -6,8 +6,8 @@
 (a) the course's way: `table.to_pandas().to_sql(..., if_exists="replace", index=False, chunksize=100_000)`
     through a SQLAlchemy `postgresql+psycopg2://` engine (the to_pandas conversion is inside the time);
 (b) our IO manager: `PostgresIOManager.handle_output` for partition 2021-01 of `postgres/yellow_trips`, as a
-    Dagster run calls it: connect, advisory lock, create the table AND its unique index on trip_key, delete
-    the month, COPY CSV streamed from arrow, commit;
+    Dagster run calls it: connect, advisory lock, create the partitioned table, COPY the month in the binary
+    format (pgpq) into a new partition table, its unique index on trip_key, its bounds check, attach, commit;
 (c) the floor: `psql \\copy` of a ready CSV file (written beforehand, not timed) into an empty table of the
     same columns and types, without an index.
 
@@ -265,8 +265,8 @@ def _report(f: dict) -> None:
         "",
         "notes: every table starts absent; CHECKPOINT before each timed load; row counts verified.",
         f"  (a) includes to_pandas() ({f['to_pandas_seconds']:.2f} s); its nullable ints land as double precision, no index.",
-        "  (b) includes connect, advisory lock, CREATE TABLE, the month's DELETE, sorting by trip_key, the COPY",
-        "      streamed from arrow, its unique index on trip_key (built after the COPY: a new table), commit.",
+        "  (b) includes connect, advisory lock, CREATE TABLE (partitioned), a new partition table, the binary",
+        "      COPY streamed from arrow, its unique index on trip_key, its bounds check, ATTACH, commit.",
         "  (c) has no index and does not include writing the CSV file.",
     ]
     if f["rows"] < 100_000:

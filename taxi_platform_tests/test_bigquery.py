@@ -77,7 +77,7 @@ def test_the_lake_external_table(bigquery_emulator, dataset):
     sent = lake_table_definition(f"{bigquery_emulator}.{dataset}.green_trips_lake", prefix, "pickup_date")
     assert sent.to_api_repr()["externalDataConfiguration"] == {
         "sourceFormat": "PARQUET",
-        "sourceUris": [f"{prefix}/*"],
+        "sourceUris": [f"{prefix}/*.parquet"],
         "hivePartitioningOptions": {"mode": "CUSTOM", "sourceUriPrefix": f"{prefix}/{{pickup_date:DATE}}"},
     }
     warehouse = BigQueryWarehouse(bigquery=BigQueryResource(project=bigquery_emulator, location="US"),

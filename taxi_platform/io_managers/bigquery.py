@@ -147,7 +147,7 @@ def lake_table_definition(table_id: str, prefix: str, partition_column: str | No
     from google.cloud import bigquery
 
     external = bigquery.ExternalConfig("PARQUET")
-    external.source_uris = [f"{prefix}/*"]
+    external.source_uris = [f"{prefix}/*.parquet"]  # not the lake's staged *.tmp objects
     if partition_column:
         hive = bigquery.HivePartitioningOptions()
         hive.mode = "CUSTOM"

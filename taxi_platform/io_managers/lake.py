@@ -48,7 +48,7 @@ BUFFERED_ROWS = 4 * BATCH_ROWS
 
 
 class LakeIOManager(dg.ConfigurableIOManager):
-    """Stores pyarrow Tables as parquet files under a folder or an object-store URI."""
+    """Stores pyarrow Tables or streams of batches as parquet files under a folder or a bucket."""
 
     root: str = Field(description="A local folder, or a URI such as gs://bucket/prefix.")
 
