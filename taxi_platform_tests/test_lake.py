@@ -1,5 +1,6 @@
 """The lake IO manager on its own: partition-exact replacement in a real folder."""
 
+import threading
 from datetime import date
 
 import dagster as dg
@@ -9,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from taxi_platform.io_managers import lake as lake_module
+from taxi_platform.io_managers.arrow_data import prefetched
 from taxi_platform.io_managers.lake import PARTITION_COLUMN, LakeIOManager
 
 MONTHS = dg.MonthlyPartitionsDefinition(start_date="2020-01", fmt="%Y-%m")
@@ -107,3 +109,26 @@ def test_a_stream_that_breaks_midway_leaves_the_stored_month_whole(tmp_path, mon
     with pytest.raises(OSError, match="connection reset"):
         write(lake, pa.RecordBatchReader.from_batches(days().schema, breaking()), "2020-03")
     assert {day: (tmp_path / "clean/trips" / day).read_bytes() for day in stored_days(tmp_path)} == before
+
+
+def test_prefetching_stops_with_its_consumer_and_hands_over_the_producers_error():
+    def numbers(fail_at=None):
+        for n in range(10):
+            if n == fail_at:
+                raise OSError(f"unreadable batch {n}")
+            yield pa.record_batch({"n": [n]})
+
+    schema = pa.schema([("n", pa.int64())])
+    taken = prefetched(pa.RecordBatchReader.from_batches(schema, numbers()), depth=1)
+    assert next(taken)["n"][0].as_py() == 0
+    closing = threading.Thread(target=taken.close)  # the producer waits on a full handoff
+    closing.start()
+    closing.join(timeout=10)
+    assert not closing.is_alive()
+
+    failing = prefetched(pa.RecordBatchReader.from_batches(schema, numbers(fail_at=3)))
+    seen = []
+    with pytest.raises(OSError, match="unreadable batch 3"):
+        for batch in failing:
+            seen.append(batch["n"][0].as_py())
+    assert seen == [0, 1, 2]

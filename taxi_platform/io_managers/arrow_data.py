@@ -28,8 +28,6 @@ def stream(data: pa.Table | ds.Dataset | dict | pa.RecordBatchReader) -> pa.Reco
     return data.scanner(batch_size=BATCH_ROWS, batch_readahead=2, fragment_readahead=1).to_reader()
 
 
-
-
 def as_dataset(data: pa.Table | ds.Dataset | dict) -> ds.Dataset:
     """A Table, a Dataset, or a dict of them (a run's partitions) as one Dataset, read lazily."""
     if isinstance(data, dict):
@@ -44,20 +42,24 @@ def prefetched(rows: pa.RecordBatchReader, depth: int = 2) -> Iterator[pa.Record
     done = object()
     stop = threading.Event()
 
+    def offer(item) -> bool:
+        """Hand over an item, unless the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     def produce():
         try:
             for batch in rows:
-                while not stop.is_set():
-                    try:
-                        handoff.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
-                if stop.is_set():
+                if not offer(batch):
                     return
-            handoff.put(done)
+            offer(done)
         except BaseException as error:  # re-raised in the consumer
-            handoff.put(error)
+            offer(error)
 
     producer = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
     producer.start()
