@@ -107,47 +107,59 @@ class PostgresIOManager(dg.ConfigurableIOManager):
     def _replace_partitions(self, conn, context: dg.OutputContext, name: str, obj) -> int:
         """Stage each partition in a table of its own, then swap them all in at the end."""
         meta = context.definition_metadata
-        column, unique_key = meta[PARTITION_COLUMN], meta.get(UNIQUE_KEY)
         keys = list(context.asset_partition_keys)
         parts = obj if isinstance(obj, dict) else {keys[0]: obj} if len(keys) == 1 else {}
         if sorted(parts) != sorted(keys):
-            raise ValueError(f"{self.db_schema}.{name}: a run over {keys} must output one value per partition")
-        columns = self._ensure_table(conn, name, as_dataset(next(iter(parts.values()))).schema, column)
+            raise ValueError(f"{self.db_schema}.{name}: a run over {keys} must output one value a partition")
+        first = as_dataset(next(iter(parts.values())))
+        columns = self._ensure_table(conn, name, first.schema, meta[PARTITION_COLUMN])
         written, staged = 0, []
         for key, part in parts.items():
             window = context.asset_partitions_def.time_window_for_partition_key(key)
-            start, end = window.start.date(), window.end.date()
-            partition = _partition_name(name, key)
-            staging = sql.Identifier(self.db_schema, f"{partition}_new")
-            _lock(conn, f"{self.db_schema}.{partition}")
-            # Defined from the catalog, not LIKE the parent: LIKE would lock the parent, and two
-            # writers holding that lock could not then both drop their old partitions.
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))
-            conn.execute(sql.SQL("CREATE TABLE {} ({})").format(staging, sql.SQL(", ").join(
-                sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in columns.items())))
-            written += copy_rows(conn, staging, stream(part))
-            if unique_key:
-                _unique_index(conn, self.db_schema, f"{partition}_new", unique_key, f"{partition}_new_key")
-            try:  # checked here, so that attaching needs no scan while the parent is locked
-                with conn.transaction():
-                    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({} IS NOT NULL AND {} >= {} AND {} < {})").format(
-                        staging, sql.Identifier(f"{partition}_bounds"), sql.Identifier(column),
-                        sql.Identifier(column), sql.Literal(start), sql.Identifier(column), sql.Literal(end)))
-            except psycopg.errors.CheckViolation as error:
-                raise ValueError(f"{self.db_schema}.{name}: partition {key} holds rows with {column} "
-                                 f"outside [{start}, {end})") from error
-            staged.append((partition, start, end))
-        parent = sql.Identifier(self.db_schema, name)
-        for partition, start, end in staged:
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(self.db_schema, partition)))
-            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                sql.Identifier(self.db_schema, f"{partition}_new"), sql.Identifier(partition)))
-            if unique_key:
-                conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                    sql.Identifier(self.db_schema, f"{partition}_new_key"), sql.Identifier(f"{partition}_key")))
-            conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-                parent, sql.Identifier(self.db_schema, partition), sql.Literal(start), sql.Literal(end)))
+            bounds = (window.start.date(), window.end.date())
+            written += self._stage(conn, name, key, stream(part), columns, bounds, meta)
+            staged.append((key, bounds))
+        for key, bounds in staged:
+            self._swap_in(conn, name, key, bounds, meta.get(UNIQUE_KEY))
         return written
+
+    def _stage(self, conn, name: str, key: str, rows, columns: dict, bounds, meta) -> int:
+        """COPY a partition's rows into `<partition>_new`, index it and check its bounds."""
+        column, unique_key = meta[PARTITION_COLUMN], meta.get(UNIQUE_KEY)
+        partition = _partition_name(name, key)
+        staging = sql.Identifier(self.db_schema, f"{partition}_new")
+        _lock(conn, f"{self.db_schema}.{partition}")
+        # Defined from the catalog, not LIKE the parent: LIKE would lock the parent, and two writers
+        # holding that lock could not then both drop their old partitions (a deadlock).
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))
+        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(staging, sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in columns.items())))
+        written = copy_rows(conn, staging, rows)
+        if unique_key:
+            _unique_index(conn, self.db_schema, f"{partition}_new", unique_key, f"{partition}_new_key")
+        start, end = bounds
+        check = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({c} IS NOT NULL AND {c} >= {} AND {c} < {})")
+        try:  # checked now, so that attaching needs no scan while the parent is locked
+            with conn.transaction():
+                conn.execute(check.format(staging, sql.Identifier(f"{partition}_bounds"),
+                                          sql.Literal(start), sql.Literal(end), c=sql.Identifier(column)))
+        except psycopg.errors.CheckViolation as error:
+            raise ValueError(f"{self.db_schema}.{name}: partition {key} holds rows with {column} "
+                             f"outside [{start}, {end})") from error
+        return written
+
+    def _swap_in(self, conn, name: str, key: str, bounds, unique_key: str | None) -> None:
+        """Drop the partition's old table, and attach the staged one in its place."""
+        partition = _partition_name(name, key)
+        target = sql.Identifier(self.db_schema, partition)
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+            sql.Identifier(self.db_schema, f"{partition}_new"), sql.Identifier(partition)))
+        if unique_key:
+            conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                sql.Identifier(self.db_schema, f"{partition}_new_key"), sql.Identifier(f"{partition}_key")))
+        conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(self.db_schema, name), target, *map(sql.Literal, bounds)))
 
     def load_input(self, context: dg.InputContext):
         meta = context.upstream_output.definition_metadata
