@@ -13,7 +13,7 @@ COMMON = dict(
     io_manager_key="postgres_io_manager",
     kinds={"postgres"},
     owners=["team:data-platform"],
-    code_version="1",
+    code_version="2",  # 2: months as PostgreSQL partitions
     automation_condition=SINKS_FOLLOW_UPSTREAM,
 )
 
