@@ -109,11 +109,12 @@ class MonthCleaner:
         repeated = np.zeros(len(key), dtype=bool)
         repeated[1:] = (key[1:] == key[:-1]) & (check[1:] == check[:-1])
         at = np.searchsorted(self._seen_keys, key)  # sorted needles: a sequential walk
-        inside = np.flatnonzero(at < len(self._seen_keys))
+        upto = np.searchsorted(self._seen_keys, key, side="right")
         seen = np.zeros(len(key), dtype=bool)
-        seen[inside] = (self._seen_keys[at[inside]] == key[inside]) & (
-            self._seen_checks[at[inside]] == check[inside]
-        )
+        once = np.flatnonzero(upto - at == 1)
+        seen[once] = self._seen_checks[at[once]] == check[once]
+        for i in np.flatnonzero(upto - at > 1):  # a trip_key that different rows share: rare
+            seen[i] = check[i] in self._seen_checks[at[i]:upto[i]]
         duplicated = repeated | seen
         self._seen_keys = np.insert(self._seen_keys, at[~duplicated], key[~duplicated])
         self._seen_checks = np.insert(self._seen_checks, at[~duplicated], check[~duplicated])

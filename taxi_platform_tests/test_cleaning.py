@@ -102,3 +102,16 @@ def test_duplicates_are_found_across_batches_and_each_batch_is_cleaned_alone():
     assert cleaner.rejected()["reject_reason"].to_pylist() == ["duplicate_row"] * 2
     assert cleaner.rejected()["fare_amount"].to_pylist() == [8.0, 9.0]
     assert (cleaner.raw_rows, cleaner.clean_rows) == (5, 3)
+
+
+def test_a_trip_key_shared_by_different_rows_keeps_both_and_still_finds_their_copies():
+    """Rows are told apart by trip_key and a check hash: a key collision loses no trip."""
+    import numpy as np
+
+    cleaner = MonthCleaner(GREEN, OCT, NOV)
+    passing = np.ones(3, dtype=bool)
+    keys = np.array([5, 5, 7], dtype=np.int64)
+    first = cleaner._duplicated(keys, np.array([1, 2, 3], dtype=np.uint64), passing)
+    again = cleaner._duplicated(keys, np.array([1, 2, 4], dtype=np.uint64), passing)
+    assert first.tolist() == [False, False, False]
+    assert again.tolist() == [True, True, False]

@@ -132,3 +132,32 @@ def test_prefetching_stops_with_its_consumer_and_hands_over_the_producers_error(
         for batch in failing:
             seen.append(batch["n"][0].as_py())
     assert seen == [0, 1, 2]
+
+
+def test_a_range_moves_into_place_only_when_every_month_is_complete(tmp_path):
+    lake = LakeIOManager(root=str(tmp_path))
+    months = dg.PartitionKeyRange("2020-03", "2020-04")
+    write(lake, {"2020-03": days(date(2020, 3, 9)), "2020-04": days(date(2020, 4, 9))}, key_range=months)
+    before = {day: (tmp_path / "clean/trips" / day).read_bytes() for day in stored_days(tmp_path)}
+
+    def april():
+        yield days(date(2020, 4, 1)).to_batches()[0]
+        raise OSError("connection reset in April")
+
+    march = days(date(2020, 3, 1), date(2020, 3, 2))
+    with pytest.raises(OSError, match="connection reset in April"):
+        write(lake, {"2020-03": march, "2020-04": pa.RecordBatchReader.from_batches(march.schema, april())},
+              key_range=months)
+    assert {day: (tmp_path / "clean/trips" / day).read_bytes() for day in stored_days(tmp_path)} == before
+
+
+def test_temporary_files_of_a_killed_write_are_removed_by_the_next_one(tmp_path):
+    lake = LakeIOManager(root=str(tmp_path))
+    key = dg.AssetKey(["raw", "trips"])
+    context = dg.build_output_context(asset_key=key, partition_key="2020-03", asset_partitions_def=MONTHS)
+    (tmp_path / "raw/trips").mkdir(parents=True)
+    (tmp_path / "raw/trips/2020-03.parquet.0123abcd.tmp").write_bytes(b"half a file")
+    (tmp_path / "raw/trips/2020-04.parquet.4567ef01.tmp").write_bytes(b"another month's")
+    lake.handle_output(context, pa.table({"n": [1, 2]}))
+    assert sorted(p.name for p in (tmp_path / "raw/trips").iterdir()) == [
+        "2020-03.parquet", "2020-04.parquet.4567ef01.tmp"]

@@ -206,3 +206,11 @@ def test_an_unpartitioned_table_in_the_way_is_a_clear_error(postgres_url, pg_sch
         conn.execute(f'CREATE SCHEMA "{pg_schema}"; CREATE TABLE "{pg_schema}".trips (trip_key bigint)')
     with pytest.raises(ValueError, match=r"trips exists but is not partitioned by pickup_date"):
         write(PostgresIOManager(url=postgres_url, db_schema=pg_schema), "2020-03", trips("2020-03", 3))
+
+
+def test_a_stream_of_batches_is_written_whole(postgres_url, pg_schema):
+    manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema)
+    write(manager, "2020-03", trips("2020-03", 5))
+    table = trips("2020-03", 7)
+    write(manager, "2020-03", pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=3)))
+    assert month_counts(postgres_url, pg_schema, "trips") == {"2020-03": 7}

@@ -14,7 +14,10 @@ BATCH_ROWS = 131_072
 # jemalloc hands the memory of freed batches back to the system; pyarrow's default (mimalloc) kept it,
 # and a run's RSS climbed step by step (benchmarks/README.md). ARROW_DEFAULT_MEMORY_POOL overrides.
 if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-    pa.set_memory_pool(pa.jemalloc_memory_pool())
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except NotImplementedError:  # a pyarrow built without jemalloc keeps its default
+        pass
 
 
 def stream(data: pa.Table | ds.Dataset | dict | pa.RecordBatchReader) -> pa.RecordBatchReader:
@@ -29,9 +32,13 @@ def stream(data: pa.Table | ds.Dataset | dict | pa.RecordBatchReader) -> pa.Reco
 
 
 def as_dataset(data: pa.Table | ds.Dataset | dict) -> ds.Dataset:
-    """A Table, a Dataset, or a dict of them (a run's partitions) as one Dataset, read lazily."""
+    """A Table, a Dataset, or a dict of them (a run's partitions) as one Dataset, read lazily.
+
+    Not a stream: it can be read only once, and a Dataset may be scanned again."""
     if isinstance(data, dict):
         return ds.dataset([as_dataset(part) for part in data.values()])
+    if isinstance(data, pa.RecordBatchReader):
+        raise TypeError("a stream of batches cannot be scanned twice; pass a Table or a Dataset")
     return data if isinstance(data, ds.Dataset) else ds.dataset(data)
 
 

@@ -1,6 +1,7 @@
 """The warehouse on BigQuery: the contract of `taxi_platform.io_managers.warehouse`, kept in a module
 of its own so that only the gcp profile imports the Google client libraries."""
 
+import tempfile
 import uuid
 from typing import ClassVar
 
@@ -114,20 +115,18 @@ class BigQueryWarehouse(WarehouseIOManager):
         return table_id
 
     def _load(self, client, staging_id: str, data: ds.Dataset, schema) -> None:
-        import io
-
         from google.cloud import bigquery
 
-        buffer = io.BytesIO()  # the compressed parquet, written batch by batch
-        with pq.ParquetWriter(buffer, data.schema) as writer:
-            for batch in stream(data):
-                writer.write_batch(batch)
-        buffer.seek(0)
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.PARQUET, schema=schema,
             write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
         )
-        client.load_table_from_file(buffer, staging_id, job_config=config).result()
+        with tempfile.TemporaryFile() as file:  # the parquet to load, written batch by batch, on disk
+            with pq.ParquetWriter(file, data.schema) as writer:
+                for batch in stream(data):
+                    writer.write_batch(batch)
+            file.seek(0)
+            client.load_table_from_file(file, staging_id, job_config=config).result()
 
     def _read(self, name: str, window: Window | None) -> pa.Table:
         from google.cloud import bigquery

@@ -54,24 +54,28 @@ class LakeIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         fs, path = self._asset_path(context.asset_key)
-        if not context.has_asset_partitions:
-            written = [_write_file(fs, f"{path}.parquet", obj)]
-        else:
-            tables = _by_partition(context, obj)
-            column = context.definition_metadata.get(PARTITION_COLUMN)
-            written = []
-            for key, data in tables.items():
+        partitioned = context.has_asset_partitions
+        parts = _by_partition(context, obj) if partitioned else {None: obj}
+        column = context.definition_metadata.get(PARTITION_COLUMN) if partitioned else None
+        windows = {key: context.asset_partitions_def.time_window_for_partition_key(key)
+                   for key in parts} if column else {}
+        with _StagedFiles(fs) as staged:  # every partition of the run moves into place together
+            for key, data in parts.items():
                 if column:
-                    window = context.asset_partitions_def.time_window_for_partition_key(key)
-                    written += _write_hive(fs, path, key, data, column, window)
+                    _write_hive(staged, path, key, data, column, windows[key])
                 else:
-                    written.append(_write_file(fs, f"{path}/{key}.parquet", data))
-        context.add_output_metadata(_location_metadata(fs, path, written))
+                    _write_file(staged, _file(path, key), data)
+        for key in parts:
+            if column:
+                _remove_stale_days(fs, path, key, column, windows[key], set(staged.files))
+            else:
+                _remove_stale_temps(fs, _file(path, key))
+        context.add_output_metadata(_location_metadata(fs, path, list(staged.files.values())))
 
     def load_input(self, context: dg.InputContext):
         fs, path = self._asset_path(context.asset_key)
         if not context.has_asset_partitions:
-            return _dataset(fs, f"{path}.parquet")
+            return _dataset(fs, _file(path, None))
         column = context.upstream_output.definition_metadata.get(PARTITION_COLUMN)
         partitions_def = context.asset_partitions_def
         loaded = {}
@@ -80,7 +84,7 @@ class LakeIOManager(dg.ConfigurableIOManager):
                 window = partitions_def.time_window_for_partition_key(key)
                 dataset = _hive_dataset(fs, path, key, column, window)
             else:
-                dataset = _dataset(fs, f"{path}/{key}.parquet")
+                dataset = _dataset(fs, _file(path, key))
             loaded[key] = dataset
         return loaded if len(loaded) > 1 else next(iter(loaded.values()))
 
@@ -114,6 +118,11 @@ def _location_metadata(fs, path: str, written: list[int]) -> dict:
     return metadata
 
 
+def _file(path: str, key: str | None) -> str:
+    """The file of an unpartitioned asset (key None), or of a partition without hive directories."""
+    return f"{path}.parquet" if key is None else f"{path}/{key}.parquet"
+
+
 def _by_partition(context: dg.OutputContext, obj) -> dict[str, pa.Table]:
     keys = list(context.asset_partition_keys)
     tables = obj if isinstance(obj, dict) else {keys[0]: obj} if len(keys) == 1 else None
@@ -125,24 +134,33 @@ def _by_partition(context: dg.OutputContext, obj) -> dict[str, pa.Table]:
     return tables
 
 
-def _write_hive(fs, path: str, key: str, data, column: str, window) -> list[int]:
-    """Write a partition's hive files, remove its stale ones; the sizes of the files written."""
-    start, end = window.start.date(), window.end.date()
-    staged = _StagedFiles(fs)
-    with staged:
-        days = _DayWriters(staged, path, key, column, start, end, data.schema)
-        for batch in prefetched(stream(data)):
-            days.add(batch)
-        days.close()
-    written = set(staged.files)
-    files, entries = _partition_files(fs, path, column, start, end)
+def _write_hive(staged, path: str, key: str, data, column: str, window) -> None:
+    """Stage a partition's hive files, a file a day."""
+    days = _DayWriters(staged, path, key, column, window.start.date(), window.end.date(), data.schema)
+    for batch in prefetched(stream(data)):
+        days.add(batch)
+    days.close()
+
+
+def _remove_stale_days(fs, path: str, key: str, column: str, window, written: set[str]) -> None:
+    """Remove the partition's files that this write did not produce (days it no longer has, and
+    temporary files a killed write left behind)."""
+    files, entries = _partition_files(fs, path, column, window.start.date(), window.end.date())
     for directory, paths in files.items():
         for file in paths:
             if file not in written:
                 fs.delete_file(file)
         if directory in entries and f"{directory}/{key}.parquet" not in written:
             fs.delete_dir(directory)  # a folder, or a marker object: a bucket's prefix needs nothing
-    return list(staged.files.values())
+
+
+def _remove_stale_temps(fs, file: str) -> None:
+    """Remove the temporary files that killed writes of `file` left behind."""
+    folder, name = posixpath.split(file)
+    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+        base = posixpath.basename(info.path)
+        if base.startswith(f"{name}.") and base.endswith(".tmp"):
+            fs.delete_file(info.path)
 
 
 class _DayWriters:
@@ -232,8 +250,10 @@ def _partition_files(fs, path: str, column: str, start: date, end: date):
 class _StagedFiles:
     """Files written under temporary names, moved into place only when every one is complete.
 
-    A local file or a bucket's object appears whole at its final name, and a failure anywhere
-    (bad rows, a broken stream) leaves the stored files as they were and removes the staged ones.
+    A failure while writing (bad rows, a broken stream, a full disk) leaves the stored files as they
+    were and removes the staged ones. The moves at the end are one rename a file (a copy and a
+    delete in a bucket): a process killed among them leaves some files new and some old, which the
+    next write of the partition replaces.
     """
 
     def __init__(self, fs):
@@ -243,8 +263,8 @@ class _StagedFiles:
         target = f"{path}.{uuid.uuid4().hex}.tmp"
         if isinstance(self.fs, pafs.LocalFileSystem):  # a bucket has no folders to create
             self.fs.create_dir(posixpath.dirname(path), recursive=True)
-        writer = pq.ParquetWriter(target, schema, filesystem=self.fs)
         self._staged[path] = target
+        writer = pq.ParquetWriter(target, schema, filesystem=self.fs)
         self._writers.append(writer)
         return writer
 
@@ -252,26 +272,33 @@ class _StagedFiles:
         return self
 
     def __exit__(self, error_type, error, traceback) -> None:
+        closing_error = None
         for writer in self._writers:
-            if writer.is_open:
-                writer.close()
-        if error_type is not None:
+            try:
+                if writer.is_open:
+                    writer.close()
+            except Exception as failure:  # noqa: BLE001 (the first one is raised below)
+                closing_error = closing_error or failure
+        if error_type is not None or closing_error is not None:
             for target in self._staged.values():
-                if self.fs.get_file_info(target).type == pafs.FileType.File:
-                    self.fs.delete_file(target)
+                try:
+                    if self.fs.get_file_info(target).type == pafs.FileType.File:
+                        self.fs.delete_file(target)
+                except OSError:
+                    pass  # the error that stopped the write is the one to report
+            if closing_error is not None and error_type is None:
+                raise closing_error
             return
         for path, target in self._staged.items():
             self.fs.move(target, path)
             self.files[path] = self.fs.get_file_info(path).size
 
 
-def _write_file(fs, path: str, data) -> int:
-    """Write one whole parquet file from a table or a stream of batches; its size."""
-    with _StagedFiles(fs) as staged:
-        writer = staged.writer(path, data.schema)
-        for batch in prefetched(stream(data)):
-            writer.write_batch(batch, row_group_size=BATCH_ROWS)
-    return staged.files[path]
+def _write_file(staged, path: str, data) -> None:
+    """Stage one whole parquet file from a table or a stream of batches."""
+    writer = staged.writer(path, data.schema)
+    for batch in prefetched(stream(data)):
+        writer.write_batch(batch, row_group_size=BATCH_ROWS)
 
 
 def _dataset(fs, path: str) -> ds.Dataset:

@@ -35,7 +35,7 @@ from pgpq import ArrowToPostgresBinaryEncoder
 from psycopg import sql
 from pydantic import Field
 
-from taxi_platform.io_managers.arrow_data import as_dataset, stream
+from taxi_platform.io_managers.arrow_data import stream
 
 TABLE = "postgres/table"
 PARTITION_COLUMN = "postgres/partition_column"
@@ -111,8 +111,8 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         parts = obj if isinstance(obj, dict) else {keys[0]: obj} if len(keys) == 1 else {}
         if sorted(parts) != sorted(keys):
             raise ValueError(f"{self.db_schema}.{name}: a run over {keys} must output one value a partition")
-        first = as_dataset(next(iter(parts.values())))
-        columns = self._ensure_table(conn, name, first.schema, meta[PARTITION_COLUMN])
+        schema = next(iter(parts.values())).schema  # read from the data without reading a row
+        columns = self._ensure_table(conn, name, schema, meta[PARTITION_COLUMN])
         written, staged = 0, []
         for key, part in parts.items():
             window = context.asset_partitions_def.time_window_for_partition_key(key)
