@@ -10,10 +10,11 @@ Layout under `root`, from the asset key (`clean/green_trips` -> `clean/green_tri
   its window's first day, so it loads back as an empty table, not as "not materialized".
 
 An output is a pyarrow Table or a RecordBatchReader (a stream: it is written batch by batch and never
-held whole). Writing a partition replaces exactly its files: all are staged under temporary names and
-moved into place only when every one is complete (see `_StagedFiles`), then files of the partition that
-the new data no longer has are removed. A run over a range of partitions (a single-run backfill) takes
-and gives a dict of partition key -> data.
+held whole). Writing a partition replaces exactly its files: all files of the run's partitions are
+staged under temporary names and moved into place only when every one is complete (see
+`_StagedFiles`), then files of the partitions that the new data no longer has (and temporary files of
+killed writes) are removed. A run over a range of partitions (a single-run backfill) takes and gives a
+dict of partition key -> data.
 
 Loading gives a `pyarrow.dataset.Dataset` (per partition): it reads nothing until scanned, in
 batches or only the columns needed, so no consumer has to hold a month in memory.
