@@ -95,6 +95,8 @@ def test_a_month_never_written_is_a_clear_error(gcs):
 def test_files_without_day_directories_and_an_emulator_host_without_scheme(gcs, monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.emulator.url.removeprefix("http://"))
     lake = LakeIOManager(root=gcs.root)
+    killed_write = f"{gcs.prefix}/clean/trips/2020-03.parquet.0123abcd.tmp"  # swept by the next write
+    gcs.emulator.client.bucket(gcs.emulator.bucket).blob(killed_write).upload_from_string(b"half a file")
     for month, n in (("2020-03", 2), ("2020-03", 3), ("2020-04", 1)):
         context = dg.build_output_context(asset_key=KEY, partition_key=month, asset_partitions_def=MONTHS)
         lake.handle_output(context, pa.table({"n": list(range(n))}))
