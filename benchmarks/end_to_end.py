@@ -56,9 +56,9 @@ RESULT_MARK = "BENCH_RESULT "
 
 
 def platform_way(spec: DatasetSpec, month: str, checks: bool, runner: str = "materialize") -> dict:
-    """The platform's run of the month: `dagster.materialize` (which keeps every output in memory for
-    its result), or with runner="execute_job" `dagster.execute_job` of the same selection as a job, as a
-    launched run or `dagster asset materialize` executes it (outputs only go through the IO managers)."""
+    """The platform's run of the month: `dagster.materialize` (which keeps every output for its result:
+    streams and lazy datasets, so little memory), or with runner="execute_job" `dagster.execute_job` of
+    the same selection as a job, as a launched run or `dagster asset materialize` executes it."""
     import dagster as dg
 
     from taxi_platform.definitions import defs

@@ -10,13 +10,17 @@ A raw row is rejected for the first rule it breaks, in this order:
    both kept (and the trip_key_unique check then fails).
 """
 
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from taxi_platform.datasets import DatasetSpec
 
@@ -44,16 +48,18 @@ def reject_reasons(spec: DatasetSpec) -> list[str]:
 class CleanMonth:
     clean: pa.Table
     rejected: pa.Table  # the clean columns plus reject_reason
+    rejected_counts: dict[str, int]  # rows per rule, every rule of the dataset
 
     def rejected_by_reason(self, spec: DatasetSpec) -> dict[str, int]:
-        return rejected_by_reason(self.rejected, spec)
+        return self.rejected_counts
 
 
 class MonthCleaner:
-    """Cleans one month's raw batches in order; remembers the month's kept rows to find duplicates."""
+    """Cleans one month's raw batches in order; remembers the month's kept rows to find duplicates,
+    and writes its rejected rows to `rejected_file` as they come."""
 
     def __init__(self, spec: DatasetSpec, month_start: datetime, month_end: datetime,
-                 relaxed: frozenset[str] = frozenset()):
+                 rejected_file: Path, relaxed: frozenset[str] = frozenset()):
         unknown = relaxed - set(spec.positive_columns)
         if unknown:
             raise ValueError(
@@ -61,12 +67,14 @@ class MonthCleaner:
             )
         self.spec, self.start, self.end, self.relaxed = spec, month_start, month_end, relaxed
         self.raw_rows = self.clean_rows = 0
-        self.rejected_batches: list[pa.RecordBatch] = []
+        self.rejected_counts = dict.fromkeys(reject_reasons(spec), 0)
+        self.rejected_file = rejected_file
+        self._rejected = pq.ParquetWriter(rejected_file, rejected_schema(spec))
         self._seen_keys = np.empty(0, dtype=np.int64)  # sorted; _seen_checks in the same order
         self._seen_checks = np.empty(0, dtype=np.uint64)
 
     def clean(self, raw: pa.RecordBatch) -> pa.RecordBatch:
-        """The batch's clean rows; its rejected rows are kept in `rejected_batches`."""
+        """The batch's clean rows; its rejected rows go to the rejected file."""
         table = to_clean_columns(raw, self.spec)
         keys, checks = _hashes(table)
         pickup = table[self.spec.pickup]
@@ -86,10 +94,12 @@ class MonthCleaner:
         reason[self._duplicated(keys, checks, passing)] = DUPLICATE_ROW
         rejected_mask = reason != None  # noqa: E711
         self.raw_rows += table.num_rows
-        rejected = table.filter(pa.array(rejected_mask))
-        self.rejected_batches.append(rejected.append_column(
-            "reject_reason", pa.array(reason[rejected_mask], type=pa.string())
-        ))
+        reasons = pa.array(reason[rejected_mask], type=pa.string())
+        for count in pc.value_counts(reasons).to_pylist():
+            self.rejected_counts[count["values"]] += count["counts"]
+        self._rejected.write_batch(
+            table.filter(pa.array(rejected_mask)).append_column("reject_reason", reasons)
+        )
         clean = table.filter(pa.array(~rejected_mask))
         self.clean_rows += clean.num_rows
         return clean
@@ -98,8 +108,15 @@ class MonthCleaner:
         """The clean rows of a stream of raw batches, cleaned as they are read."""
         return pa.RecordBatchReader.from_batches(self.spec.clean_schema, map(self.clean, raw))
 
-    def rejected(self) -> pa.Table:
-        return pa.Table.from_batches(self.rejected_batches, rejected_schema(self.spec))
+    @property
+    def rejected_rows(self) -> int:
+        return sum(self.rejected_counts.values())
+
+    def rejected(self) -> ds.Dataset:
+        """The month's rejected rows, once every raw batch is cleaned (closes the rejected file)."""
+        if self._rejected.is_open:
+            self._rejected.close()
+        return ds.dataset(self.rejected_file, format="parquet")
 
     def _duplicated(self, keys: np.ndarray, checks: np.ndarray, passing: np.ndarray) -> np.ndarray:
         """Passing rows equal to a passing row seen before (in this batch or an earlier one)."""
@@ -121,13 +138,6 @@ class MonthCleaner:
         mask = np.zeros(len(keys), dtype=bool)
         mask[rows[order[duplicated]]] = True
         return mask
-
-
-def rejected_by_reason(rejected: pa.Table, spec: DatasetSpec) -> dict[str, int]:
-    """How many rejected rows each rule took, for every rule of the dataset."""
-    counts = pc.value_counts(rejected["reject_reason"]).to_pylist()
-    found = {c["values"]: c["counts"] for c in counts}
-    return {reason: found.get(reason, 0) for reason in reject_reasons(spec)}
 
 
 def to_clean_columns(raw: pa.Table | pa.RecordBatch, spec: DatasetSpec) -> pa.Table | pa.RecordBatch:
@@ -175,9 +185,10 @@ def clean_month(
     relaxed: frozenset[str] = frozenset(),
 ) -> CleanMonth:
     """Apply the rules to a whole month held in memory (the assets stream it through MonthCleaner)."""
-    cleaner = MonthCleaner(spec, month_start, month_end, relaxed)
-    clean = cleaner.clean_stream(pa.RecordBatchReader.from_batches(raw.schema, raw.to_batches()))
-    return CleanMonth(clean=clean.read_all(), rejected=cleaner.rejected())
+    with tempfile.TemporaryDirectory(prefix="taxi-rejected-") as folder:
+        cleaner = MonthCleaner(spec, month_start, month_end, Path(folder) / "rejected.parquet", relaxed)
+        clean = cleaner.clean_stream(pa.RecordBatchReader.from_batches(raw.schema, raw.to_batches()))
+        return CleanMonth(clean.read_all(), cleaner.rejected().to_table(), cleaner.rejected_counts)
 
 
 def _in_month(pickup: pa.ChunkedArray, start: datetime, end: datetime) -> np.ndarray:

@@ -1,13 +1,15 @@
 """clean/<dataset>_trips and clean/<dataset>_trips_rejected: typed, snake_case, rules applied."""
 
+import tempfile
 from functools import partial
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from taxi_platform.assets import by_month, streamed
 from taxi_platform.checks import RELAXED_RULES
-from taxi_platform.cleaning import MonthCleaner, reject_reasons, rejected_by_reason, rejected_schema
+from taxi_platform.cleaning import MonthCleaner, reject_reasons, rejected_schema
 from taxi_platform.datasets import DatasetSpec
 from taxi_platform.io_managers.arrow_data import stream
 from taxi_platform.io_managers.lake import PARTITION_COLUMN
@@ -57,13 +59,6 @@ def build_clean_assets(spec: DatasetSpec) -> dg.AssetsDefinition:
     )
     def clean(context: dg.AssetExecutionContext, config: CleanConfig, raw):
         relaxed = frozenset(config.relax_positive)
-        cleaners, streams = {}, {}
-        for month, raw_rows in by_month(context, raw).items():
-            window = spec.partitions_def.time_window_for_partition_key(month)
-            start, end = window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
-            cleaner = cleaners[month] = MonthCleaner(spec, start, end, relaxed)
-            clean_rows = cleaner.clean_stream(stream(raw_rows))
-            streams[month] = streamed(clean_rows, partial(_add_month_metadata, context, month, cleaner))
         for key, schema in ((clean_key, spec.clean_schema), (rejected_key, rejected_schema(spec))):
             context.add_asset_metadata(
                 {
@@ -72,25 +67,34 @@ def build_clean_assets(spec: DatasetSpec) -> dg.AssetsDefinition:
                 },
                 asset_key=key,
             )
-        # The lake writes the clean rows as the raw month is read; the rejected rows are then known.
-        yield dg.Output(streams, "clean")
-        yield dg.Output({month: cleaner.rejected() for month, cleaner in cleaners.items()}, "rejected")
+        with tempfile.TemporaryDirectory(prefix="taxi-rejected-") as folder:
+            cleaners, streams = {}, {}
+            for month, raw_rows in by_month(context, raw).items():
+                window = spec.partitions_def.time_window_for_partition_key(month)
+                start, end = window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
+                rejected_file = Path(folder) / f"{month}.parquet"
+                cleaner = cleaners[month] = MonthCleaner(spec, start, end, rejected_file, relaxed)
+                clean_rows = cleaner.clean_stream(stream(raw_rows))
+                streams[month] = streamed(clean_rows, partial(_add_month_metadata, context, month, cleaner))
+            # The lake writes the clean rows as the raw month is read; the rejected rows, set aside
+            # on local disk meanwhile, are then complete.
+            yield dg.Output(streams, "clean")
+            yield dg.Output({month: cleaner.rejected() for month, cleaner in cleaners.items()}, "rejected")
 
     def _add_month_metadata(context, month: str, cleaner: MonthCleaner, _rows: int) -> None:
-        rejected = cleaner.rejected()
         context.add_asset_metadata(
             {
                 "dagster/row_count": cleaner.clean_rows,
                 "raw_rows": cleaner.raw_rows,
-                "rejected_rows": rejected.num_rows,
-                **{f"rejected_{r}": n for r, n in rejected_by_reason(rejected, spec).items()},
+                "rejected_rows": cleaner.rejected_rows,
+                **{f"rejected_{r}": n for r, n in cleaner.rejected_counts.items()},
                 RELAXED_RULES: ",".join(sorted(cleaner.relaxed)),
             },
             asset_key=clean_key,
             partition_key=month,
         )
         context.add_asset_metadata(
-            {"dagster/row_count": rejected.num_rows}, asset_key=rejected_key, partition_key=month
+            {"dagster/row_count": cleaner.rejected_rows}, asset_key=rejected_key, partition_key=month
         )
 
     return clean

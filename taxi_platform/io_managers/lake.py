@@ -296,10 +296,17 @@ class _StagedFiles:
 
 
 def _write_file(staged, path: str, data) -> None:
-    """Stage one whole parquet file from a table or a stream of batches."""
+    """Stage one whole parquet file from a table or a stream of batches, in row groups of at least
+    BATCH_ROWS rows however small the batches (rejected rows come a few thousand at a time)."""
     writer = staged.writer(path, data.schema)
+    pending: list[pa.RecordBatch] = []
     for batch in prefetched(stream(data)):
-        writer.write_batch(batch, row_group_size=BATCH_ROWS)
+        pending.append(batch)
+        if sum(b.num_rows for b in pending) >= BATCH_ROWS:
+            writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * BATCH_ROWS)
+            pending = []
+    if pending:
+        writer.write_table(pa.Table.from_batches(pending))
 
 
 def _dataset(fs, path: str) -> ds.Dataset:
