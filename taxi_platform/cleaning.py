@@ -50,9 +50,6 @@ class CleanMonth:
     rejected: pa.Table  # the clean columns plus reject_reason
     rejected_counts: dict[str, int]  # rows per rule, every rule of the dataset
 
-    def rejected_by_reason(self, spec: DatasetSpec) -> dict[str, int]:
-        return self.rejected_counts
-
 
 class MonthCleaner:
     """Cleans one month's raw batches in order; remembers the month's kept rows to find duplicates,

@@ -40,8 +40,8 @@ def test_synthetic_months_read_and_clean_like_real_ones(dataset, tmp_path):
         raw = read_trips(path, spec, form, f"synthetic {dataset}").read_all()
         assert raw.num_rows == 20_000
         cleaned[form] = clean_month(raw, spec, datetime(2021, 1, 1), datetime(2021, 2, 1))
-    reasons = cleaned["csv"].rejected_by_reason(spec)
-    assert reasons == cleaned["parquet"].rejected_by_reason(spec)
+    reasons = cleaned["csv"].rejected_counts
+    assert reasons == cleaned["parquet"].rejected_counts
     assert reasons["pickup_outside_month"] > 0
     assert cleaned["csv"].clean.num_rows == cleaned["parquet"].clean.num_rows
     # Reproducible from the seed.

@@ -41,7 +41,7 @@ def test_each_row_gets_the_first_rule_it_breaks():
         "trip_distance_not_positive",
         "duplicate_row",
     ]
-    assert result.rejected_by_reason(GREEN) == {
+    assert result.rejected_counts == {
         "pickup_outside_month": 2,
         "passenger_count_not_positive": 2,
         "trip_distance_not_positive": 1,

@@ -140,7 +140,7 @@ def _write_hive(staged, path: str, key: str, data, column: str, window) -> None:
     days = _DayWriters(staged, path, key, column, window.start.date(), window.end.date(), data.schema)
     for batch in prefetched(stream(data)):
         days.add(batch)
-    days.close()
+    days.flush()
 
 
 def _remove_stale_days(fs, path: str, key: str, column: str, window, written: set[str]) -> None:
@@ -174,6 +174,7 @@ class _DayWriters:
         self.start, self.end = start, end
         self.schema = schema.remove(schema.get_field_index(column))
         self.buffered: dict[date, list[pa.RecordBatch]] = {}
+        self.buffered_rows = 0
         self.writers: dict[date, pq.ParquetWriter] = {}
 
     def add(self, batch: pa.RecordBatch) -> None:
@@ -193,19 +194,20 @@ class _DayWriters:
             day, rows = c["values"], c["counts"]
             self.buffered.setdefault(day, []).append(data.slice(offset, rows))
             offset += rows
-        if sum(b.num_rows for days in self.buffered.values() for b in days) >= BUFFERED_ROWS:
+        self.buffered_rows += batch.num_rows
+        if self.buffered_rows >= BUFFERED_ROWS:
             for day in list(self.buffered):
-                self._flush(day)
+                self._write_day(day)
+            self.buffered_rows = 0
 
-    def close(self) -> None:
+    def flush(self) -> None:
+        """Write what is buffered (the staged files close the writers)."""
         if not self.writers and not self.buffered:  # an empty partition: one empty file
             self.buffered[self.start] = []
         for day in list(self.buffered):
-            self._flush(day)
-        for writer in self.writers.values():
-            writer.close()
+            self._write_day(day)
 
-    def _flush(self, day: date) -> None:
+    def _write_day(self, day: date) -> None:
         if day not in self.writers:
             file = f"{self.path}/{self.column}={day.isoformat()}/{self.key}.parquet"
             self.writers[day] = self.staged.writer(file, self.schema)
@@ -299,12 +301,13 @@ def _write_file(staged, path: str, data) -> None:
     """Stage one whole parquet file from a table or a stream of batches, in row groups of at least
     BATCH_ROWS rows however small the batches (rejected rows come a few thousand at a time)."""
     writer = staged.writer(path, data.schema)
-    pending: list[pa.RecordBatch] = []
+    pending, rows = [], 0
     for batch in prefetched(stream(data)):
         pending.append(batch)
-        if sum(b.num_rows for b in pending) >= BATCH_ROWS:
+        rows += batch.num_rows
+        if rows >= BATCH_ROWS:
             writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * BATCH_ROWS)
-            pending = []
+            pending, rows = [], 0
     if pending:
         writer.write_table(pa.Table.from_batches(pending))
 
