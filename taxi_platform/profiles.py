@@ -15,7 +15,7 @@ import dagster as dg
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.io_managers.postgres import PostgresIOManager
 from taxi_platform.io_managers.warehouse import DuckDBWarehouse
-from taxi_platform.source import RELEASES_URL, TLC_URL, TaxiSource
+from taxi_platform.sources.public import RELEASES_URL, TLC_URL, TaxiSource
 
 PROFILES = ("local", "gcp")
 

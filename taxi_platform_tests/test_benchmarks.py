@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import backfill, end_to_end, postgres_load, synthetic  # noqa: E402
 from taxi_platform.cleaning import clean_month  # noqa: E402
 from taxi_platform.datasets import DATASETS  # noqa: E402
-from taxi_platform.reading import read_trips  # noqa: E402
+from taxi_platform.sources.reading import read_trips  # noqa: E402
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from taxi_platform.cleaning import to_clean_columns
 from taxi_platform.datasets import DATASETS
-from taxi_platform.reading import SchemaDriftError, read_trips
+from taxi_platform.sources.reading import SchemaDriftError, read_trips
 from taxi_platform_tests.helpers import gzip_csv
 
 HEADS = [

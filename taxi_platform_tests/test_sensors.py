@@ -12,10 +12,10 @@ from taxi_platform.datasets import GREEN
 from taxi_platform.definitions import defs
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.jobs import build_ingest_job
-from taxi_platform.landing import LANDED_FILE_TAG, move_to_processed
-from taxi_platform.sensors.landing import build_landing_sensor
-from taxi_platform.sensors.source import build_source_sensor, months_to_check
-from taxi_platform.source import TaxiSource
+from taxi_platform.sources.landing import LANDED_FILE_TAG, move_to_processed
+from taxi_platform.sensors.landing_zone import build_landing_sensor
+from taxi_platform.sensors.new_months import build_source_sensor, months_to_check
+from taxi_platform.sources.public import TaxiSource
 from taxi_platform_tests.helpers import failure_message, green_trip_keys, materializations
 from taxi_platform_tests.source_server import SourceServer
 

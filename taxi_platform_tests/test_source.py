@@ -3,7 +3,7 @@
 import pytest
 
 from taxi_platform.datasets import DATASETS
-from taxi_platform.source import MonthNotPublished, SourceError, TaxiSource
+from taxi_platform.sources.public import MonthNotPublished, SourceError, TaxiSource
 
 GREEN, FHVHV = DATASETS["green"], DATASETS["fhvhv"]
 

@@ -11,7 +11,7 @@ import dagster as dg
 import pyarrow as pa
 
 from taxi_platform.assets import by_month
-from taxi_platform.automation import SINKS_FOLLOW_UPSTREAM, follows_any_dataset
+from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM, follows_any_dataset
 from taxi_platform.datasets import DATASETS, NEW_YORK, DatasetSpec
 from taxi_platform.io_managers.warehouse import PARTITION_COLUMN, WarehouseIOManager
 

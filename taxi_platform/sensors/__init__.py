@@ -16,10 +16,10 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from taxi_platform.automation import build_automation_sensor
+from taxi_platform.sensors.automation import build_automation_sensor
 from taxi_platform.datasets import DATASETS
-from taxi_platform.sensors.landing import build_landed_file_mover, build_landing_sensor
-from taxi_platform.sensors.source import build_source_sensor
+from taxi_platform.sensors.landing_zone import build_landed_file_mover, build_landing_sensor
+from taxi_platform.sensors.new_months import build_source_sensor
 
 SOURCE_INTERVAL_SECONDS = 600  # the TLC publishes monthly; a tick costs at most 24 HEAD requests
 LANDING_INTERVAL_SECONDS = 30

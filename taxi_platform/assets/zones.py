@@ -7,10 +7,10 @@ import dagster as dg
 import pyarrow as pa
 
 from taxi_platform.assets import permanent_errors_not_retried
-from taxi_platform.assets.raw import DOWNLOAD_RETRY
+from taxi_platform.assets.raw_trips import DOWNLOAD_RETRY
 from taxi_platform.metadata import column_schema
-from taxi_platform.reading import read_zones
-from taxi_platform.source import TaxiSource
+from taxi_platform.sources.reading import read_zones
+from taxi_platform.sources.public import TaxiSource
 
 
 @dg.asset(

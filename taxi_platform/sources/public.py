@@ -14,7 +14,7 @@ import dagster as dg
 import requests
 from pydantic import Field
 
-from taxi_platform import landing
+from taxi_platform.sources import landing
 from taxi_platform.datasets import DatasetSpec
 
 RELEASES_URL = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"

@@ -4,7 +4,7 @@ import dagster as dg
 import pyarrow.dataset as ds
 
 from taxi_platform.assets import build_sink_asset
-from taxi_platform.automation import SINKS_FOLLOW_UPSTREAM
+from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import DatasetSpec
 from taxi_platform.io_managers.warehouse import CLUSTER_BY, LAKE_TABLE, PARTITION_COLUMN
 from taxi_platform.metadata import CLEAN_DESCRIPTIONS, column_schema

@@ -17,7 +17,7 @@ import json
 import dagster as dg
 
 from taxi_platform.datasets import DatasetSpec
-from taxi_platform.source import FileVersion, SourceUnavailable, TaxiSource
+from taxi_platform.sources.public import FileVersion, SourceUnavailable, TaxiSource
 
 RECENT_MONTHS = 3
 

@@ -1,8 +1,8 @@
-"""Declarative automation: the sinks (postgres/, warehouse/, later the marts) follow their upstream month.
+"""Automation conditions: the sinks (postgres/, warehouse/) and the marts follow their upstream month.
 
 `SINKS_FOLLOW_UPSTREAM` is `AutomationCondition.eager()` for every partition, not only the latest: a
-month published (or republished) late is as much an update as the newest one. The automation sensor
-that evaluates it is on by default.
+month published (or republished) late is as much an update as the newest one. The sensor that
+evaluates them is `taxi_platform.sensors.automation`.
 """
 
 import dagster as dg
@@ -12,17 +12,6 @@ SINKS_FOLLOW_UPSTREAM = (
     .without(dg.AutomationCondition.in_latest_time_window())
     .with_label("eager, any month")
 )
-
-
-def build_automation_sensor(minimum_interval_seconds: int) -> dg.AutomationConditionSensorDefinition:
-    return dg.AutomationConditionSensorDefinition(
-        "taxi_automation",
-        target=dg.AssetSelection.all(),
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=minimum_interval_seconds,
-        description="Materializes postgres/ and warehouse/ months when their clean month changes.",
-    )
-
 
 
 def follows_any_dataset(required: list[list[str]]) -> dg.AutomationCondition:

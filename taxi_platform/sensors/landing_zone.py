@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from taxi_platform.io_managers.lake import LakeIOManager
-from taxi_platform.landing import LANDED_FILE_TAG, BadLandedName, list_landed, move_to_processed, parse
+from taxi_platform.sources.landing import LANDED_FILE_TAG, BadLandedName, list_landed, move_to_processed, parse
 
 
 def build_landing_sensor(

@@ -1,0 +1,1 @@
+"""Where a month's file comes from: the public sources, the landing zone, and parsing it."""
