@@ -40,7 +40,8 @@ from psycopg import sql
 
 from benchmarks.synthetic import synthetic_yellow
 from taxi_platform.datasets import DATASETS
-from taxi_platform.io_managers.postgres import PARTITION_COLUMN, UNIQUE_KEY, PostgresIOManager
+from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers.postgres import UNIQUE_KEY, PostgresIOManager
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_ROWS = 1_400_000

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from taxi_platform.datasets import DatasetSpec
+from taxi_platform.datasets import TRIP_KEY, DatasetSpec
 
 RELAXED_RULES = "relaxed_rules"  # clean materialization metadata: the positive rules switched off
 
@@ -79,7 +79,7 @@ def month_findings(
     if not stored.schema.equals(spec.clean_schema):
         findings["schema_as_declared"] = f"stored {stored.schema}; declared {spec.clean_schema}"
         return findings
-    clean = stored.to_table(columns=[*spec.positive_columns, spec.pickup, "trip_key"])
+    clean = stored.to_table(columns=[*spec.positive_columns, spec.pickup, TRIP_KEY])
     breaking = {
         name: clean.num_rows - pc.sum(pc.greater(clean[name], 0)).as_py() or 0
         for name in spec.positive_columns
@@ -93,7 +93,7 @@ def month_findings(
     inside = pc.sum(pc.and_(pc.greater_equal(pickup, start), pc.less(pickup, end))).as_py() or 0
     if inside != clean.num_rows:
         findings["pickups_in_month"] = f"{clean.num_rows - inside} pickups outside the month"
-    repeated = clean.num_rows - pc.count_distinct(clean["trip_key"]).as_py()
+    repeated = clean.num_rows - pc.count_distinct(clean[TRIP_KEY]).as_py()
     if repeated:
         findings["trip_key_unique"] = f"{repeated} repeated trip_key values"
     return findings

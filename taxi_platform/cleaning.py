@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from taxi_platform.datasets import DatasetSpec
+from taxi_platform.datasets import PICKUP_DATE, TRIP_KEY, DatasetSpec
 
 PICKUP_OUTSIDE_MONTH = "pickup_outside_month"
 DUPLICATE_ROW = "duplicate_row"
@@ -75,8 +75,8 @@ class MonthCleaner:
         table = to_clean_columns(raw, self.spec)
         keys, checks = _hashes(table)
         pickup = table[self.spec.pickup]
-        table = table.append_column("trip_key", pa.array(keys)).append_column(
-            "pickup_date", pickup.cast(pa.date32())
+        table = table.append_column(TRIP_KEY, pa.array(keys)).append_column(
+            PICKUP_DATE, pickup.cast(pa.date32())
         )
         broken = [(PICKUP_OUTSIDE_MONTH, ~_in_month(pickup, self.start, self.end))]
         broken += [

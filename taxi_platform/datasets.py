@@ -11,6 +11,8 @@ import dagster as dg
 import pyarrow as pa
 
 NEW_YORK = "America/New_York"
+TRIP_KEY = "trip_key"  # the clean column that identifies a trip
+PICKUP_DATE = "pickup_date"  # the clean DATE column every store partitions by
 STR, I32, I64, F64 = pa.string(), pa.int32(), pa.int64(), pa.float64()
 TS_S, TS_US = pa.timestamp("s"), pa.timestamp("us")
 
@@ -93,7 +95,7 @@ class DatasetSpec:
         """Clean columns: every declared column, then the derived trip_key and pickup_date."""
         return pa.schema(
             [(c.name, c.type) for c in self.columns]
-            + [("trip_key", pa.int64()), ("pickup_date", pa.date32())]
+            + [(TRIP_KEY, pa.int64()), (PICKUP_DATE, pa.date32())]
         )
 
 

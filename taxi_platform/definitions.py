@@ -11,7 +11,7 @@ from taxi_platform.assets.warehouse_tables import build_warehouse_asset, warehou
 from taxi_platform.checks import build_clean_checks
 from taxi_platform.datasets import DATASETS
 from taxi_platform.jobs import build_ingest_job
-from taxi_platform.profiles import resources_for
+from taxi_platform.profiles import load_profile
 from taxi_platform.schedules import build_monthly_schedule
 from taxi_platform.sensors import build_sensors
 
@@ -30,14 +30,15 @@ def build_assets() -> list[dg.AssetsDefinition]:
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    profile = load_profile()
     jobs = {name: build_ingest_job(spec) for name, spec in DATASETS.items()}
     return dg.Definitions(
         assets=build_assets(),
         asset_checks=[build_clean_checks(spec) for spec in DATASETS.values()],
         jobs=list(jobs.values()),
         schedules=[build_monthly_schedule(spec, jobs[name]) for name, spec in DATASETS.items()],
-        sensors=build_sensors(jobs),
-        resources=resources_for(),
+        sensors=build_sensors(jobs, profile.sensors),
+        resources=profile.resources,
         # A run's steps share its process: a month's steps form a chain, and a process per step costs
         # more (imports, seconds each) than most steps.
         executor=dg.in_process_executor,

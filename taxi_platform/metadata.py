@@ -3,7 +3,7 @@
 import dagster as dg
 import pyarrow as pa
 
-from taxi_platform.datasets import DatasetSpec
+from taxi_platform.datasets import PICKUP_DATE, TRIP_KEY, DatasetSpec
 
 
 def column_schema(schema: pa.Schema, descriptions: dict[str, str] | None = None) -> dg.TableSchema:
@@ -21,13 +21,13 @@ def clean_column_lineage(spec: DatasetSpec) -> dg.TableColumnLineage:
     raw_key = dg.AssetKey(["raw", spec.table])
     pickup_source = next(c.source for c in spec.columns if c.name == spec.pickup)
     deps = {c.name: [dg.TableColumnDep(raw_key, c.source)] for c in spec.columns}
-    deps["pickup_date"] = [dg.TableColumnDep(raw_key, pickup_source)]
-    deps["trip_key"] = [dg.TableColumnDep(raw_key, c.source) for c in spec.columns]
+    deps[PICKUP_DATE] = [dg.TableColumnDep(raw_key, pickup_source)]
+    deps[TRIP_KEY] = [dg.TableColumnDep(raw_key, c.source) for c in spec.columns]
     return dg.TableColumnLineage(deps_by_column=deps)
 
 
 CLEAN_DESCRIPTIONS = {
-    "trip_key": "64-bit hash of every trip column: TLC trips carry no id, so the whole row is the key.",
-    "pickup_date": "Day of the pickup (New York local time); the lake's hive partition.",
+    TRIP_KEY: "64-bit hash of every trip column: TLC trips carry no id, so the whole row is the key.",
+    PICKUP_DATE: "Day of the pickup (New York local time); the lake's hive partition.",
     "reject_reason": "The first cleaning rule the row broke.",
 }

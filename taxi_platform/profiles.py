@@ -1,6 +1,6 @@
-"""The one place that reads the environment: it maps TAXI_PROFILE to the resources of that profile.
+"""The one place that reads the environment: TAXI_PROFILE's resources and the sensors' settings.
 
-Called when the definitions load, never at import time.
+Read when the definitions load (`load_profile`), never at import time.
 - local: the lake in a folder, the warehouse in an embedded DuckDB file, both under TAXI_DATA_DIR.
 - gcp: the lake on Google Cloud Storage, the warehouse on BigQuery; credentials from Application
   Default Credentials (or GOOGLE_APPLICATION_CREDENTIALS), never from files in the repository.
@@ -9,15 +9,60 @@ PostgreSQL is TAXI_POSTGRES_URL in both, or an embedded server under TAXI_DATA_D
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import dagster as dg
 
+from taxi_platform.io_managers.arrow_data import use_jemalloc
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.io_managers.postgres import PostgresIOManager
-from taxi_platform.io_managers.warehouse import DuckDBWarehouse
+from taxi_platform.io_managers.warehouse import DuckDBSQL, DuckDBWarehouse
 from taxi_platform.sources.public import RELEASES_URL, TLC_URL, TaxiSource
 
 PROFILES = ("local", "gcp")
+
+
+@dataclass(frozen=True)
+class SensorSettings:
+    """Minimum intervals of the sensors, and the HEAD requests a source sensor sends per tick."""
+
+    source_interval_seconds: int = 600  # the TLC publishes monthly; a tick costs a few HEADs
+    landing_interval_seconds: int = 30
+    automation_interval_seconds: int = 30
+    source_checks_per_tick: int = 24
+
+
+@dataclass(frozen=True)
+class Profile:
+    resources: dict
+    sensors: SensorSettings
+
+
+def load_profile(environ: Mapping[str, str] = os.environ) -> Profile:
+    """The resources and sensor settings the environment asks for."""
+    if "ARROW_DEFAULT_MEMORY_POOL" not in environ:
+        use_jemalloc()
+    return Profile(resources_for(environ), sensor_settings(environ))
+
+
+def sensor_settings(environ: Mapping[str, str]) -> SensorSettings:
+    """TAXI_SENSOR_INTERVAL_SECONDS overrides every interval (e.g. 1 in tests);
+    TAXI_SOURCE_CHECKS_PER_TICK bounds a source sensor's HEAD requests."""
+    defaults = SensorSettings()
+    every = environ.get("TAXI_SENSOR_INTERVAL_SECONDS")
+    return SensorSettings(
+        *(
+            int(every) if every else default
+            for default in (
+                defaults.source_interval_seconds,
+                defaults.landing_interval_seconds,
+                defaults.automation_interval_seconds,
+            )
+        ),
+        source_checks_per_tick=int(
+            environ.get("TAXI_SOURCE_CHECKS_PER_TICK", defaults.source_checks_per_tick)
+        ),
+    )
 
 
 def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
@@ -25,11 +70,13 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
     if profile not in PROFILES:
         raise ValueError(f"TAXI_PROFILE must be one of {PROFILES}, not {profile!r}")
     data_dir = os.path.abspath(environ.get("TAXI_DATA_DIR", "data"))
+    gcs_endpoint = environ.get("STORAGE_EMULATOR_HOST", "")
     resources = {
         "taxi_source": TaxiSource(
             releases_url=environ.get("TAXI_RELEASES_URL", RELEASES_URL),
             tlc_url=environ.get("TAXI_TLC_URL", TLC_URL),
             source=environ.get("TAXI_SOURCE", "auto"),
+            gcs_endpoint=gcs_endpoint,
         ),
         "postgres_io_manager": PostgresIOManager(
             # No URL: an embedded server under the data root, so nothing needs installing.
@@ -41,28 +88,28 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
     dataset = environ.get("TAXI_WAREHOUSE_DATASET", "taxi")
     if profile == "local":
         lake_root = os.path.join(data_dir, "lake")
+        sql = DuckDBSQL(path=os.path.join(data_dir, "warehouse.duckdb"), dataset=dataset)
         return {
             **resources,
             "lake_io_manager": LakeIOManager(root=lake_root),
-            "warehouse_io_manager": DuckDBWarehouse(
-                path=os.path.join(data_dir, "warehouse.duckdb"), dataset=dataset, lake_root=lake_root
-            ),
+            "warehouse_sql": sql,
+            "warehouse_io_manager": DuckDBWarehouse(sql=sql, lake_root=lake_root),
         }
     from dagster_gcp import BigQueryResource  # the Google clients: only this profile imports them
 
-    from taxi_platform.io_managers.bigquery import BigQueryWarehouse
+    from taxi_platform.io_managers.bigquery import BigQuerySQL, BigQueryWarehouse
 
     bucket, prefix = environ["TAXI_GCS_BUCKET"], environ.get("TAXI_GCS_PREFIX", "taxi")
     lake_root = f"gs://{bucket}/{prefix}".rstrip("/")
+    sql = BigQuerySQL(
+        bigquery=BigQueryResource(
+            project=dg.EnvVar("TAXI_GCP_PROJECT"), location=environ.get("TAXI_BQ_LOCATION", "US")
+        ),
+        dataset=dataset,
+    )
     return {
         **resources,
-        "lake_io_manager": LakeIOManager(root=lake_root),
-        "warehouse_io_manager": BigQueryWarehouse(
-            bigquery=BigQueryResource(
-                project=dg.EnvVar("TAXI_GCP_PROJECT"),
-                location=environ.get("TAXI_BQ_LOCATION", "US"),
-            ),
-            dataset=dataset,
-            lake_root=lake_root,
-        ),
+        "lake_io_manager": LakeIOManager(root=lake_root, gcs_endpoint=gcs_endpoint),
+        "warehouse_sql": sql,
+        "warehouse_io_manager": BigQueryWarehouse(sql=sql, lake_root=lake_root),
     }

@@ -35,6 +35,12 @@ class FakeGcs:
             for blob in self.client.list_blobs(self.bucket, prefix=prefix)
         }
 
+    def lake(self):
+        """The lake IO manager on this prefix, reaching the emulator."""
+        from taxi_platform.io_managers.lake import LakeIOManager
+
+        return LakeIOManager(root=self.root, gcs_endpoint=self.emulator.url)
+
     def read(self, name: str) -> bytes:
         return self.client.bucket(self.bucket).blob(name).download_as_bytes()
 
@@ -52,6 +58,12 @@ class GcsPrefix:
 
     def objects(self, under: str = "") -> dict[str, int]:
         return self.emulator.objects(f"{self.prefix}/{under}".rstrip("/"))
+
+    def lake(self):
+        """The lake IO manager on this prefix, reaching the emulator."""
+        from taxi_platform.io_managers.lake import LakeIOManager
+
+        return LakeIOManager(root=self.root, gcs_endpoint=self.emulator.url)
 
     def read(self, name: str) -> bytes:
         return self.emulator.read(f"{self.prefix}/{name}")

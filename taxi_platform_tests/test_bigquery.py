@@ -6,7 +6,7 @@ from dagster_gcp import BigQueryResource
 from google.cloud import bigquery
 
 from taxi_platform.definitions import defs
-from taxi_platform.io_managers.bigquery import BigQueryWarehouse, lake_table_definition
+from taxi_platform.io_managers.bigquery import BigQuerySQL, BigQueryWarehouse, lake_table_definition
 from taxi_platform_tests.helpers import green_trip_keys, materializations
 
 CLEAN_COUNTS = {"2020-10": 49262, "2020-11": 45868, "2020-12": 44228}
@@ -21,12 +21,13 @@ def dataset(bigquery_emulator, request):
 
 def materialize_to_bigquery(project, dataset, *, partition=None, months=None):
     definitions = defs()
-    warehouse = BigQueryWarehouse(bigquery=BigQueryResource(project=project, location="US"), dataset=dataset)
+    sql = BigQuerySQL(bigquery=BigQueryResource(project=project, location="US"), dataset=dataset)
+    warehouse = BigQueryWarehouse(sql=sql)
     tags = {"dagster/asset_partition_range_start": months[0], "dagster/asset_partition_range_end": months[1]} if months else {}
     return dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
         selection=dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in (*green_trip_keys(), "warehouse/green_trips"))),
-        resources={**definitions.resources, "warehouse_io_manager": warehouse},
+        resources={**definitions.resources, "warehouse_io_manager": warehouse, "warehouse_sql": sql},
         partition_key=partition, tags=tags,
     )
 
@@ -80,8 +81,8 @@ def test_the_lake_external_table(bigquery_emulator, dataset):
         "sourceUris": [f"{prefix}/*.parquet"],
         "hivePartitioningOptions": {"mode": "CUSTOM", "sourceUriPrefix": f"{prefix}/{{pickup_date:DATE}}"},
     }
-    warehouse = BigQueryWarehouse(bigquery=BigQueryResource(project=bigquery_emulator, location="US"),
-                                  dataset=dataset, lake_root="gs://taxi-lake/prod")
+    sql = BigQuerySQL(bigquery=BigQueryResource(project=bigquery_emulator, location="US"), dataset=dataset)
+    warehouse = BigQueryWarehouse(sql=sql, lake_root="gs://taxi-lake/prod")
     bigquery.Client(project=bigquery_emulator).create_dataset(dataset, exists_ok=True)
     for _ in range(2):
         warehouse._create_lake_table("green_trips_lake", prefix, "pickup_date")

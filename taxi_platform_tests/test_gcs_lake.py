@@ -21,7 +21,7 @@ def rows(gcs, name: str) -> int:
 
 
 def test_a_month_rewritten_without_a_day_loses_that_day_only(gcs):
-    lake = LakeIOManager(root=gcs.root)
+    lake = gcs.lake()
     write(lake, days(date(2020, 3, 1), date(2020, 3, 2), date(2020, 3, 31)), "2020-03")
     write(lake, days(date(2020, 4, 1)), "2020-04")
     assert sorted(gcs.objects("clean/trips")) == [
@@ -47,7 +47,7 @@ def test_stale_objects_of_the_month_are_removed_and_other_months_kept(gcs):
     for name, data in {**stale, neighbour: b"another month's object"}.items():
         bucket.blob(f"{gcs.prefix}/{name}").upload_from_string(data)
 
-    write(LakeIOManager(root=gcs.root), days(date(2020, 3, 2), date(2020, 3, 5)), "2020-03")
+    write(gcs.lake(), days(date(2020, 3, 2), date(2020, 3, 5)), "2020-03")
 
     assert sorted(gcs.objects()) == [
         "clean/trips/day=2020-03-02/2020-03.parquet", "clean/trips/day=2020-03-05/2020-03.parquet",
@@ -58,7 +58,7 @@ def test_stale_objects_of_the_month_are_removed_and_other_months_kept(gcs):
 
 
 def test_an_empty_month_loads_back_empty(gcs):
-    lake = LakeIOManager(root=gcs.root)
+    lake = gcs.lake()
     write(lake, days(date(2020, 3, 5)), "2020-03")
     write(lake, days(), "2020-03")
     assert gcs.objects().keys() == {"clean/trips/day=2020-03-01/2020-03.parquet"}
@@ -67,14 +67,14 @@ def test_an_empty_month_loads_back_empty(gcs):
 
 
 def test_rows_outside_the_partition_are_refused_and_nothing_is_written(gcs):
-    lake = LakeIOManager(root=gcs.root)
+    lake = gcs.lake()
     with pytest.raises(ValueError, match=r"partition 2020-03 holds rows with day outside \[2020-03-01, 2020-04-01\)"):
         write(lake, days(date(2020, 3, 5), date(2020, 4, 1)), "2020-03")
     assert gcs.objects() == {}
 
 
 def test_a_range_is_written_and_loaded_as_a_dict_of_months(gcs):
-    lake = LakeIOManager(root=gcs.root)
+    lake = gcs.lake()
     months = dg.PartitionKeyRange("2020-03", "2020-04")
     tables = {"2020-03": days(date(2020, 3, 9)), "2020-04": days(date(2020, 4, 9), date(2020, 4, 10))}
     write(lake, tables, key_range=months)
@@ -89,12 +89,11 @@ def test_a_range_is_written_and_loaded_as_a_dict_of_months(gcs):
 
 def test_a_month_never_written_is_a_clear_error(gcs):
     with pytest.raises(FileNotFoundError, match="no files for partition 2020-05; is it materialized"):
-        read(LakeIOManager(root=gcs.root), "2020-05")
+        read(gcs.lake(), "2020-05")
 
 
 def test_files_without_day_directories_and_an_emulator_host_without_scheme(gcs, monkeypatch):
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.emulator.url.removeprefix("http://"))
-    lake = LakeIOManager(root=gcs.root)
+    lake = LakeIOManager(root=gcs.root, gcs_endpoint=gcs.emulator.url.removeprefix("http://"))
     killed_write = f"{gcs.prefix}/clean/trips/2020-03.parquet.0123abcd.tmp"  # swept by the next write
     gcs.emulator.client.bucket(gcs.emulator.bucket).blob(killed_write).upload_from_string(b"half a file")
     for month, n in (("2020-03", 2), ("2020-03", 3), ("2020-04", 1)):
@@ -113,7 +112,7 @@ def test_a_release_month_lands_raw_and_clean_in_the_bucket(taxi_env, gcs):
     result = dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
         selection=dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in green_trip_keys())),
-        resources={**definitions.resources, "lake_io_manager": LakeIOManager(root=gcs.root)},
+        resources={**definitions.resources, "lake_io_manager": gcs.lake()},
         partition_key="2020-10",
     )
     assert all(c.passed for c in result.get_asset_check_evaluations())

@@ -11,7 +11,8 @@ import pytest
 
 from taxi_platform.io_managers import lake as lake_module
 from taxi_platform.io_managers.arrow_data import prefetched
-from taxi_platform.io_managers.lake import PARTITION_COLUMN, LakeIOManager
+from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers.lake import LakeIOManager
 
 MONTHS = dg.MonthlyPartitionsDefinition(start_date="2020-01", fmt="%Y-%m")
 BY_DAY = {PARTITION_COLUMN: "day"}

@@ -5,7 +5,7 @@ import base64
 import duckdb
 from dagster_gcp import BigQueryResource
 
-from taxi_platform.io_managers.bigquery import BigQueryWarehouse
+from taxi_platform.io_managers.bigquery import BigQuerySQL, BigQueryWarehouse
 from taxi_platform_tests.helpers import green_trip_keys, materialize, materializations
 
 UPSTREAM = (*green_trip_keys(), "warehouse/green_trips", "reference/taxi_zones", "warehouse/taxi_zones")
@@ -36,10 +36,10 @@ def test_the_marts_in_duckdb(taxi_env):
 
 
 def test_the_marts_in_bigquery(taxi_env, bigquery_emulator):
-    warehouse = BigQueryWarehouse(bigquery=BigQueryResource(project=bigquery_emulator, location="US"),
-                                  dataset="taxi_marts_test")
+    sql = BigQuerySQL(bigquery=BigQueryResource(project=bigquery_emulator, location="US"),
+                      dataset="taxi_marts_test")
     try:
-        daily, monthly = materialize_marts(warehouse_io_manager=warehouse)
+        daily, monthly = materialize_marts(warehouse_io_manager=BigQueryWarehouse(sql=sql), warehouse_sql=sql)
         assert daily["trips"] == 49262
         assert monthly["trips"] == 45868 and monthly["dagster/row_count"] == 30
     finally:

@@ -12,7 +12,8 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from taxi_platform.io_managers.postgres import PARTITION_COLUMN, UNIQUE_KEY, PostgresIOManager
+from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers.postgres import UNIQUE_KEY, PostgresIOManager
 from taxi_platform_tests.helpers import green_trip_keys, materialize, materializations
 
 GREEN_TO_POSTGRES = (*green_trip_keys(), "postgres/green_trips")

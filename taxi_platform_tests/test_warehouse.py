@@ -6,7 +6,8 @@ import dagster as dg
 import duckdb
 
 from taxi_platform.io_managers.lake import LakeIOManager
-from taxi_platform.io_managers.warehouse import LAKE_TABLE, PARTITION_COLUMN, DuckDBWarehouse
+from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers.warehouse import LAKE_TABLE, DuckDBSQL, DuckDBWarehouse
 from taxi_platform_tests.test_lake import MONTHS, days, write
 from taxi_platform_tests.helpers import green_trip_keys, materialize, materializations
 
@@ -68,7 +69,7 @@ def test_zones_land_whole(taxi_env):
 
 def test_the_lake_table_queries_the_lake_files_where_they_lie(tmp_path):
     lake = LakeIOManager(root=str(tmp_path / "lake"))
-    warehouse = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"), lake_root=str(tmp_path / "lake"))
+    warehouse = DuckDBWarehouse(sql=DuckDBSQL(path=str(tmp_path / "w.duckdb")), lake_root=str(tmp_path / "lake"))
     for month, table in {"2020-03": days(date(2020, 3, 1), date(2020, 3, 2)), "2020-04": days(date(2020, 4, 9))}.items():
         write(lake, table, month)
         context = dg.build_output_context(

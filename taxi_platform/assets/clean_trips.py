@@ -10,9 +10,9 @@ from pydantic import Field
 from taxi_platform.assets import by_month, streamed
 from taxi_platform.checks import RELAXED_RULES
 from taxi_platform.cleaning import MonthCleaner, reject_reasons, rejected_schema
-from taxi_platform.datasets import DatasetSpec
+from taxi_platform.datasets import PICKUP_DATE, DatasetSpec
+from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.arrow_data import stream
-from taxi_platform.io_managers.lake import PARTITION_COLUMN
 from taxi_platform.metadata import CLEAN_DESCRIPTIONS, clean_column_lineage, column_schema
 
 
@@ -43,7 +43,7 @@ def build_clean_assets(spec: DatasetSpec) -> dg.AssetsDefinition:
                 key=clean_key,
                 description=f"{spec.description} Typed, snake_case, with pickup_date and trip_key; "
                 f"only rows that pass every rule ({rules}). Lake: hive-partitioned by pickup_date.",
-                metadata={PARTITION_COLUMN: "pickup_date"},
+                metadata={PARTITION_COLUMN: PICKUP_DATE},
                 **common,
             ),
             "rejected": dg.AssetOut(

@@ -12,8 +12,9 @@ import pyarrow as pa
 
 from taxi_platform.assets import by_month
 from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM, follows_any_dataset
-from taxi_platform.datasets import DATASETS, NEW_YORK, DatasetSpec
-from taxi_platform.io_managers.warehouse import PARTITION_COLUMN, WarehouseIOManager
+from taxi_platform.datasets import DATASETS, NEW_YORK, PICKUP_DATE, DatasetSpec
+from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers.warehouse import WarehouseSQL
 
 MONTHS = dg.MonthlyPartitionsDefinition(
     start_date=min(spec.first_month for spec in DATASETS.values()), fmt="%Y-%m", timezone=NEW_YORK
@@ -25,7 +26,7 @@ COMMON = dict(
     io_manager_key="warehouse_io_manager",
     partitions_def=MONTHS,
     backfill_policy=dg.BackfillPolicy.multi_run(12),
-    metadata={PARTITION_COLUMN: "pickup_date"},
+    metadata={PARTITION_COLUMN: PICKUP_DATE},
     kinds={"duckdb", "bigquery", "sql"},
     owners=["team:analytics"],
     code_version="1",
@@ -42,10 +43,8 @@ COMMON = dict(
     automation_condition=follows_any_dataset(required=[["warehouse", "taxi_zones"]]),
     **COMMON,
 )
-def daily_zone_trips(
-    context: dg.AssetExecutionContext, warehouse_io_manager: dg.ResourceParam[WarehouseIOManager]
-) -> dict:
-    warehouse = warehouse_io_manager
+def daily_zone_trips(context: dg.AssetExecutionContext, warehouse_sql: WarehouseSQL) -> dict:
+    warehouse = warehouse_sql
     tables = warehouse.tables()
     if "taxi_zones" not in tables:
         raise dg.Failure("warehouse/taxi_zones is not materialized: the marts join the zones.")
@@ -55,14 +54,14 @@ def daily_zone_trips(
         window = MONTHS.time_window_for_partition_key(month)
         start, end = window.start.date().isoformat(), window.end.date().isoformat()
         selects = [_daily_zone_sql(warehouse, spec, start, end) for spec in loaded]
-        months[month] = warehouse.execute("\nUNION ALL\n".join(selects)) if selects else _empty(warehouse)
+        months[month] = warehouse.execute("\nUNION ALL\n".join(selects)) if selects else _empty()
         trips = months[month]["trips"].to_pylist()
         context.add_asset_metadata({"dagster/row_count": months[month].num_rows, "trips": sum(trips)},
                                    partition_key=month)
     return months
 
 
-def _daily_zone_sql(warehouse: WarehouseIOManager, spec: DatasetSpec, start: str, end: str) -> str:
+def _daily_zone_sql(warehouse: WarehouseSQL, spec: DatasetSpec, start: str, end: str) -> str:
     null = f"CAST(NULL AS {warehouse.float_type})"
     revenue = f"SUM(t.{spec.revenue})" if spec.revenue else null
     distance = f"AVG(t.{spec.distance})" if spec.distance else null
@@ -78,7 +77,7 @@ def _daily_zone_sql(warehouse: WarehouseIOManager, spec: DatasetSpec, start: str
     )
 
 
-def _empty(warehouse: WarehouseIOManager) -> pa.Table:
+def _empty() -> pa.Table:
     return pa.schema([
         ("pickup_date", pa.date32()), ("dataset", pa.string()), ("pu_location_id", pa.int64()),
         ("borough", pa.string()), ("zone", pa.string()), ("trips", pa.int64()),

@@ -5,8 +5,9 @@ import pyarrow.dataset as ds
 
 from taxi_platform.assets import build_sink_asset
 from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM
-from taxi_platform.datasets import DatasetSpec
-from taxi_platform.io_managers.postgres import PARTITION_COLUMN, UNIQUE_KEY
+from taxi_platform.datasets import PICKUP_DATE, TRIP_KEY, DatasetSpec
+from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers.postgres import UNIQUE_KEY
 
 COMMON = dict(
     group_name="postgres",
@@ -30,7 +31,7 @@ def build_postgres_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         "postgres",
         f"The clean {spec.name} trips in PostgreSQL, one row per trip, unique on trip_key. "
         "Writing a month replaces exactly that month, in one transaction.",
-        metadata={PARTITION_COLUMN: "pickup_date", UNIQUE_KEY: "trip_key"},
+        metadata={PARTITION_COLUMN: PICKUP_DATE, UNIQUE_KEY: TRIP_KEY},
         pool=writer_pool(spec.table),
         **COMMON,
     )

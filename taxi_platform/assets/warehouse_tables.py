@@ -5,8 +5,9 @@ import pyarrow.dataset as ds
 
 from taxi_platform.assets import build_sink_asset
 from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM
-from taxi_platform.datasets import DatasetSpec
-from taxi_platform.io_managers.warehouse import CLUSTER_BY, LAKE_TABLE, PARTITION_COLUMN
+from taxi_platform.datasets import PICKUP_DATE, DatasetSpec
+from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers.warehouse import CLUSTER_BY, LAKE_TABLE
 from taxi_platform.metadata import CLEAN_DESCRIPTIONS, column_schema
 
 COMMON = dict(
@@ -27,7 +28,7 @@ def build_warehouse_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         f"The clean {spec.name} trips in the warehouse (DuckDB locally, BigQuery on GCP): partitioned "
         "by pickup_date, clustered by pickup and dropoff zone. Replacing a month is atomic.",
         metadata={
-            PARTITION_COLUMN: "pickup_date",
+            PARTITION_COLUMN: PICKUP_DATE,
             CLUSTER_BY: ["pu_location_id", "do_location_id"],
             LAKE_TABLE: f"clean/{spec.table}",
             "dagster/column_schema": column_schema(spec.clean_schema, CLEAN_DESCRIPTIONS),

@@ -1,7 +1,6 @@
 """The data the IO managers take and give: a pyarrow Table, a lazy pyarrow Dataset, a stream
 (RecordBatchReader), or a dict of partition key -> one of them; read in batches of a bounded size."""
 
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -11,12 +10,15 @@ import pyarrow.dataset as ds
 
 BATCH_ROWS = 131_072
 
-# jemalloc hands the memory of freed batches back to the system; pyarrow's default (mimalloc) kept it,
-# and a run's RSS climbed step by step (benchmarks/README.md). ARROW_DEFAULT_MEMORY_POOL overrides.
-if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+
+
+def use_jemalloc() -> None:
+    """Make jemalloc pyarrow's memory pool: it hands the memory of freed batches back to the system,
+    where pyarrow's default (mimalloc) kept it and a run's RSS climbed step by step
+    (benchmarks/README.md). A pyarrow built without jemalloc keeps its default."""
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
-    except NotImplementedError:  # a pyarrow built without jemalloc keeps its default
+    except NotImplementedError:
         pass
 
 

@@ -13,55 +13,23 @@ from dagster_gcp import BigQueryResource
 
 from taxi_platform.io_managers.arrow_data import stream
 from taxi_platform.io_managers.warehouse import (
-    Window,
     WarehouseIOManager,
+    WarehouseSQL,
+    Window,
     _check_drift,
     _checked_name,
 )
 
 
-class BigQueryWarehouse(WarehouseIOManager):
-    """The GCP warehouse: native partitioned, clustered BigQuery tables."""
+class BigQuerySQL(WarehouseSQL):
+    """SQL in a BigQuery dataset."""
 
     bigquery: BigQueryResource
+    float_type: ClassVar[str] = "FLOAT64"
+    int_type: ClassVar[str] = "INT64"
 
     def table_id(self, name: str) -> str:
         return f"{self.bigquery.project}.{_checked_name(self.dataset)}.{name}"
-
-    def _replace(self, name, data, window, cluster_by, descriptions) -> dict:
-        from google.cloud import bigquery
-
-        schema = [bigquery.SchemaField(f.name, _bq_type(f.type), description=descriptions.get(f.name))
-                  for f in data.schema]
-        with self.bigquery.get_client() as client:
-            dataset = bigquery.Dataset(f"{self.bigquery.project}.{self.dataset}")
-            dataset.location = self.bigquery.location
-            client.create_dataset(dataset, exists_ok=True)
-            target = self._ensure_table(client, name, schema, window, cluster_by)
-            staging_id = f"{self.bigquery.project}.{self.dataset}._staging_{name}_{uuid.uuid4().hex[:12]}"
-            try:
-                self._load(client, staging_id, data, schema)
-                columns = ", ".join(f"`{f.name}`" for f in data.schema)
-                bounds = ""
-                if window:
-                    bounds = (f" AND T.`{window.column}` >= DATE '{window.start}'"
-                              f" AND T.`{window.column}` < DATE '{window.end}'")
-                client.query(
-                    f"MERGE `{target}` T USING `{staging_id}` S ON FALSE"
-                    f" WHEN NOT MATCHED BY SOURCE{bounds} THEN DELETE"
-                    f" WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({columns})"
-                ).result()
-            finally:
-                client.delete_table(staging_id, not_found_ok=True)
-            stored = client.get_table(target)
-        project = self.bigquery.project
-        url = (f"https://console.cloud.google.com/bigquery?project={project}"
-               f"&ws=!1m5!1m4!4m3!1s{project}!2s{self.dataset}!3s{name}")
-        return {"console_url": dg.MetadataValue.url(url), "table_bytes": stored.num_bytes or 0,
-                "table_rows": stored.num_rows or 0}
-
-    float_type: ClassVar[str] = "FLOAT64"
-    int_type: ClassVar[str] = "INT64"
 
     def ref(self, name: str) -> str:
         return f"`{self.table_id(_checked_name(name))}`"
@@ -82,11 +50,54 @@ class BigQueryWarehouse(WarehouseIOManager):
             except NotFound:
                 return set()
 
+
+class BigQueryWarehouse(WarehouseIOManager):
+    """The GCP warehouse: native partitioned, clustered BigQuery tables."""
+
+    sql: BigQuerySQL
+
+    @property
+    def warehouse(self) -> BigQuerySQL:
+        return self.sql
+
+    def _replace(self, name, data, window, cluster_by, descriptions) -> dict:
+        from google.cloud import bigquery
+
+        sql = self.sql
+        schema = [bigquery.SchemaField(f.name, _bq_type(f.type), description=descriptions.get(f.name))
+                  for f in data.schema]
+        with sql.bigquery.get_client() as client:
+            dataset = bigquery.Dataset(f"{sql.bigquery.project}.{sql.dataset}")
+            dataset.location = sql.bigquery.location
+            client.create_dataset(dataset, exists_ok=True)
+            target = self._ensure_table(client, name, schema, window, cluster_by)
+            staging_id = sql.table_id(f"_staging_{name}_{uuid.uuid4().hex[:12]}")
+            try:
+                self._load(client, staging_id, data, schema)
+                columns = ", ".join(f"`{f.name}`" for f in data.schema)
+                bounds = ""
+                if window:
+                    bounds = (f" AND T.`{window.column}` >= DATE '{window.start}'"
+                              f" AND T.`{window.column}` < DATE '{window.end}'")
+                client.query(
+                    f"MERGE `{target}` T USING `{staging_id}` S ON FALSE"
+                    f" WHEN NOT MATCHED BY SOURCE{bounds} THEN DELETE"
+                    f" WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({columns})"
+                ).result()
+            finally:
+                client.delete_table(staging_id, not_found_ok=True)
+            stored = client.get_table(target)
+        project = sql.bigquery.project
+        url = (f"https://console.cloud.google.com/bigquery?project={project}"
+               f"&ws=!1m5!1m4!4m3!1s{project}!2s{sql.dataset}!3s{name}")
+        return {"console_url": dg.MetadataValue.url(url), "table_bytes": stored.num_bytes or 0,
+                "table_rows": stored.num_rows or 0}
+
     def _create_lake_table(self, name, prefix, partition_column) -> None:
         from google.api_core.exceptions import Conflict
 
-        table = lake_table_definition(self.table_id(name), prefix, partition_column)
-        with self.bigquery.get_client() as client:
+        table = lake_table_definition(self.sql.table_id(name), prefix, partition_column)
+        with self.sql.bigquery.get_client() as client:
             try:
                 client.create_table(table)
             except Conflict:
@@ -96,7 +107,7 @@ class BigQueryWarehouse(WarehouseIOManager):
         from google.api_core.exceptions import NotFound
         from google.cloud import bigquery
 
-        table_id = self.table_id(name)
+        table_id = self.sql.table_id(name)
         try:
             existing = client.get_table(table_id)
         except NotFound:
@@ -131,12 +142,12 @@ class BigQueryWarehouse(WarehouseIOManager):
     def _read(self, name: str, window: Window | None) -> pa.Table:
         from google.cloud import bigquery
 
-        query, params = f"SELECT * FROM `{self.table_id(name)}`", []
+        query, params = f"SELECT * FROM {self.sql.ref(name)}", []
         if window:
             query += f" WHERE `{window.column}` >= @start AND `{window.column}` < @end"
             params = [bigquery.ScalarQueryParameter("start", "DATE", window.start),
                       bigquery.ScalarQueryParameter("end", "DATE", window.end)]
-        with self.bigquery.get_client() as client:
+        with self.sql.bigquery.get_client() as client:
             job = client.query(query, job_config=bigquery.QueryJobConfig(query_parameters=params))
             return job.result().to_arrow(create_bqstorage_client=False)
 

@@ -3,7 +3,7 @@
 Layout under `root`, from the asset key (`clean/green_trips` -> `clean/green_trips`):
 - unpartitioned: `<key>.parquet`;
 - partitioned: `<key>/<partition>.parquet`;
-- partitioned, with definition metadata `{"lake/partition_column": "pickup_date"}` (a date column):
+- partitioned, with definition metadata `{PARTITION_COLUMN: "pickup_date"}` (a date column):
   hive directories `<key>/pickup_date=2020-10-01/<partition>.parquet`, every value inside the
   partition's time window. The column is kept in the directory name, not in the files, and comes
   back as the last column. A partition without rows is stored as one empty file in the directory of
@@ -24,10 +24,10 @@ One code path for a folder and a bucket, through `pyarrow.fs`. In a bucket (`gs:
 the hive directories from the paths of the files (pyarrow's non-recursive listing of a bucket reports
 only marker objects, not prefixes). Credentials are Application Default Credentials; when
 STORAGE_EMULATOR_HOST names a Cloud Storage emulator (the convention of Google's client libraries,
-which pyarrow does not read), the bucket is reached there, without credentials.
+which pyarrow does not read), the profile passes it as `gcs_endpoint` and the bucket is reached
+there, without credentials.
 """
 
-import os
 import posixpath
 import uuid
 from datetime import date
@@ -42,9 +42,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.arrow_data import BATCH_ROWS, prefetched, stream
 
-PARTITION_COLUMN = "lake/partition_column"
 BUFFERED_ROWS = 4 * BATCH_ROWS
 
 
@@ -52,6 +52,9 @@ class LakeIOManager(dg.ConfigurableIOManager):
     """Stores pyarrow Tables or streams of batches as parquet files under a folder or a bucket."""
 
     root: str = Field(description="A local folder, or a URI such as gs://bucket/prefix.")
+    gcs_endpoint: str = Field(
+        default="", description="A Cloud Storage emulator's host (STORAGE_EMULATOR_HOST); empty: Google."
+    )
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         fs, path = self._asset_path(context.asset_key)
@@ -90,18 +93,18 @@ class LakeIOManager(dg.ConfigurableIOManager):
         return loaded if len(loaded) > 1 else next(iter(loaded.values()))
 
     def _asset_path(self, asset_key: dg.AssetKey) -> tuple[pafs.FileSystem, str]:
-        fs, base = filesystem(self.root)
+        fs, base = filesystem(self.root, self.gcs_endpoint)
         return fs, posixpath.join(base.rstrip("/"), *asset_key.path)
 
 
-def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem of a local folder or a URI, and the path of `root` in it."""
+def filesystem(root: str, gcs_endpoint: str = "") -> tuple[pafs.FileSystem, str]:
+    """The filesystem of a local folder or a URI, and the path of `root` in it; a gs:// URI is reached
+    at `gcs_endpoint` (an emulator) when one is given."""
     if "://" not in root:
         return pafs.LocalFileSystem(), Path(root).resolve().as_posix()
     fs, base = pafs.FileSystem.from_uri(root)
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    if fs.type_name == "gcs" and emulator:
-        url = urlsplit(emulator if "://" in emulator else f"http://{emulator}")
+    if fs.type_name == "gcs" and gcs_endpoint:
+        url = urlsplit(gcs_endpoint if "://" in gcs_endpoint else f"http://{gcs_endpoint}")
         fs = pafs.GcsFileSystem(anonymous=True, scheme=url.scheme, endpoint_override=url.netloc)
     return fs, base
 

@@ -5,7 +5,7 @@ Generic: it knows asset keys, arrow schemas and partition time windows, nothing 
   metadata `postgres/table`. Identifiers are always quoted.
 - Columns and types from the arrow schema (naive timestamps stay `timestamp without time zone`,
   integers stay integers whatever their nulls).
-- Partitioned assets name their time column in definition metadata `postgres/partition_column`; the
+- Partitioned assets name their time column in definition metadata `PARTITION_COLUMN`; the
   table is then PARTITION BY RANGE on it, one PostgreSQL partition per asset partition
   (`<table>_2020_10`). Writing a partition COPYs its rows into a new table, indexes and checks it, then
   drops the old partition and attaches the new one, all in ONE transaction (with every other month of
@@ -35,10 +35,10 @@ from pgpq import ArrowToPostgresBinaryEncoder
 from psycopg import sql
 from pydantic import Field
 
+from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.arrow_data import stream
 
 TABLE = "postgres/table"
-PARTITION_COLUMN = "postgres/partition_column"
 UNIQUE_KEY = "postgres/unique_key"
 
 _PG_TYPES = [

@@ -2,7 +2,7 @@
 
 Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
 - Table: dataset/schema `dataset` (default `taxi`), table = the asset key's last part.
-- Definition metadata `warehouse/partition_column` (a DATE column) makes the table partitioned by it
+- Definition metadata `PARTITION_COLUMN` (a DATE column) makes the table partitioned by it
   (BigQuery: a native day-partitioned table); `warehouse/cluster_by` lists clustering columns
   (BigQuery: clustering; DuckDB: rows are inserted in that order, which DuckDB's zone maps use).
 - Column names are kept as they are. Naive timestamps (New York local time in the TLC data) are
@@ -11,6 +11,8 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
   one transaction; BigQuery loads a staging table, then one MERGE deletes the window's rows and
   inserts the staged ones.
 - Schema drift: new columns are added; a changed type fails, naming the columns.
+- SQL in the warehouse (the marts' aggregations) goes through the `warehouse_sql` resource
+  (`WarehouseSQL`: DuckDBSQL here, BigQuerySQL), which the IO manager also stores through.
 - BigQuery's back end is `taxi_platform.io_managers.bigquery` (imported by the gcp profile only).
 - Definition metadata `warehouse/lake_table: "clean/green_trips"` also (re)creates `<table>_lake`
   over that asset's hive-partitioned parquet in the lake at `lake_root`: a BigQuery external table
@@ -29,9 +31,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from pydantic import Field
 
+from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.arrow_data import as_dataset
 
-PARTITION_COLUMN = "warehouse/partition_column"
 CLUSTER_BY = "warehouse/cluster_by"
 LAKE_TABLE = "warehouse/lake_table"
 DATETIME_NOTE = "New York local time, stored as DATETIME (no time zone)."
@@ -45,48 +47,15 @@ class Window:
         self.column, self.start, self.end = column, start.date(), end.date()
 
 
-class WarehouseIOManager(dg.ConfigurableIOManager):
-    """The contract both back ends keep; subclasses implement `_replace` and `_read`."""
+class WarehouseSQL(dg.ConfigurableResource):
+    """SQL in the warehouse's dataset: what the marts run, in the few spellings the dialects differ."""
 
     dataset: str = Field(default="taxi", description="Dataset (BigQuery) or schema (DuckDB).")
-    lake_root: str = Field(default="", description="The lake's root, for `<table>_lake` tables.")
-
-    def handle_output(self, context: dg.OutputContext, obj) -> None:
-        data = as_dataset(obj)
-        meta = context.definition_metadata
-        name = _checked_name(context.asset_key.path[-1])
-        window = None
-        if context.has_asset_partitions:
-            time_window = context.asset_partitions_time_window
-            window = Window(meta[PARTITION_COLUMN], time_window.start, time_window.end)
-        descriptions = _descriptions(data.schema, meta)
-        stored = self._replace(name, data, window, list(meta.get(CLUSTER_BY) or []), descriptions)
-        if meta.get(LAKE_TABLE) and self.lake_root:
-            prefix = f"{self.lake_root.rstrip('/')}/{meta[LAKE_TABLE]}"
-            self._create_lake_table(f"{name}_lake", prefix, window.column if window else None)
-            stored["lake_table"] = self.table_id(f"{name}_lake")
-        context.add_output_metadata(
-            {"dagster/table_name": self.table_id(name), "rows_written": data.count_rows(), **stored}
-        )
-
-    def load_input(self, context: dg.InputContext):
-        meta = context.upstream_output.definition_metadata
-        name = _checked_name(context.asset_key.path[-1])
-        if not context.has_asset_partitions:
-            return self._read(name, None)
-        partitions_def = context.asset_partitions_def
-        tables = {}
-        for key in context.asset_partition_keys:
-            span = partitions_def.time_window_for_partition_key(key)
-            tables[key] = self._read(name, Window(meta[PARTITION_COLUMN], span.start, span.end))
-        return tables if len(tables) > 1 else next(iter(tables.values()))
+    float_type: ClassVar[str] = "DOUBLE"
+    int_type: ClassVar[str] = "BIGINT"
 
     def table_id(self, name: str) -> str:
         return f"{self.dataset}.{name}"
-
-    # SQL in the warehouse, for the marts: the few things the two dialects spell differently.
-    float_type: ClassVar[str] = "DOUBLE"
-    int_type: ClassVar[str] = "BIGINT"
 
     def ref(self, name: str) -> str:
         """A table's name as SQL of this warehouse."""
@@ -103,6 +72,47 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         """The names of the tables in the dataset."""
         raise NotImplementedError
 
+
+class WarehouseIOManager(dg.ConfigurableIOManager):
+    """The contract both back ends keep; subclasses implement `_replace`, `_read` and
+    `_create_lake_table` through their `sql` resource."""
+
+    lake_root: str = Field(default="", description="The lake's root, for `<table>_lake` tables.")
+
+    @property
+    def warehouse(self) -> WarehouseSQL:
+        raise NotImplementedError
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        data = as_dataset(obj)
+        meta = context.definition_metadata
+        name = _checked_name(context.asset_key.path[-1])
+        window = None
+        if context.has_asset_partitions:
+            time_window = context.asset_partitions_time_window
+            window = Window(meta[PARTITION_COLUMN], time_window.start, time_window.end)
+        descriptions = _descriptions(data.schema, meta)
+        stored = self._replace(name, data, window, list(meta.get(CLUSTER_BY) or []), descriptions)
+        if meta.get(LAKE_TABLE) and self.lake_root:
+            prefix = f"{self.lake_root.rstrip('/')}/{meta[LAKE_TABLE]}"
+            self._create_lake_table(f"{name}_lake", prefix, window.column if window else None)
+            stored["lake_table"] = self.warehouse.table_id(f"{name}_lake")
+        context.add_output_metadata(
+            {"dagster/table_name": self.warehouse.table_id(name), "rows_written": data.count_rows(), **stored}
+        )
+
+    def load_input(self, context: dg.InputContext):
+        meta = context.upstream_output.definition_metadata
+        name = _checked_name(context.asset_key.path[-1])
+        if not context.has_asset_partitions:
+            return self._read(name, None)
+        partitions_def = context.asset_partitions_def
+        tables = {}
+        for key in context.asset_partition_keys:
+            span = partitions_def.time_window_for_partition_key(key)
+            tables[key] = self._read(name, Window(meta[PARTITION_COLUMN], span.start, span.end))
+        return tables if len(tables) > 1 else next(iter(tables.values()))
+
     def _replace(self, name, data: ds.Dataset, window, cluster_by, descriptions) -> dict:
         """Replace the window's rows (all rows if None) by `data`; metadata about the table."""
         raise NotImplementedError
@@ -115,7 +125,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         raise NotImplementedError
 
 
-class DuckDBWarehouse(WarehouseIOManager):
+class DuckDBSQL(WarehouseSQL):
     """The local warehouse: an embedded DuckDB file."""
 
     path: str = Field(description="The DuckDB database file.")
@@ -124,42 +134,6 @@ class DuckDBWarehouse(WarehouseIOManager):
         default="1GB", description="DuckDB's memory; beyond it, sorts spill to <path>.tmp on disk."
     )
 
-    def _replace(self, name, data, window, cluster_by, descriptions) -> dict:
-        target = f"{_quote(self.dataset)}.{_quote(name)}"
-        order = f" ORDER BY {', '.join(map(_quote, cluster_by))}" if cluster_by else ""
-        with self._connect() as con:
-            con.register("incoming", data)  # scanned by DuckDB in batches
-            con.begin()
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.dataset)}")
-            con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM incoming LIMIT 0")
-            existing = dict(con.execute(
-                "SELECT column_name, data_type FROM information_schema.columns"
-                " WHERE table_schema = ? AND table_name = ?", [self.dataset, name]).fetchall())
-            wanted = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE incoming)").fetchall())
-            _check_drift(self.table_id(name), existing, wanted)
-            for column in wanted.keys() - existing.keys():
-                con.execute(f"ALTER TABLE {target} ADD COLUMN {_quote(column)} {wanted[column]}")
-            if window:
-                con.execute(f"DELETE FROM {target} WHERE {_quote(window.column)} >= ? AND "
-                            f"{_quote(window.column)} < ?", [window.start, window.end])
-            else:
-                con.execute(f"DELETE FROM {target}")
-            con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM incoming{order}")
-            for column, text in descriptions.items():
-                literal = "'" + text.replace("'", "''") + "'"
-                con.execute(f"COMMENT ON COLUMN {target}.{_quote(column)} IS {literal}")
-            con.commit()
-        return {"warehouse_path": dg.MetadataValue.path(self.path)}
-
-    def _read(self, name: str, window: Window | None) -> pa.Table:
-        target = f"{_quote(self.dataset)}.{_quote(name)}"
-        with self._connect() as con:
-            if window is None:
-                return con.execute(f"SELECT * FROM {target}").fetch_arrow_table()
-            column = _quote(window.column)
-            return con.execute(f"SELECT * FROM {target} WHERE {column} >= ? AND {column} < ?",
-                               [window.start, window.end]).fetch_arrow_table()
-
     def ref(self, name: str) -> str:
         return f"{_quote(self.dataset)}.{_quote(_checked_name(name))}"
 
@@ -167,28 +141,18 @@ class DuckDBWarehouse(WarehouseIOManager):
         return f"date_diff('second', {start}, {end})"
 
     def execute(self, statement: str) -> pa.Table:
-        with self._connect() as con:
+        with self.connect() as con:
             result = con.execute(statement)
             return result.fetch_arrow_table() if result.description else pa.table({})
 
     def tables(self) -> set[str]:
-        with self._connect() as con:
+        with self.connect() as con:
             rows = con.execute("SELECT table_name FROM information_schema.tables"
                                " WHERE table_schema = ?", [self.dataset]).fetchall()
         return {name for (name,) in rows}
 
-    def _create_lake_table(self, name, prefix, partition_column) -> None:
-        files = f"{Path(prefix).resolve().as_posix()}/*/*.parquet"
-        literal = "'" + files.replace("'", "''") + "'"
-        with self._connect() as con:
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.dataset)}")
-            con.execute(
-                f"CREATE OR REPLACE VIEW {_quote(self.dataset)}.{_quote(name)} AS SELECT * FROM"
-                f" read_parquet({literal}, hive_partitioning = true, union_by_name = true)"
-            )
-
     @contextmanager
-    def _connect(self):
+    def connect(self):
         """One writer at a time may hold the file; others wait for it (the warehouse pool helps)."""
         import duckdb
 
@@ -206,6 +170,63 @@ class DuckDBWarehouse(WarehouseIOManager):
             yield con
         finally:
             con.close()
+
+
+class DuckDBWarehouse(WarehouseIOManager):
+    """Stores the warehouse assets in the DuckDB file of its `sql` resource."""
+
+    sql: DuckDBSQL
+
+    @property
+    def warehouse(self) -> DuckDBSQL:
+        return self.sql
+
+    def _replace(self, name, data, window, cluster_by, descriptions) -> dict:
+        target = self.sql.ref(name)
+        dataset = self.sql.dataset
+        order = f" ORDER BY {', '.join(map(_quote, cluster_by))}" if cluster_by else ""
+        with self.sql.connect() as con:
+            con.register("incoming", data)  # scanned by DuckDB in batches
+            con.begin()
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(dataset)}")
+            con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM incoming LIMIT 0")
+            existing = dict(con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = ? AND table_name = ?", [dataset, name]).fetchall())
+            wanted = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE incoming)").fetchall())
+            _check_drift(self.sql.table_id(name), existing, wanted)
+            for column in wanted.keys() - existing.keys():
+                con.execute(f"ALTER TABLE {target} ADD COLUMN {_quote(column)} {wanted[column]}")
+            if window:
+                con.execute(f"DELETE FROM {target} WHERE {_quote(window.column)} >= ? AND "
+                            f"{_quote(window.column)} < ?", [window.start, window.end])
+            else:
+                con.execute(f"DELETE FROM {target}")
+            con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM incoming{order}")
+            for column, text in descriptions.items():
+                literal = "'" + text.replace("'", "''") + "'"
+                con.execute(f"COMMENT ON COLUMN {target}.{_quote(column)} IS {literal}")
+            con.commit()
+        return {"warehouse_path": dg.MetadataValue.path(self.sql.path)}
+
+    def _read(self, name: str, window: Window | None) -> pa.Table:
+        target = self.sql.ref(name)
+        with self.sql.connect() as con:
+            if window is None:
+                return con.execute(f"SELECT * FROM {target}").fetch_arrow_table()
+            column = _quote(window.column)
+            return con.execute(f"SELECT * FROM {target} WHERE {column} >= ? AND {column} < ?",
+                               [window.start, window.end]).fetch_arrow_table()
+
+    def _create_lake_table(self, name, prefix, partition_column) -> None:
+        files = f"{Path(prefix).resolve().as_posix()}/*/*.parquet"
+        literal = "'" + files.replace("'", "''") + "'"
+        with self.sql.connect() as con:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.sql.dataset)}")
+            con.execute(
+                f"CREATE OR REPLACE VIEW {self.sql.ref(name)} AS SELECT * FROM"
+                f" read_parquet({literal}, hive_partitioning = true, union_by_name = true)"
+            )
 
 
 def _descriptions(schema: pa.Schema, meta) -> dict[str, str]:

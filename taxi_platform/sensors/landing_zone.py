@@ -33,7 +33,7 @@ def build_landing_sensor(
     def landing_sensor(context: dg.SensorEvaluationContext, lake_io_manager: dg.ResourceParam[LakeIOManager]):
         requested: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         present, run_requests, waiting, bad = {}, [], [], []
-        for file in list_landed(lake_io_manager.root):
+        for file in list_landed(lake_io_manager.root, lake_io_manager.gcs_endpoint):
             try:
                 name = parse(file.name)
             except BadLandedName as error:
@@ -75,10 +75,12 @@ def build_landed_file_mover(
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Moves a landed file to landing/processed/ once its run succeeded.",
     )
-    def landed_file_mover(context: dg.RunStatusSensorContext):
+    def landed_file_mover(
+        context: dg.RunStatusSensorContext, lake_io_manager: dg.ResourceParam[LakeIOManager]
+    ):
         uri = context.dagster_run.tags.get(LANDED_FILE_TAG)
         if uri:
-            moved = move_to_processed(uri)
+            moved = move_to_processed(uri, lake_io_manager.gcs_endpoint)
             context.log.info(f"{uri} -> {moved}" if moved else f"{uri} was already moved")
 
     return landed_file_mover

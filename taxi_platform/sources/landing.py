@@ -63,9 +63,9 @@ def parse(name: str) -> LandedName:
     return LandedName(spec, month, "csv" if match["ext"] == "csv.gz" else "parquet")
 
 
-def list_landed(lake_root: str) -> list[LandedFile]:
+def list_landed(lake_root: str, gcs_endpoint: str = "") -> list[LandedFile]:
     """The files directly in `<lake_root>/landing/` (not in processed/), by name."""
-    fs, base = filesystem(lake_root)
+    fs, base = filesystem(lake_root, gcs_endpoint)
     selector = pafs.FileSelector(f"{base.rstrip('/')}/landing", allow_not_found=True)
     scheme = lake_root.split("://")[0] + "://" if "://" in lake_root else ""
     return sorted(
@@ -78,9 +78,9 @@ def list_landed(lake_root: str) -> list[LandedFile]:
     )
 
 
-def copy_to_local(uri: str, dest: Path) -> tuple[int, str, str]:
+def copy_to_local(uri: str, dest: Path, gcs_endpoint: str = "") -> tuple[int, str, str]:
     """Copy a landed file to `dest`; returns its bytes, sha256 and modification time (ISO 8601)."""
-    fs, path = filesystem(uri)
+    fs, path = filesystem(uri, gcs_endpoint)
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
         raise FileNotFoundError(f"landed file {uri} does not exist")
@@ -95,10 +95,10 @@ def copy_to_local(uri: str, dest: Path) -> tuple[int, str, str]:
     return size, digest.hexdigest(), modified
 
 
-def move_to_processed(uri: str) -> str | None:
+def move_to_processed(uri: str, gcs_endpoint: str = "") -> str | None:
     """Move a landed file to `landing/processed/` (replacing one of the same name); returns the new
     URI, or None when the file is no longer there (already moved: moving is idempotent)."""
-    fs, path = filesystem(uri)
+    fs, path = filesystem(uri, gcs_endpoint)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
     folder, name = posixpath.split(path)

@@ -106,6 +106,9 @@ class TaxiSource(dg.ConfigurableResource):
     attempts: int = Field(default=4, description="Tries per download (connection errors and 5xx).")
     backoff_seconds: float = Field(default=2.0, description="First wait between tries; doubles.")
     timeout_seconds: float = 60.0
+    gcs_endpoint: str = Field(
+        default="", description="A Cloud Storage emulator's host, for landed files in a bucket."
+    )
 
     def locate(self, spec: DatasetSpec, month: str, landed: str | None = None) -> SourceFile:
         """The one place that decides which source serves a month: the landed file if one is given
@@ -155,7 +158,7 @@ class TaxiSource(dg.ConfigurableResource):
         dest = Path(folder) / file.url.rsplit("/", 1)[-1]
         if file.kind == "landing":
             try:
-                size, sha256, modified = landing.copy_to_local(file.url, dest)
+                size, sha256, modified = landing.copy_to_local(file.url, dest, self.gcs_endpoint)
             except OSError as error:
                 raise SourceError(f"{file.label}: cannot read {file.url}: {error}") from error
             _verify_form(dest, file.url, file.label, file.form)

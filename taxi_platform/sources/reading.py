@@ -9,6 +9,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from taxi_platform.datasets import ZONE_COLUMNS, DatasetSpec
+from taxi_platform.io_managers.arrow_data import BATCH_ROWS
 
 
 class UnreadableFile(ValueError):
@@ -21,7 +22,6 @@ class SchemaDriftError(UnreadableFile):
 
 _READ_ERRORS = (pa.ArrowException, OSError, EOFError, zlib.error, UnicodeDecodeError)
 BATCH_BYTES = 16 << 20  # CSV text parsed per batch (about 100,000 trips)
-BATCH_ROWS = 131_072  # parquet rows per batch
 
 
 def read_trips(path: Path, spec: DatasetSpec, form: str, origin: str) -> pa.RecordBatchReader:
