@@ -81,14 +81,28 @@ def backfill_job():
 
     spec = DATASETS[os.environ["BENCH_DATASET"]]
     definitions = defs()
-    keys = [f"raw/{spec.table}", f"clean/{spec.table}", f"clean/{spec.table}_rejected",
-            f"postgres/{spec.table}", f"warehouse/{spec.table}"]
+    keys = [
+        f"raw/{spec.table}",
+        f"clean/{spec.table}",
+        f"clean/{spec.table}_rejected",
+        f"postgres/{spec.table}",
+        f"warehouse/{spec.table}",
+    ]
     selection = dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in keys))
     if os.environ.get("BENCH_CHECKS", "1") == "0":
         selection = selection.without_checks()
-    executor = (dg.multiprocess_executor.configured({"max_concurrent": 2, "start_method": {
-                    "forkserver": {"preload_modules": ["taxi_platform.definitions", "benchmarks.backfill"]}}})
-                if os.environ.get("BENCH_EXECUTOR") == "multiprocess" else dg.in_process_executor)
+    executor = (
+        dg.multiprocess_executor.configured(
+            {
+                "max_concurrent": 2,
+                "start_method": {
+                    "forkserver": {"preload_modules": ["taxi_platform.definitions", "benchmarks.backfill"]}
+                },
+            }
+        )
+        if os.environ.get("BENCH_EXECUTOR") == "multiprocess"
+        else dg.in_process_executor
+    )
     job = dg.define_asset_job(
         "benchmark_backfill",
         selection=selection,
@@ -96,7 +110,9 @@ def backfill_job():
         executor_def=executor,
     )
     return dg.Definitions(
-        assets=definitions.assets, asset_checks=definitions.asset_checks, jobs=[job],
+        assets=definitions.assets,
+        asset_checks=definitions.asset_checks,
+        jobs=[job],
         resources=definitions.resources,
     ).get_job_def("benchmark_backfill")
 
@@ -116,8 +132,13 @@ def _worker(argv) -> None:
             if not result.success:
                 raise RuntimeError(f"run {first}..{last} failed")
             waited = sum(1 for e in result.all_events if "concurrency" in (e.message or "").lower())
-            summary.append({"months": [first, last], "seconds": time.perf_counter() - start,
-                            "concurrency_events": waited})
+            summary.append(
+                {
+                    "months": [first, last],
+                    "seconds": time.perf_counter() - start,
+                    "concurrency_events": waited,
+                }
+            )
     print(RESULT_MARK + json.dumps({"runs": summary}), flush=True)
 
 
@@ -131,11 +152,20 @@ def _parse(argv) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=100_000, help="rows per synthetic month")
     parser.add_argument("--months", type=int, default=12)
     parser.add_argument("--first", default="2020-01", help="first month (YYYY-MM)")
-    parser.add_argument("--storage", default="sqlite", choices=sorted(STORAGE_YAML),
-                        help="the Dagster instance's run and event storage (postgres: a throwaway database)")
+    parser.add_argument(
+        "--storage",
+        default="sqlite",
+        choices=sorted(STORAGE_YAML),
+        help="the Dagster instance's run and event storage (postgres: a throwaway database)",
+    )
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
-    parser.add_argument("--pool", action="append", default=[], metavar="NAME=LIMIT",
-                        help="a pool limit other than the default 1, e.g. downloads=2 (repeatable)")
+    parser.add_argument(
+        "--pool",
+        action="append",
+        default=[],
+        metavar="NAME=LIMIT",
+        help="a pool limit other than the default 1, e.g. downloads=2 (repeatable)",
+    )
     parser.add_argument("--url", default=os.environ.get("TAXI_TEST_POSTGRES_URL") or DEFAULT_URL)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)
@@ -173,13 +203,19 @@ def main(argv=None) -> dict:
                 (home / "dagster.yaml").write_text(INSTANCE_YAML.format(home=home, storage=storage))
                 env = {k: v for k, v in os.environ.items() if not k.startswith(("TAXI_", "DAGSTER_"))}
                 env.update(
-                    PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                    DAGSTER_HOME=str(home), BENCH_DATASET=spec.name,
+                    PYTHONPATH=os.pathsep.join(
+                        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+                    ).rstrip(os.pathsep),
+                    DAGSTER_HOME=str(home),
+                    BENCH_DATASET=spec.name,
                     BENCH_EXECUTOR=MODES[mode][1],
-                    TAXI_RELEASES_URL=f"{server.url}/releases", TAXI_TLC_URL=server.url,
-                    TAXI_DATA_DIR=str(work / "data"), TAXI_POSTGRES_URL=url, TAXI_POSTGRES_SCHEMA=schema,
-                    TAXI_PROFILE="local")
+                    TAXI_RELEASES_URL=f"{server.url}/releases",
+                    TAXI_TLC_URL=server.url,
+                    TAXI_DATA_DIR=str(work / "data"),
+                    TAXI_POSTGRES_URL=url,
+                    TAXI_POSTGRES_SCHEMA=schema,
+                    TAXI_PROFILE="local",
+                )
                 processes = MODES[mode][0]
                 shares = [runs[i::processes] for i in range(processes)]
                 shares = [share for share in shares if share]
@@ -189,20 +225,34 @@ def main(argv=None) -> dict:
                 start, cpu = time.perf_counter(), machine_cpu_seconds()
                 children = _run_all(shares, env)
                 seconds = time.perf_counter() - start
-                results[mode] = {"seconds": seconds, "processes": len(shares),
-                                 "cpu_seconds": machine_cpu_seconds() - cpu,
-                                 "executor": env["BENCH_EXECUTOR"], "children": children,
-                                 "peak_rss": max(c["peak_rss"] for c in children),
-                                 **_verify(url, schema, spec, work / "data" / "warehouse.duckdb", months)}
+                results[mode] = {
+                    "seconds": seconds,
+                    "processes": len(shares),
+                    "cpu_seconds": machine_cpu_seconds() - cpu,
+                    "executor": env["BENCH_EXECUTOR"],
+                    "children": children,
+                    "peak_rss": max(c["peak_rss"] for c in children),
+                    **_verify(url, schema, spec, work / "data" / "warehouse.duckdb", months),
+                }
     finally:
         for schema in schemas.values():
             _execute(url, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
             _execute(url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(schema)))
         shutil.rmtree(folder, ignore_errors=True)
 
-    figures = {"dataset": spec.name, "rows_per_month": args.rows, "storage": args.storage, "pool_limits": limits, "months": months, "runs": runs,
-               "seed": args.seed, "generate_seconds": generate_seconds, "cpus": os.cpu_count(),
-               "modes": results, "goals": {}}
+    figures = {
+        "dataset": spec.name,
+        "rows_per_month": args.rows,
+        "storage": args.storage,
+        "pool_limits": limits,
+        "months": months,
+        "runs": runs,
+        "seed": args.seed,
+        "generate_seconds": generate_seconds,
+        "cpus": os.cpu_count(),
+        "modes": results,
+        "goals": {},
+    }
     for mode in ("multiprocess", "two_processes"):
         if {"serial", mode} <= results.keys():
             speedup = figures[f"speedup_{mode}"] = results["serial"]["seconds"] / results[mode]["seconds"]
@@ -232,7 +282,9 @@ def _init_instance(home: Path, limits: dict) -> None:
 def machine_cpu_seconds() -> float:
     """CPU time spent so far by every process of the machine (the workers, their step processes, the
     PostgreSQL server): the non-idle time of /proc/stat."""
-    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    user, nice, system, idle, iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split()[1:9]
+    )
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
@@ -240,7 +292,9 @@ def _run_all(shares: list[list], env: dict) -> list[dict]:
     """One worker process per share of runs, all at once; each one's figures."""
     from concurrent.futures import ThreadPoolExecutor
 
-    commands = [[sys.executable, "-m", "benchmarks.backfill", "--worker", json.dumps(share)] for share in shares]
+    commands = [
+        [sys.executable, "-m", "benchmarks.backfill", "--worker", json.dumps(share)] for share in shares
+    ]
     with ThreadPoolExecutor(len(commands)) as pool:
         return list(pool.map(lambda command: run_child(command, env, timeout=WORKER_TIMEOUT), commands))
 
@@ -250,12 +304,18 @@ def _verify(url: str, schema: str, spec, duckdb_path: Path, months: list[str]) -
     import duckdb
 
     table = sql.Identifier(schema, spec.table)
-    pg = dict(_execute(url, sql.SQL(
-        "SELECT to_char(pickup_date, 'YYYY-MM'), count(*) FROM {} GROUP BY 1").format(table)))
+    pg = dict(
+        _execute(
+            url, sql.SQL("SELECT to_char(pickup_date, 'YYYY-MM'), count(*) FROM {} GROUP BY 1").format(table)
+        )
+    )
     distinct = _execute(url, sql.SQL("SELECT count(DISTINCT trip_key), count(*) FROM {}").format(table))[0]
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
-        wh = dict(con.execute(f"SELECT strftime(pickup_date, '%Y-%m'), count(*) FROM taxi.\"{spec.table}\""
-                              " GROUP BY 1").fetchall())
+        wh = dict(
+            con.execute(
+                f"SELECT strftime(pickup_date, '%Y-%m'), count(*) FROM taxi.\"{spec.table}\" GROUP BY 1"
+            ).fetchall()
+        )
     if sorted(pg) != months or pg != wh or distinct[0] != distinct[1]:
         raise RuntimeError(f"{schema}: Postgres months {pg}, DuckDB {wh}, distinct/all keys {distinct}")
     return {"postgres_rows": distinct[1]}
@@ -272,21 +332,32 @@ def _report(f: dict) -> None:
         f"  {'rows in Postgres':>16}",
     ]
     for mode, r in f["modes"].items():
-        label = f"{mode}: {r['processes']} process{'es' if r['processes'] > 1 else ''}, {r['executor']} executor"
-        lines.append(f"{label:<44}  {r['seconds']:>7.1f}  {r['cpu_seconds']:>6.1f}  "
-                     f"{r['cpu_seconds'] / r['seconds']:>10.2f}  {r['peak_rss'] / 2**20:>11,.0f}  "
-                     f"{r['postgres_rows']:>16,}")
+        label = (
+            f"{mode}: {r['processes']} process{'es' if r['processes'] > 1 else ''}, {r['executor']} executor"
+        )
+        lines.append(
+            f"{label:<44}  {r['seconds']:>7.1f}  {r['cpu_seconds']:>6.1f}  "
+            f"{r['cpu_seconds'] / r['seconds']:>10.2f}  {r['peak_rss'] / 2**20:>11,.0f}  "
+            f"{r['postgres_rows']:>16,}"
+        )
     lines.append("")
     for goal, met in f["goals"].items():
         mode = goal.split("_speedup")[0]
-        lines.append(f"speedup serial / {mode}: {f[f'speedup_{mode}']:.2f}x   goal >= {GOAL_SPEEDUP:g}x: "
-                     f"{'met' if met else 'MISSED'}")
+        lines.append(
+            f"speedup serial / {mode}: {f[f'speedup_{mode}']:.2f}x   goal >= {GOAL_SPEEDUP:g}x: "
+            f"{'met' if met else 'MISSED'}"
+        )
     for mode, r in f["modes"].items():
-        runs = "; ".join(f"{run['months'][0]}..{run['months'][1]} {run['seconds']:.1f} s"
-                         for child in r["children"] for run in child["runs"])
+        runs = "; ".join(
+            f"{run['months'][0]}..{run['months'][1]} {run['seconds']:.1f} s"
+            for child in r["children"]
+            for run in child["runs"]
+        )
         lines.append(f"{mode} runs: {runs}")
-    lines.append("checked: every month in Postgres and DuckDB once, trip_key unique; writers limited by "
-                 "the pools and by the IO manager's advisory lock per month.")
+    lines.append(
+        "checked: every month in Postgres and DuckDB once, trip_key unique; writers limited by "
+        "the pools and by the IO manager's advisory lock per month."
+    )
     print("\n".join(lines), flush=True)
 
 

@@ -66,8 +66,13 @@ def platform_way(spec: DatasetSpec, month: str, checks: bool, runner: str = "mat
     sampler = RssSampler()
     start = time.perf_counter()
     definitions = defs()
-    keys = [f"raw/{spec.table}", f"clean/{spec.table}", f"clean/{spec.table}_rejected",
-            f"postgres/{spec.table}", f"warehouse/{spec.table}"]
+    keys = [
+        f"raw/{spec.table}",
+        f"clean/{spec.table}",
+        f"clean/{spec.table}_rejected",
+        f"postgres/{spec.table}",
+        f"warehouse/{spec.table}",
+    ]
     selection = dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in keys))
     if not checks:
         selection = selection.without_checks()
@@ -84,9 +89,12 @@ def platform_way(spec: DatasetSpec, month: str, checks: bool, runner: str = "mat
     from benchmarks.backfill import backfill_job
 
     os.environ.update(BENCH_DATASET=spec.name, BENCH_EXECUTOR="in_process", BENCH_CHECKS=str(int(checks)))
-    with dg.DagsterInstance.ephemeral() as instance, dg.execute_job(
-        dg.reconstructable(backfill_job), instance, tags={"dagster/partition": month}
-    ) as result:
+    with (
+        dg.DagsterInstance.ephemeral() as instance,
+        dg.execute_job(
+            dg.reconstructable(backfill_job), instance, tags={"dagster/partition": month}
+        ) as result,
+    ):
         return _platform_figures(result, instance, sampler, start)
 
 
@@ -102,8 +110,13 @@ def _platform_figures(result, instance, sampler, start) -> dict:
         row_count = m.metadata.get("dagster/row_count")
         if row_count is not None:
             counts[m.asset_key.to_user_string()] = row_count.value
-    return {"inner_seconds": seconds, "steps": steps, "step_peak_rss": step_peak_rss, "row_counts": counts,
-            "checks_passed": all(e.passed for e in result.get_asset_check_evaluations())}
+    return {
+        "inner_seconds": seconds,
+        "steps": steps,
+        "step_peak_rss": step_peak_rss,
+        "row_counts": counts,
+        "checks_passed": all(e.passed for e in result.get_asset_check_evaluations()),
+    }
 
 
 class RssSampler:
@@ -181,15 +194,20 @@ def course_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url:
     df.to_parquet(Path(folder, "lake"), partition_cols=["pickup_date"])
     marks["to_parquet"] = time.perf_counter()
     engine = sqlalchemy.create_engine(sqlalchemy.make_url(url).set(drivername="postgresql+psycopg2"))
-    df.drop(columns=["pickup_date"]).to_sql(f"{spec.table}_course", engine, schema=schema,
-                                            if_exists="replace", index=False, chunksize=100_000)
+    df.drop(columns=["pickup_date"]).to_sql(
+        f"{spec.table}_course", engine, schema=schema, if_exists="replace", index=False, chunksize=100_000
+    )
     engine.dispose()
     marks["to_sql"] = time.perf_counter()
     steps, previous = {}, start
     for name, mark in marks.items():
         steps[name], previous = mark - previous, mark
-    return {"inner_seconds": time.perf_counter() - start, "steps": steps, "raw_rows": raw_rows,
-            "loaded_rows": len(df)}
+    return {
+        "inner_seconds": time.perf_counter() - start,
+        "steps": steps,
+        "raw_rows": raw_rows,
+        "loaded_rows": len(df),
+    }
 
 
 def _worker(argv) -> None:
@@ -198,8 +216,9 @@ def _worker(argv) -> None:
     if args["way"] == "platform":
         result = platform_way(spec, args["month"], args["checks"], args["runner"])
     else:
-        result = course_way(spec, args["month"], args["url"], args["schema"], args["source_url"],
-                            args["folder"])
+        result = course_way(
+            spec, args["month"], args["url"], args["schema"], args["source_url"], args["folder"]
+        )
     print(RESULT_MARK + json.dumps(result), flush=True)
 
 
@@ -230,7 +249,7 @@ def run_child(command: list[str], env: dict, timeout: float | None = None) -> di
         stdout, stderr = out.read(), err.read()
     if process.returncode != 0:
         raise RuntimeError(f"{command} failed ({process.returncode}):\n{stderr[-4000:]}")
-    found = [line[len(RESULT_MARK):] for line in stdout.splitlines() if line.startswith(RESULT_MARK)]
+    found = [line[len(RESULT_MARK) :] for line in stdout.splitlines() if line.startswith(RESULT_MARK)]
     if not found:
         raise RuntimeError(f"{command} printed no result:\n{stdout[-2000:]}\n{stderr[-2000:]}")
     return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024, **json.loads(found[-1])}
@@ -247,7 +266,8 @@ def _count_month(url: str, schema: str, table: str, column: str | None, month: s
     params = []
     if column:
         query = sql.SQL("{} WHERE {} >= %s::date AND {} < (%s::date + interval '1 month')").format(
-            query, sql.Identifier(column), sql.Identifier(column))
+            query, sql.Identifier(column), sql.Identifier(column)
+        )
         params = [f"{month}-01", f"{month}-01"]
     return _execute(url, query, params)[0][0]
 
@@ -264,18 +284,27 @@ def _duckdb_count(path: Path, table: str) -> int:
 
 
 def _parse(argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.end_to_end", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.end_to_end", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--rows", type=int, default=1_400_000, help="rows of the synthetic month")
     parser.add_argument("--dataset", default="yellow", choices=sorted(DATASETS))
     parser.add_argument("--month", default="2021-01", help="YYYY-MM (2019-01..2021-07: the CSV.gz release)")
     parser.add_argument("--ways", default="platform,course", help="comma-separated: platform, course")
     parser.add_argument("--no-checks", action="store_true", help="run the platform without its asset checks")
-    parser.add_argument("--runner", default="materialize", choices=["materialize", "execute_job"],
-                        help="how the platform's run is executed (see platform_way)")
+    parser.add_argument(
+        "--runner",
+        default="materialize",
+        choices=["materialize", "execute_job"],
+        help="how the platform's run is executed (see platform_way)",
+    )
     parser.add_argument("--url", default=os.environ.get("TAXI_TEST_POSTGRES_URL") or DEFAULT_URL)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--profile", help="record the platform way with py-spy into this file "
-                        "(.svg flame graph, .txt collapsed stacks, .json speedscope)")
+    parser.add_argument(
+        "--profile",
+        help="record the platform way with py-spy into this file "
+        "(.svg flame graph, .txt collapsed stacks, .json speedscope)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data folder and Postgres schema")
     args = parser.parse_args(argv)
     args.ways = [w.strip() for w in args.ways.split(",") if w.strip()]
@@ -305,54 +334,93 @@ def main(argv=None) -> dict:
         with SourceServer(source) as server:
             base_env = {k: v for k, v in os.environ.items() if not k.startswith(("TAXI_", "DAGSTER_"))}
             base_env["PYTHONPATH"] = os.pathsep.join(
-                [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+                [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+            ).rstrip(os.pathsep)
             for way in args.ways:
                 work = folder / way
                 work.mkdir()
                 env = dict(base_env)
                 if way == "platform":
-                    env.update(TAXI_RELEASES_URL=f"{server.url}/releases", TAXI_TLC_URL=server.url,
-                               TAXI_DATA_DIR=str(work / "data"), TAXI_POSTGRES_URL=url,
-                               TAXI_POSTGRES_SCHEMA=schema, TAXI_PROFILE="local")
-                job = {"way": way, "dataset": spec.name, "month": month, "checks": not args.no_checks,
-                       "runner": args.runner,
-                       "url": url, "schema": schema, "folder": str(work),
-                       "source_url": f"{server.url}/releases/{spec.name}/{spec.file_name(month, 'csv')}"}
+                    env.update(
+                        TAXI_RELEASES_URL=f"{server.url}/releases",
+                        TAXI_TLC_URL=server.url,
+                        TAXI_DATA_DIR=str(work / "data"),
+                        TAXI_POSTGRES_URL=url,
+                        TAXI_POSTGRES_SCHEMA=schema,
+                        TAXI_PROFILE="local",
+                    )
+                job = {
+                    "way": way,
+                    "dataset": spec.name,
+                    "month": month,
+                    "checks": not args.no_checks,
+                    "runner": args.runner,
+                    "url": url,
+                    "schema": schema,
+                    "folder": str(work),
+                    "source_url": f"{server.url}/releases/{spec.name}/{spec.file_name(month, 'csv')}",
+                }
                 command = [sys.executable, "-m", "benchmarks.end_to_end", "--worker", json.dumps(job)]
                 if way == "platform" and args.profile:
                     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
                     kind = {".txt": "raw", ".json": "speedscope"}.get(Path(args.profile).suffix, "flamegraph")
-                    command = [py_spy, "record", "--rate", "50", "--subprocesses", "--format", kind,
-                               "-o", args.profile, "--", *command]
+                    command = [
+                        py_spy,
+                        "record",
+                        "--rate",
+                        "50",
+                        "--subprocesses",
+                        "--format",
+                        kind,
+                        "-o",
+                        args.profile,
+                        "--",
+                        *command,
+                    ]
                 results[way] = result = run_child(command, env)
                 if way == "platform":
                     result["postgres_rows"] = _count_month(url, schema, spec.table, "pickup_date", month)
                     result["warehouse_rows"] = _duckdb_count(work / "data" / "warehouse.duckdb", spec.table)
                     clean = result["row_counts"].get(f"clean/{spec.table}")
                     if not clean or result["postgres_rows"] != clean or result["warehouse_rows"] != clean:
-                        raise RuntimeError(f"platform: clean {clean}, Postgres {result['postgres_rows']}, "
-                                           f"DuckDB {result['warehouse_rows']} rows")
+                        raise RuntimeError(
+                            f"platform: clean {clean}, Postgres {result['postgres_rows']}, "
+                            f"DuckDB {result['warehouse_rows']} rows"
+                        )
                     result["raw_rows"] = result["row_counts"][f"raw/{spec.table}"]
                 else:
                     result["postgres_rows"] = _count_month(url, schema, f"{spec.table}_course", None, month)
                     if result["postgres_rows"] != result["loaded_rows"]:
-                        raise RuntimeError(f"course: {result['postgres_rows']} rows in Postgres, "
-                                           f"{result['loaded_rows']} filtered")
+                        raise RuntimeError(
+                            f"course: {result['postgres_rows']} rows in Postgres, "
+                            f"{result['loaded_rows']} filtered"
+                        )
     finally:
         if not args.keep:
             _execute(url, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
             shutil.rmtree(folder, ignore_errors=True)
 
-    figures = {"rows": args.rows, "dataset": spec.name, "month": month, "seed": args.seed,
-               "server_version": server_version, "generate_seconds": generate_seconds,
-               "source_bytes": (source / "releases" / spec.name / spec.file_name(month, "csv")).stat().st_size,
-               "checks": not args.no_checks, "ways": results, "goals": {}, "profiled": bool(args.profile),
-               "runner": args.runner}
-    for way, r in results.items():
+    figures = {
+        "rows": args.rows,
+        "dataset": spec.name,
+        "month": month,
+        "seed": args.seed,
+        "server_version": server_version,
+        "generate_seconds": generate_seconds,
+        "source_bytes": (source / "releases" / spec.name / spec.file_name(month, "csv")).stat().st_size,
+        "checks": not args.no_checks,
+        "ways": results,
+        "goals": {},
+        "profiled": bool(args.profile),
+        "runner": args.runner,
+    }
+    for r in results.values():
         r["rows_per_second"] = r["raw_rows"] / r["seconds"]
     rss_goal = GOAL_RSS_SMALL if args.rows <= SMALL_MONTH_ROWS else GOAL_RSS_LARGE
     if "platform" in results:
-        figures["goals"][f"platform_peak_rss<={rss_goal >> 30}GB"] = results["platform"]["peak_rss"] <= rss_goal
+        figures["goals"][f"platform_peak_rss<={rss_goal >> 30}GB"] = (
+            results["platform"]["peak_rss"] <= rss_goal
+        )
     if len(results) == 2:
         figures["speedup"] = results["course"]["seconds"] / results["platform"]["seconds"]
         figures["rss_ratio"] = results["course"]["peak_rss"] / results["platform"]["peak_rss"]
@@ -362,8 +430,10 @@ def main(argv=None) -> dict:
 
 
 def _report(f: dict) -> None:
-    names = {"platform": f"platform (dagster.{f['runner']}, 5 assets" + (" + checks)" if f["checks"] else ")"),
-             "course": "course (pandas read_csv .. to_parquet .. to_sql)"}
+    names = {
+        "platform": f"platform (dagster.{f['runner']}, 5 assets" + (" + checks)" if f["checks"] else ")"),
+        "course": "course (pandas read_csv .. to_parquet .. to_sql)",
+    }
     width = max(len(names[w]) for w in f["ways"])
     lines = [
         f"PostgreSQL {f['server_version']}; synthetic {f['dataset']} {f['month']}: {f['rows']:,} rows "
@@ -372,27 +442,37 @@ def _report(f: dict) -> None:
         f"{'way':<{width}}  {'wall s':>8}  {'rows/s':>9}  {'peak RSS MB':>11}  {'loaded rows':>11}",
     ]
     for way, r in f["ways"].items():
-        lines.append(f"{names[way]:<{width}}  {r['seconds']:>8.2f}  {r['rows_per_second']:>9,.0f}  "
-                     f"{r['peak_rss'] / 2**20:>11,.0f}  {r['postgres_rows']:>11,}")
+        lines.append(
+            f"{names[way]:<{width}}  {r['seconds']:>8.2f}  {r['rows_per_second']:>9,.0f}  "
+            f"{r['peak_rss'] / 2**20:>11,.0f}  {r['postgres_rows']:>11,}"
+        )
     lines.append("")
     if "speedup" in f:
-        lines.append(f"speedup (course / platform wall): {f['speedup']:.1f}x   "
-                     f"peak RSS course / platform: {f['rss_ratio']:.2f}")
+        lines.append(
+            f"speedup (course / platform wall): {f['speedup']:.1f}x   "
+            f"peak RSS course / platform: {f['rss_ratio']:.2f}"
+        )
     for goal, met in f["goals"].items():
         lines.append(f"goal {goal}: {'met' if met else 'MISSED'}")
     for way, r in f["ways"].items():
         steps = ", ".join(f"{k.replace('__', '/')} {v:.1f}" for k, v in r["steps"].items())
         lines.append(f"{way} steps (s): {steps}; in-process total {r['inner_seconds']:.1f} s")
         if r.get("step_peak_rss"):
-            lines.append(f"{way} peak RSS per step (MB): " + ", ".join(
-                f"{k.replace('__', '/')} {v / 2**20:,.0f}" for k, v in r["step_peak_rss"].items()))
-    lines.append("notes: wall = the way's whole subprocess (interpreter start and imports included); "
-                 "peak RSS = its ru_maxrss (os.wait4).")
+            lines.append(
+                f"{way} peak RSS per step (MB): "
+                + ", ".join(f"{k.replace('__', '/')} {v / 2**20:,.0f}" for k, v in r["step_peak_rss"].items())
+            )
+    lines.append(
+        "notes: wall = the way's whole subprocess (interpreter start and imports included); "
+        "peak RSS = its ru_maxrss (os.wait4)."
+    )
     if f.get("profiled"):
         lines.append("  profiled with py-spy: times inflated, and the platform's peak RSS is py-spy's own.")
     if f["rows"] < 100_000:
-        lines.append(f"  at {f['rows']:,} rows fixed costs (imports, Dagster run setup) dominate: "
-                     "the goals are meant for a full month.")
+        lines.append(
+            f"  at {f['rows']:,} rows fixed costs (imports, Dagster run setup) dominate: "
+            "the goals are meant for a full month."
+        )
     print("\n".join(lines), flush=True)
 
 

@@ -23,6 +23,7 @@ Goals (issue 3, item 5): (b) at least 20x faster than (a), and (b) within 1.3x o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -88,8 +89,16 @@ def load_io_manager(url: str, table: pa.Table, schema: str) -> dict:
 def load_psql_copy(psql: str, url: str, csv_path: Path, schema: str) -> dict:
     """(c) The floor: psql \\copy of the ready CSV file into an empty, index-less table."""
     target = f"{_quote(schema)}.{_quote(TABLE_C)}"
-    command = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", url,
-               "-c", f"\\copy {target} FROM '{csv_path}' WITH (FORMAT csv)"]
+    command = [
+        psql,
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        url,
+        "-c",
+        f"\\copy {target} FROM '{csv_path}' WITH (FORMAT csv)",
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -114,10 +123,8 @@ def _execute(url: str, statement, params=()) -> list[tuple]:
 
 def _checkpoint(url: str) -> None:
     """Flush the previous way's dirty pages before the next timed load (needs superuser; skipped else)."""
-    try:
+    with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
         _execute(url, "CHECKPOINT")
-    except psycopg.errors.InsufficientPrivilege:
-        pass
 
 
 def _drop_table(url: str, schema: str, name: str) -> None:
@@ -136,11 +143,16 @@ def _check_count(url: str, schema: str, name: str, rows: int, way: str) -> None:
 
 def _indexes(url: str, schema: str, name: str) -> list[str]:
     """The indexes of the table and of its partitions."""
-    return [row[0] for row in _execute(
-        url, "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND (tablename = %s OR tablename IN"
-        " (SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        "  WHERE i.inhparent = (quote_ident(%s) || '.' || quote_ident(%s))::regclass)) ORDER BY 1",
-        [schema, name, schema, name])]
+    return [
+        row[0]
+        for row in _execute(
+            url,
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND (tablename = %s OR tablename IN"
+            " (SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            "  WHERE i.inhparent = (quote_ident(%s) || '.' || quote_ident(%s))::regclass)) ORDER BY 1",
+            [schema, name, schema, name],
+        )
+    ]
 
 
 def _sqlalchemy_url(url: str) -> sqlalchemy.URL:
@@ -148,7 +160,9 @@ def _sqlalchemy_url(url: str) -> sqlalchemy.URL:
 
 
 def _parse(argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.postgres_load", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.postgres_load", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="rows of the synthetic month")
     parser.add_argument("--url", default=DEFAULT_URL, help="postgresql:// URL of the server")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each way; the best is reported")
@@ -203,8 +217,12 @@ def main(argv=None) -> dict:
                     raise RuntimeError(f"(b): no unique index on trip_key: {b_indexes}")
 
                 _drop_table(url, schema, TABLE_C)
-                _execute(url, sql.SQL("CREATE TABLE {} (LIKE {})").format(
-                    sql.Identifier(schema, TABLE_C), sql.Identifier(schema, TABLE_B)))
+                _execute(
+                    url,
+                    sql.SQL("CREATE TABLE {} (LIKE {})").format(
+                        sql.Identifier(schema, TABLE_C), sql.Identifier(schema, TABLE_B)
+                    ),
+                )
                 _checkpoint(url)
                 times["c"].append(load_psql_copy(psql, url, csv_path, schema)["seconds"])
                 _check_count(url, schema, TABLE_C, rows, "(c)")
@@ -255,8 +273,10 @@ def _report(f: dict) -> None:
         f"{'way':<{width}}  {'rows':>10}  {seconds:>{sw}}  {'rows/s':>10}",
     ]
     for way, name in names.items():
-        lines.append(f"{name:<{width}}  {f['rows']:>10,}  {f['seconds'][way]:>{sw}.2f}  "
-                     f"{f['rows_per_second'][way]:>10,.0f}")
+        lines.append(
+            f"{name:<{width}}  {f['rows']:>10,}  {f['seconds'][way]:>{sw}.2f}  "
+            f"{f['rows_per_second'][way]:>10,.0f}"
+        )
     met = list(f["goals"].values())
     lines += [
         "",
@@ -271,8 +291,10 @@ def _report(f: dict) -> None:
         "  (c) has no index and does not include writing the CSV file.",
     ]
     if f["rows"] < 100_000:
-        lines.append(f"  at {f['rows']:,} rows fixed costs (connections, DDL, process start) dominate: "
-                     "the goals are meant for a full month.")
+        lines.append(
+            f"  at {f['rows']:,} rows fixed costs (connections, DDL, process start) dominate: "
+            "the goals are meant for a full month."
+        )
     print("\n".join(lines), flush=True)
 
 

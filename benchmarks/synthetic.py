@@ -67,8 +67,9 @@ def month_bounds(month: str) -> tuple[np.datetime64, np.datetime64]:
     return start, end
 
 
-def source_table(spec: DatasetSpec, month: str, rows: int, seed: int = DEFAULT_SEED,
-                 form: str = "csv") -> pa.Table:
+def source_table(
+    spec: DatasetSpec, month: str, rows: int, seed: int = DEFAULT_SEED, form: str = "csv"
+) -> pa.Table:
     """A month of `spec` as its `form` (csv | parquet) declares it: source names, source types."""
     values = _trip_values(spec, month, rows, seed, form)
     schema = spec.source_schema(form)
@@ -96,9 +97,14 @@ def _trip_values(spec: DatasetSpec, month: str, rows: int, seed: int, form: str)
     pickup = start + pickup_s
     stray = np.flatnonzero(rng.random(rows) < OUT_OF_MONTH)
     stray_at = rng.choice(
-        [start - np.int64(86_400 * 20), end + np.int64(3_600 * 5),
-         np.datetime64("2008-12-31T23:10:00", "s"), np.datetime64("2009-01-01T00:20:00", "s")],
-        len(stray))
+        [
+            start - np.int64(86_400 * 20),
+            end + np.int64(3_600 * 5),
+            np.datetime64("2008-12-31T23:10:00", "s"),
+            np.datetime64("2009-01-01T00:20:00", "s"),
+        ],
+        len(stray),
+    )
     pickup[stray] = stray_at + rng.integers(0, 3_600, len(stray))
     duration = np.clip(rng.gamma(2.0, 400.0, rows), 1, 4 * 3600).astype(np.int64)
     dropoff = pickup + duration
@@ -167,8 +173,11 @@ def _trip_values(spec: DatasetSpec, month: str, rows: int, seed: int, form: str)
         "hvfhs_license_num": strings(["HV0002", "HV0003", "HV0004", "HV0005"], [0.02, 0.7, 0.03, 0.25]),
         "originating_base_num": strings(bases, mask=rng.random(rows) < 0.25),
         "request_datetime": ts(pickup - rng.integers(60, 900, rows)),
-        "on_scene_datetime": pa.array((pickup - rng.integers(0, 300, rows)).astype("datetime64[us]"),
-                                      pa.timestamp("us"), mask=rng.random(rows) < 0.7),
+        "on_scene_datetime": pa.array(
+            (pickup - rng.integers(0, 300, rows)).astype("datetime64[us]"),
+            pa.timestamp("us"),
+            mask=rng.random(rows) < 0.7,
+        ),
         "trip_miles": pa.array(distance),
         "trip_time": pa.array(duration),
         "base_passenger_fare": pa.array(fare),
@@ -177,9 +186,16 @@ def _trip_values(spec: DatasetSpec, month: str, rows: int, seed: int, form: str)
         "sales_tax": pa.array(money(fare * 0.08875)),
         "tips": pa.array(tip),
         "driver_pay": pa.array(money(fare * 0.72)),
-        **{name: strings(flags, [0.95, 0.05]) for name in (
-            "shared_request_flag", "shared_match_flag", "access_a_ride_flag", "wav_request_flag",
-            "wav_match_flag")},
+        **{
+            name: strings(flags, [0.95, 0.05])
+            for name in (
+                "shared_request_flag",
+                "shared_match_flag",
+                "access_a_ride_flag",
+                "wav_request_flag",
+                "wav_match_flag",
+            )
+        },
     }
     columns = {c.name: v[c.name] for c in spec.columns}
     # A few exact duplicates: row i+1 becomes a copy of row i.
@@ -192,8 +208,9 @@ def _trip_values(spec: DatasetSpec, month: str, rows: int, seed: int, form: str)
     return columns
 
 
-def write_source_month(root: Path, spec: DatasetSpec, month: str, rows: int, seed: int = DEFAULT_SEED,
-                       forms=("csv", "parquet")) -> dict[str, Path]:
+def write_source_month(
+    root: Path, spec: DatasetSpec, month: str, rows: int, seed: int = DEFAULT_SEED, forms=("csv", "parquet")
+) -> dict[str, Path]:
     """Write the month in each form under `root`, laid out like the sources; {form: path}."""
     root = Path(root)
     paths = {}
@@ -222,12 +239,14 @@ def _write_csv_gz(table: pa.Table, path: Path) -> None:
     """Like the releases: header unquoted, values unquoted, blank = null, gzip."""
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=3, mtime=0) as out:
         out.write((",".join(table.column_names) + "\n").encode())
-        pacsv.write_csv(table, out, pacsv.WriteOptions(include_header=False, quoting_style="none",
-                                                       batch_size=65_536))
+        pacsv.write_csv(
+            table, out, pacsv.WriteOptions(include_header=False, quoting_style="none", batch_size=65_536)
+        )
 
 
-def cached_source_month(spec: DatasetSpec, month: str, rows: int, seed: int = DEFAULT_SEED,
-                        forms=("csv", "parquet")) -> Path:
+def cached_source_month(
+    spec: DatasetSpec, month: str, rows: int, seed: int = DEFAULT_SEED, forms=("csv", "parquet")
+) -> Path:
     """The root of a source folder holding the month (generated once, then reused)."""
     root = cache_root() / f"{spec.name}_{month}_{rows}_{seed}"
     done = [form for form in forms if (root / f".done_{form}").exists()]
@@ -239,8 +258,9 @@ def cached_source_month(spec: DatasetSpec, month: str, rows: int, seed: int = DE
     return root
 
 
-def cached_source_months(spec: DatasetSpec, months: list[str], rows: int, seed: int = DEFAULT_SEED,
-                         forms=("csv",)) -> Path:
+def cached_source_months(
+    spec: DatasetSpec, months: list[str], rows: int, seed: int = DEFAULT_SEED, forms=("csv",)
+) -> Path:
     """One source folder holding several months of a dataset."""
     root = cache_root() / f"{spec.name}_{months[0]}_{months[-1]}_{rows}_{seed}"
     for month in months:
@@ -315,7 +335,9 @@ def synthetic_yellow(rows: int, seed: int = DEFAULT_SEED, month: str = "2021-01"
         "tpep_dropoff_datetime": pa.array(dropoff, pa.timestamp("us")),
         "passenger_count": ints(rng.choice([1, 2, 3, 4, 5, 6], rows, p=[0.72, 0.14, 0.04, 0.02, 0.05, 0.03])),
         "trip_distance": pa.array(distance),
-        "ratecode_id": ints(rng.choice([1, 2, 3, 4, 5, 99], rows, p=[0.95, 0.025, 0.005, 0.005, 0.014, 0.001])),
+        "ratecode_id": ints(
+            rng.choice([1, 2, 3, 4, 5, 99], rows, p=[0.95, 0.025, 0.005, 0.005, 0.014, 0.001])
+        ),
         "store_and_fwd_flag": flags,
         "pu_location_id": ints(rng.choice(np.arange(1, 266), rows, p=zone_weights), nullable=False),
         "do_location_id": ints(rng.choice(np.arange(1, 266), rows, p=zone_weights), nullable=False),
@@ -345,7 +367,9 @@ def synthetic_yellow(rows: int, seed: int = DEFAULT_SEED, month: str = "2021-01"
 
 
 def main(argv=None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.synthetic", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.synthetic", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--dataset", default="yellow", choices=sorted(DATASETS))
     parser.add_argument("--month", default="2021-01")
     parser.add_argument("--rows", type=int, default=1_400_000)
@@ -353,8 +377,14 @@ def main(argv=None) -> dict[str, Path]:
     parser.add_argument("--form", action="append", choices=["csv", "parquet"], help="default: both")
     parser.add_argument("--out", type=Path, required=True, help="the source folder to write into")
     args = parser.parse_args(argv)
-    paths = write_source_month(args.out, DATASETS[args.dataset], args.month, args.rows, args.seed,
-                               tuple(args.form or ("csv", "parquet")))
+    paths = write_source_month(
+        args.out,
+        DATASETS[args.dataset],
+        args.month,
+        args.rows,
+        args.seed,
+        tuple(args.form or ("csv", "parquet")),
+    )
     for form, path in paths.items():
         print(f"{form}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return paths

@@ -32,8 +32,12 @@ def build_clean_checks(spec: DatasetSpec) -> dg.AssetChecksDefinition:
         name=f"check_clean_{spec.table}",
         specs=[
             dg.AssetCheckSpec(
-                name, asset=clean_key, description=text, blocking=True,
-                partitions_def=spec.partitions_def, additional_deps=[raw_key, rejected_key],
+                name,
+                asset=clean_key,
+                description=text,
+                blocking=True,
+                partitions_def=spec.partitions_def,
+                additional_deps=[raw_key, rejected_key],
             )
             for name, text in CHECKS.items()
         ],
@@ -45,15 +49,21 @@ def build_clean_checks(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     )
     def check_clean(context: dg.AssetCheckExecutionContext, clean, raw, rejected):
         months = context.partition_keys if context.has_partition_key_range else [context.partition_key]
-        stored = {name: value if isinstance(value, dict) else {months[0]: value}
-                  for name, value in (("clean", clean), ("raw", raw), ("rejected", rejected))}
+        stored = {
+            name: value if isinstance(value, dict) else {months[0]: value}
+            for name, value in (("clean", clean), ("raw", raw), ("rejected", rejected))
+        }
         failures = {name: {} for name in CHECKS}
         for month in months:
             window = spec.partitions_def.time_window_for_partition_key(month)
             relaxed = _relaxed_rules(context.instance, clean_key, month)
             findings = month_findings(
-                spec, stored["clean"][month], stored["raw"][month].count_rows(),
-                stored["rejected"][month].count_rows(), window, relaxed,
+                spec,
+                stored["clean"][month],
+                stored["raw"][month].count_rows(),
+                stored["rejected"][month].count_rows(),
+                window,
+                relaxed,
             )
             for name, finding in findings.items():
                 failures[name][month] = finding

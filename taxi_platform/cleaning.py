@@ -55,8 +55,14 @@ class MonthCleaner:
     """Cleans one month's raw batches in order; remembers the month's kept rows to find duplicates,
     and writes its rejected rows to `rejected_file` as they come."""
 
-    def __init__(self, spec: DatasetSpec, month_start: datetime, month_end: datetime,
-                 rejected_file: Path, relaxed: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        month_start: datetime,
+        month_end: datetime,
+        rejected_file: Path,
+        relaxed: frozenset[str] = frozenset(),
+    ):
         unknown = relaxed - set(spec.positive_columns)
         if unknown:
             raise ValueError(
@@ -128,7 +134,7 @@ class MonthCleaner:
         once = np.flatnonzero(upto - at == 1)
         seen[once] = self._seen_checks[at[once]] == check[once]
         for i in np.flatnonzero(upto - at > 1):  # a trip_key that different rows share: rare
-            seen[i] = check[i] in self._seen_checks[at[i]:upto[i]]
+            seen[i] = check[i] in self._seen_checks[at[i] : upto[i]]
         duplicated = repeated | seen
         self._seen_keys = np.insert(self._seen_keys, at[~duplicated], key[~duplicated])
         self._seen_checks = np.insert(self._seen_checks, at[~duplicated], check[~duplicated])
@@ -143,9 +149,7 @@ def to_clean_columns(raw: pa.Table | pa.RecordBatch, spec: DatasetSpec) -> pa.Ta
     columns = {}
     for c in spec.columns:
         source = by_folded.get(c.source.lower())
-        columns[c.name] = (
-            raw[source].cast(c.type) if source else pa.nulls(raw.num_rows, type=c.type)
-        )
+        columns[c.name] = raw[source].cast(c.type) if source else pa.nulls(raw.num_rows, type=c.type)
     return pa.record_batch(columns) if isinstance(raw, pa.RecordBatch) else pa.table(columns)
 
 

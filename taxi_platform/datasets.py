@@ -81,21 +81,16 @@ class DatasetSpec:
     def partitions_def(self) -> dg.MonthlyPartitionsDefinition:
         # The last partition is the last complete month, never a month that cannot be published yet.
         # New York time, as the trips are: month bounds and the monthly schedule follow it.
-        return dg.MonthlyPartitionsDefinition(
-            start_date=self.first_month, fmt="%Y-%m", timezone=NEW_YORK
-        )
+        return dg.MonthlyPartitionsDefinition(start_date=self.first_month, fmt="%Y-%m", timezone=NEW_YORK)
 
     def source_schema(self, form: str) -> pa.Schema:
-        return pa.schema(
-            [(c.source, getattr(c, form)) for c in self.columns if getattr(c, form) is not None]
-        )
+        return pa.schema([(c.source, getattr(c, form)) for c in self.columns if getattr(c, form) is not None])
 
     @cached_property
     def clean_schema(self) -> pa.Schema:
         """Clean columns: every declared column, then the derived trip_key and pickup_date."""
         return pa.schema(
-            [(c.name, c.type) for c in self.columns]
-            + [(TRIP_KEY, pa.int64()), (PICKUP_DATE, pa.date32())]
+            [(c.name, c.type) for c in self.columns] + [(TRIP_KEY, pa.int64()), (PICKUP_DATE, pa.date32())]
         )
 
 

@@ -6,8 +6,8 @@ from taxi_platform.assets.clean_trips import build_clean_assets
 from taxi_platform.assets.marts import daily_zone_trips, monthly_summary
 from taxi_platform.assets.postgres_tables import build_postgres_asset, postgres_taxi_zones
 from taxi_platform.assets.raw_trips import build_raw_asset
-from taxi_platform.assets.zones import taxi_zones
 from taxi_platform.assets.warehouse_tables import build_warehouse_asset, warehouse_taxi_zones
+from taxi_platform.assets.zones import taxi_zones
 from taxi_platform.checks import build_clean_checks
 from taxi_platform.datasets import DATASETS
 from taxi_platform.jobs import build_ingest_job

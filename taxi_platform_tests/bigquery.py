@@ -63,20 +63,43 @@ def bigquery_emulator(tmp_path_factory):
 
     rest, grpc = _free_port(), _free_port()
     emulator = subprocess.Popen(
-        [sys.executable, "-c", EMULATOR, "start", "--rest-port", str(rest), "--grpc-port", str(grpc),
-         "--project", PROJECT, "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-c",
+            EMULATOR,
+            "start",
+            "--rest-port",
+            str(rest),
+            "--grpc-port",
+            str(grpc),
+            "--project",
+            PROJECT,
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     tokens = ThreadingHTTPServer(("127.0.0.1", 0), _TokenEndpoint)
     threading.Thread(target=tokens.serve_forever, daemon=True).start()
     adc = tmp_path_factory.mktemp("adc") / "application_default_credentials.json"
-    adc.write_text(json.dumps({
-        "type": "service_account", "project_id": PROJECT, "private_key_id": "session",
-        "private_key": _private_key_pem(), "client_email": f"taxi-tests@{PROJECT}.iam.gserviceaccount.com",
-        "client_id": "1", "token_uri": f"http://127.0.0.1:{tokens.server_port}/token",
-    }))
+    adc.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": PROJECT,
+                "private_key_id": "session",
+                "private_key": _private_key_pem(),
+                "client_email": f"taxi-tests@{PROJECT}.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": f"http://127.0.0.1:{tokens.server_port}/token",
+            }
+        )
+    )
     saved = {k: os.environ.get(k) for k in ("BIGQUERY_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
-    os.environ.update(BIGQUERY_EMULATOR_HOST=f"http://127.0.0.1:{rest}", GOOGLE_APPLICATION_CREDENTIALS=str(adc))
+    os.environ.update(
+        BIGQUERY_EMULATOR_HOST=f"http://127.0.0.1:{rest}", GOOGLE_APPLICATION_CREDENTIALS=str(adc)
+    )
     # The emulator reads multipart uploads only with this content type (a known bqemulator limit).
     generic_content_type = bigquery_client._GENERIC_CONTENT_TYPE
     bigquery_client._GENERIC_CONTENT_TYPE = "application/octet-stream"

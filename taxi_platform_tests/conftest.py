@@ -8,7 +8,6 @@ from taxi_platform_tests.bigquery import bigquery_emulator  # noqa: F401 (emulat
 from taxi_platform_tests.gcs import gcs, gcs_emulator  # noqa: F401
 from taxi_platform_tests.source_server import SourceServer
 
-
 TEAM_SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nyc-tlc"
 
 

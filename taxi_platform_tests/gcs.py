@@ -31,8 +31,7 @@ class FakeGcs:
         """{name relative to prefix: size} of every object under `prefix` in the bucket."""
         prefix = prefix.rstrip("/") + "/"
         return {
-            blob.name[len(prefix):]: blob.size
-            for blob in self.client.list_blobs(self.bucket, prefix=prefix)
+            blob.name[len(prefix) :]: blob.size for blob in self.client.list_blobs(self.bucket, prefix=prefix)
         }
 
     def lake(self):
@@ -85,8 +84,9 @@ def gcs_emulator() -> FakeGcs:
     log = deque(maxlen=200)
     threading.Thread(target=lambda: log.extend(server._process.stderr), daemon=True).start()
     try:
-        client = storage.Client(project=PROJECT, credentials=AnonymousCredentials(),
-                                client_options={"api_endpoint": server.url})
+        client = storage.Client(
+            project=PROJECT, credentials=AnonymousCredentials(), client_options={"api_endpoint": server.url}
+        )
         client.create_bucket(BUCKET)
         yield FakeGcs(url=server.url, bucket=BUCKET, client=client)
     finally:

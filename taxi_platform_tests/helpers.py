@@ -14,9 +14,15 @@ def materialize(*keys: str, **options):
     return materialize_with(None, *keys, **options)
 
 
-def materialize_with(instance, *keys: str, partition: str | None = None,
-                     months: tuple[str, str] | None = None, run_config: dict | None = None,
-                     raise_on_error: bool = True, resources: dict | None = None):
+def materialize_with(
+    instance,
+    *keys: str,
+    partition: str | None = None,
+    months: tuple[str, str] | None = None,
+    run_config: dict | None = None,
+    raise_on_error: bool = True,
+    resources: dict | None = None,
+):
     """`materialize` on a given Dagster instance (None: an ephemeral one); `resources` override
     the profile's."""
     definitions = defs()
@@ -87,6 +93,8 @@ def failed_runs(instance) -> str:
     messages = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])):
         for event in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
-            messages.append(f"{run.job_name} {run.tags.get('dagster/partition')}: "
-                            f"{event.dagster_event.step_failure_data.error.message}")
+            messages.append(
+                f"{run.job_name} {run.tags.get('dagster/partition')}: "
+                f"{event.dagster_event.step_failure_data.error.message}"
+            )
     return "\n".join(messages)

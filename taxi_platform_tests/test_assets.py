@@ -14,14 +14,13 @@ import pyarrow.parquet as pq
 
 from taxi_platform.datasets import DATASETS
 from taxi_platform.definitions import defs
-
 from taxi_platform_tests.helpers import (
     course_counts,
     failure_message,
     green_trip_keys,
     gzip_csv,
-    materialize,
     materializations,
+    materialize,
 )
 
 CLEAN_CHECKS = {"rows_balance", "rules_hold", "trip_key_unique", "pickups_in_month", "schema_as_declared"}
@@ -30,7 +29,9 @@ CLEAN_CHECKS = {"rows_balance", "rules_hold", "trip_key_unique", "pickups_in_mon
 def lake_files(data_dir: Path, key: str) -> dict[str, int]:
     """{relative path: rows} of every parquet file an asset has in the lake."""
     folder = data_dir / "lake" / key
-    return {str(p.relative_to(folder)): pq.read_metadata(p).num_rows for p in sorted(folder.rglob("*.parquet"))}
+    return {
+        str(p.relative_to(folder)): pq.read_metadata(p).num_rows for p in sorted(folder.rglob("*.parquet"))
+    }
 
 
 def test_a_release_month_lands_raw_and_clean_with_the_course_figures(taxi_env, sample_data, manifest):
@@ -46,13 +47,19 @@ def test_a_release_month_lands_raw_and_clean_with_the_course_figures(taxi_env, s
     assert clean["dagster/row_count"] == expected["clean"]
     assert clean["rejected_pickup_outside_month"] == expected["pickup_outside_month"]
     assert clean["dagster/row_count"] + rejected["dagster/row_count"] == expected["raw"]
-    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()} == dict.fromkeys(CLEAN_CHECKS, True)
+    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()} == dict.fromkeys(
+        CLEAN_CHECKS, True
+    )
 
     days = lake_files(taxi_env, "clean/green_trips")
-    assert len(days) == 31 and all(p.startswith("pickup_date=2020-10-") and p.endswith("/2020-10.parquet") for p in days)
+    assert len(days) == 31 and all(
+        p.startswith("pickup_date=2020-10-") and p.endswith("/2020-10.parquet") for p in days
+    )
     assert sum(days.values()) == expected["clean"]
     assert lake_files(taxi_env, "raw/green_trips") == {"2020-10.parquet": 95120}
-    assert lake_files(taxi_env, "clean/green_trips_rejected") == {"2020-10.parquet": rejected["dagster/row_count"]}
+    assert lake_files(taxi_env, "clean/green_trips_rejected") == {
+        "2020-10.parquet": rejected["dagster/row_count"]
+    }
 
 
 def test_rerunning_a_month_replaces_exactly_that_month(taxi_env):
@@ -81,10 +88,18 @@ def test_a_single_run_backfill_of_three_months(taxi_env, sample_data):
         expected = course_counts(sample_data / f"releases/green/green_tripdata_{month}.csv.gz", month)
         assert meta[("raw/green_trips", month)]["dagster/row_count"] == expected["raw"]
         assert meta[("clean/green_trips", month)]["dagster/row_count"] == expected["clean"]
-        files = {p: n for p, n in lake_files(taxi_env, "clean/green_trips").items() if p.endswith(f"{month}.parquet")}
+        files = {
+            p: n
+            for p, n in lake_files(taxi_env, "clean/green_trips").items()
+            if p.endswith(f"{month}.parquet")
+        }
         assert sum(files.values()) == expected["clean"]
         assert all(p.startswith(f"pickup_date={month}-") for p in files)
-    assert sorted(lake_files(taxi_env, "raw/green_trips")) == ["2020-10.parquet", "2020-11.parquet", "2020-12.parquet"]
+    assert sorted(lake_files(taxi_env, "raw/green_trips")) == [
+        "2020-10.parquet",
+        "2020-11.parquet",
+        "2020-12.parquet",
+    ]
 
 
 def test_a_tlc_parquet_month(taxi_env, sample_data):
@@ -123,10 +138,16 @@ def test_schema_drift_fails_with_file_month_and_columns_and_keeps_what_is_stored
     before = lake_files(taxi_env, "clean/green_trips")
     drifted = overlay / "releases/green/green_tripdata_2019-05.csv.gz"
     drifted.parent.mkdir(parents=True, exist_ok=True)
-    header = ("VendorID,lpep_pickup_datetime,lpep_dropoff_datetime,store_and_fwd_flag,RatecodeID,PULocationID,"
-              "DOLocationID,passenger_count,trip_distance,fare_amount,extra,mta_tax,tip_amount,tolls_amount,"
-              "ehail_fee,improvement_surcharge,total_amount,payment_type,congestion_surcharge,surprise")
-    drifted.write_bytes(gzip_csv(header + "\n2,2019-05-01 00:10:00,2019-05-01 00:20:00,N,1,7,7,1,1.0,5,0,0,0,0,,0.3,5.3,1,0,x\n"))
+    header = (
+        "VendorID,lpep_pickup_datetime,lpep_dropoff_datetime,store_and_fwd_flag,RatecodeID,PULocationID,"
+        "DOLocationID,passenger_count,trip_distance,fare_amount,extra,mta_tax,tip_amount,tolls_amount,"
+        "ehail_fee,improvement_surcharge,total_amount,payment_type,congestion_surcharge,surprise"
+    )
+    drifted.write_bytes(
+        gzip_csv(
+            header + "\n2,2019-05-01 00:10:00,2019-05-01 00:20:00,N,1,7,7,1,1.0,5,0,0,0,0,,0.3,5.3,1,0,x\n"
+        )
+    )
 
     result = materialize(*green_trip_keys(), partition="2019-05", raise_on_error=False)
     message = failure_message(result)
@@ -164,8 +185,15 @@ def test_the_dagster_cli_materializes_a_month(taxi_env, tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
     (tmp_path / "home").mkdir()
     done = dagster_cli(
-        "asset", "materialize", "-m", "taxi_platform.definitions",
-        "--select", ",".join(green_trip_keys()), "--partition", "2020-10", env=env,
+        "asset",
+        "materialize",
+        "-m",
+        "taxi_platform.definitions",
+        "--select",
+        ",".join(green_trip_keys()),
+        "--partition",
+        "2020-10",
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert lake_files(taxi_env, "raw/green_trips") == {"2020-10.parquet": 95120}
@@ -205,11 +233,14 @@ def test_the_checks_judge_what_is_stored(taxi_env):
     )
     pq.write_table(pa.concat_tables([stored, stored.slice(0, 1), bad_row]), day)
     assert run_clean_checks("2020-10") == {
-        "rows_balance": False, "rules_hold": False, "trip_key_unique": False,
-        "pickups_in_month": True, "schema_as_declared": True,
+        "rows_balance": False,
+        "rules_hold": False,
+        "trip_key_unique": False,
+        "pickups_in_month": True,
+        "schema_as_declared": True,
     }
-    for day in day.parent.parent.glob("pickup_date=2020-10-*/2020-10.parquet"):
-        pq.write_table(pq.read_table(day).drop_columns(["tip_amount"]), day)
+    for file in day.parent.parent.glob("pickup_date=2020-10-*/2020-10.parquet"):
+        pq.write_table(pq.read_table(file).drop_columns(["tip_amount"]), file)
     assert run_clean_checks("2020-10")["schema_as_declared"] is False
 
 

@@ -70,8 +70,22 @@ def test_end_to_end_smoke(postgres_url, bench_cache):
 
 
 def test_backfill_smoke(postgres_url, bench_cache):
-    figures = backfill.main(["--dataset", "yellow", "--rows", "2000", "--months", "2", "--first", "2021-01",
-                             "--modes", "two_processes", "--url", postgres_url])
+    figures = backfill.main(
+        [
+            "--dataset",
+            "yellow",
+            "--rows",
+            "2000",
+            "--months",
+            "2",
+            "--first",
+            "2021-01",
+            "--modes",
+            "two_processes",
+            "--url",
+            postgres_url,
+        ]
+    )
     assert figures["runs"] == [["2021-01", "2021-01"], ["2021-02", "2021-02"]]
     parallel = figures["modes"]["two_processes"]
     assert parallel["processes"] == 2 and parallel["executor"] == "in_process"

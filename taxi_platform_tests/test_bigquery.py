@@ -23,19 +23,31 @@ def materialize_to_bigquery(project, dataset, *, partition=None, months=None):
     definitions = defs()
     sql = BigQuerySQL(bigquery=BigQueryResource(project=project, location="US"), dataset=dataset)
     warehouse = BigQueryWarehouse(sql=sql)
-    tags = {"dagster/asset_partition_range_start": months[0], "dagster/asset_partition_range_end": months[1]} if months else {}
+    tags = (
+        {"dagster/asset_partition_range_start": months[0], "dagster/asset_partition_range_end": months[1]}
+        if months
+        else {}
+    )
     return dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
-        selection=dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in (*green_trip_keys(), "warehouse/green_trips"))),
+        selection=dg.AssetSelection.assets(
+            *(dg.AssetKey.from_user_string(k) for k in (*green_trip_keys(), "warehouse/green_trips"))
+        ),
         resources={**definitions.resources, "warehouse_io_manager": warehouse, "warehouse_sql": sql},
-        partition_key=partition, tags=tags,
+        partition_key=partition,
+        tags=tags,
     )
 
 
 def month_counts(project, dataset) -> dict[str, int]:
-    rows = bigquery.Client(project=project).query(
-        f"SELECT FORMAT_DATE('%Y-%m', pickup_date) AS month, COUNT(*) AS n, COUNT(DISTINCT trip_key) AS distinct_keys"
-        f" FROM `{project}.{dataset}.green_trips` GROUP BY month ORDER BY month").result()
+    rows = (
+        bigquery.Client(project=project)
+        .query(
+            f"SELECT FORMAT_DATE('%Y-%m', pickup_date) AS month, COUNT(*) AS n, COUNT(DISTINCT trip_key) AS distinct_keys"
+            f" FROM `{project}.{dataset}.green_trips` GROUP BY month ORDER BY month"
+        )
+        .result()
+    )
     rows = list(rows)
     assert all(r.n == r.distinct_keys for r in rows), "duplicate trip_key"
     return {r.month: r.n for r in rows}
@@ -64,9 +76,14 @@ def test_the_table_is_partitioned_clustered_and_typed(taxi_env, bigquery_emulato
     assert "stored as DATETIME" in fields["lpep_pickup_datetime"].description
     assert fields["pickup_date"].field_type == "DATE"
     assert fields["vendor_id"].field_type in ("INTEGER", "INT64")  # BigQuery answers the legacy name
-    rows = list(bigquery.Client(project=project).query(
-        f"SELECT COUNT(*) AS n, MIN(lpep_pickup_datetime) AS first, MAX(lpep_pickup_datetime) AS last"
-        f" FROM `{project}.{dataset}.green_trips` WHERE pickup_date >= '2020-10-01' AND pickup_date < '2020-11-01'").result())
+    rows = list(
+        bigquery.Client(project=project)
+        .query(
+            f"SELECT COUNT(*) AS n, MIN(lpep_pickup_datetime) AS first, MAX(lpep_pickup_datetime) AS last"
+            f" FROM `{project}.{dataset}.green_trips` WHERE pickup_date >= '2020-10-01' AND pickup_date < '2020-11-01'"
+        )
+        .result()
+    )
     assert rows[0].n == CLEAN_COUNTS["2020-10"]
     assert rows[0].first.month == rows[0].last.month == 10
 

@@ -76,13 +76,24 @@ def test_clean_columns_are_snake_case_and_typed_whatever_the_source_form():
         pa.Table.from_pylist([{**row, "cbd_congestion_fee": None}], schema=parquet_schema), GREEN
     )
     assert from_csv.equals(from_parquet)
-    assert from_csv.column_names[:4] == ["vendor_id", "lpep_pickup_datetime", "lpep_dropoff_datetime", "store_and_fwd_flag"]
+    assert from_csv.column_names[:4] == [
+        "vendor_id",
+        "lpep_pickup_datetime",
+        "lpep_dropoff_datetime",
+        "store_and_fwd_flag",
+    ]
     assert from_csv.schema.field("pu_location_id").type == pa.int64()
     assert trip_key(from_csv).equals(trip_key(from_parquet))
 
 
 def test_trip_key_tells_apart_rows_that_differ_in_any_column_or_in_nulls():
-    raw = green_rows({}, {"fare_amount": 7.0}, {"fare_amount": 0.0}, {"store_and_fwd_flag": ""}, {"store_and_fwd_flag": "N"})
+    raw = green_rows(
+        {},
+        {"fare_amount": 7.0},
+        {"fare_amount": 0.0},
+        {"store_and_fwd_flag": ""},
+        {"store_and_fwd_flag": "N"},
+    )
     keys = trip_key(to_clean_columns(raw, GREEN)).to_pylist()
     assert len(set(keys)) == 5
     assert keys == trip_key(to_clean_columns(raw, GREEN)).to_pylist()

@@ -33,11 +33,26 @@ def write_instance(home: Path) -> None:
     config["local_artifact_storage"]["config"]["base_dir"] = str(home)
     config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
     config["compute_logs"]["config"]["base_dir"] = str(home / "logs")
-    config["run_coordinator"] = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator",
-                                 "config": {"dequeue_interval_seconds": 1}}
+    config["run_coordinator"] = {
+        "module": "dagster._core.run_coordinator",
+        "class": "QueuedRunCoordinator",
+        "config": {"dequeue_interval_seconds": 1},
+    }
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    (home / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"python_module": {
-        "module_name": "taxi_platform.definitions", "working_directory": str(PROJECT)}}]}))
+    (home / "workspace.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {
+                        "python_module": {
+                            "module_name": "taxi_platform.definitions",
+                            "working_directory": str(PROJECT),
+                        }
+                    }
+                ]
+            }
+        )
+    )
 
 
 def materializations(instance, layer: str, month: str) -> list:
@@ -54,7 +69,9 @@ def wait_for(instance, what: str, condition, timeout: float = 150) -> float:
     start = time.monotonic()
     while not condition():
         if time.monotonic() - start > timeout:
-            pytest.fail(f"after {timeout:.0f} s still waiting for {what}; failed runs:\n{failed_runs(instance) or 'none'}")
+            pytest.fail(
+                f"after {timeout:.0f} s still waiting for {what}; failed runs:\n{failed_runs(instance) or 'none'}"
+            )
         time.sleep(0.5)
     return time.monotonic() - start
 
@@ -74,7 +91,9 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(
     home.mkdir()
     write_instance(home)
     (published / GREEN.format("2020-10")).parent.mkdir(parents=True)
-    shutil.copy(sample_data / GREEN.format("2020-10"), published / GREEN.format("2020-10"))  # green up to 2020-10
+    shutil.copy(
+        sample_data / GREEN.format("2020-10"), published / GREEN.format("2020-10")
+    )  # green up to 2020-10
 
     with SourceServer(published) as server:
         env = {
@@ -88,43 +107,73 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(
         }
         env.pop("TAXI_PROFILE", None), env.pop("TAXI_SOURCE", None)
         workspace = ["-w", str(home / "workspace.yaml")]
-        subprocess.run([BIN / "dagster", "sensor", "start", "green_source_sensor", *workspace],
-                       env=env, check=True, capture_output=True)
-        daemon = subprocess.Popen([BIN / "dagster-daemon", "run", *workspace], env=env, cwd=tmp_path,
-                                  stdout=open(tmp_path / "daemon.log", "wb"), stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        subprocess.run(
+            [BIN / "dagster", "sensor", "start", "green_source_sensor", *workspace],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        daemon = subprocess.Popen(
+            [BIN / "dagster-daemon", "run", *workspace],
+            env=env,
+            cwd=tmp_path,
+            stdout=open(tmp_path / "daemon.log", "wb"),  # noqa: SIM115 (the daemon outlives this block)
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             with dg.DagsterInstance.from_config(str(home)) as instance:
-                wait_for(instance, "the first sync: 2020-10 in the warehouse",
-                         lambda: materializations(instance, "warehouse", "2020-10"))
+                wait_for(
+                    instance,
+                    "the first sync: 2020-10 in the warehouse",
+                    lambda: materializations(instance, "warehouse", "2020-10"),
+                )
 
                 shutil.copy(sample_data / GREEN.format("2020-11"), published / GREEN.format("2020-11"))
-                seconds = wait_for(instance, "2020-11 in the warehouse",
-                                   lambda: materializations(instance, "warehouse", "2020-11"))
+                seconds = wait_for(
+                    instance,
+                    "2020-11 in the warehouse",
+                    lambda: materializations(instance, "warehouse", "2020-11"),
+                )
                 print(f"\ngreen 2020-11: published -> warehouse updated in {seconds:.1f} s")
                 (clean,) = materializations(instance, "clean", "2020-11")
                 (stored,) = materializations(instance, "warehouse", "2020-11")
-                wait_for(instance, "postgres 2020-11", lambda: materializations(instance, "postgres", "2020-11"))
+                wait_for(
+                    instance, "postgres 2020-11", lambda: materializations(instance, "postgres", "2020-11")
+                )
                 assert row_count(clean) == row_count(stored) == CLEAN_COUNTS["2020-11"]
                 assert postgres_count(postgres_url, pg_schema, "2020-11") == CLEAN_COUNTS["2020-11"]
 
                 data_11 = gzip.decompress((published / GREEN.format("2020-11")).read_bytes())
                 (published / GREEN.format("2020-11")).write_bytes(gzip.compress(data_11, mtime=0))
-                seconds = wait_for(instance, "2020-11 republished, in the warehouse again", lambda: all(
-                    len(materializations(instance, layer, "2020-11")) == 2 for layer in KEYS))
+                seconds = wait_for(
+                    instance,
+                    "2020-11 republished, in the warehouse again",
+                    lambda: all(len(materializations(instance, layer, "2020-11")) == 2 for layer in KEYS),
+                )
                 print(f"green 2020-11: republished -> warehouse updated in {seconds:.1f} s")
                 time.sleep(8)  # several more ticks of every sensor: nothing runs again
-                assert {layer: len(materializations(instance, layer, "2020-11")) for layer in KEYS} == \
-                    dict.fromkeys(KEYS, 2)
+                assert {
+                    layer: len(materializations(instance, layer, "2020-11")) for layer in KEYS
+                } == dict.fromkeys(KEYS, 2)
                 assert postgres_count(postgres_url, pg_schema, "2020-11") == CLEAN_COUNTS["2020-11"]
 
                 landing = data / "lake/landing"
                 landing.mkdir(parents=True, exist_ok=True)
-                shutil.copy(sample_data / GREEN.format("2020-12"), landing / "green_tripdata_2020-12.csv.gz.part")
-                (landing / "green_tripdata_2020-12.csv.gz.part").rename(landing / "green_tripdata_2020-12.csv.gz")
-                seconds = wait_for(instance, "the landed 2020-12 in the warehouse and moved", lambda: (
-                    materializations(instance, "warehouse", "2020-12")
-                    and (landing / "processed/green_tripdata_2020-12.csv.gz").exists()))
+                shutil.copy(
+                    sample_data / GREEN.format("2020-12"), landing / "green_tripdata_2020-12.csv.gz.part"
+                )
+                (landing / "green_tripdata_2020-12.csv.gz.part").rename(
+                    landing / "green_tripdata_2020-12.csv.gz"
+                )
+                seconds = wait_for(
+                    instance,
+                    "the landed 2020-12 in the warehouse and moved",
+                    lambda: (
+                        materializations(instance, "warehouse", "2020-12")
+                        and (landing / "processed/green_tripdata_2020-12.csv.gz").exists()
+                    ),
+                )
                 print(f"green 2020-12: landed -> warehouse updated and file moved in {seconds:.1f} s")
                 assert not (landing / "green_tripdata_2020-12.csv.gz").exists()
                 (raw_12,) = materializations(instance, "raw", "2020-12")
@@ -145,6 +194,8 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(
     assert not group_alive(daemon.pid), "processes of the daemon outlived it"
 
     with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
-        rows = con.execute("SELECT strftime(pickup_date, '%Y-%m'), count(*) FROM taxi.green_trips"
-                           " WHERE pickup_date >= DATE '2020-10-01' GROUP BY 1 ORDER BY 1").fetchall()
+        rows = con.execute(
+            "SELECT strftime(pickup_date, '%Y-%m'), count(*) FROM taxi.green_trips"
+            " WHERE pickup_date >= DATE '2020-10-01' GROUP BY 1 ORDER BY 1"
+        ).fetchall()
     assert dict(rows) == CLEAN_COUNTS

@@ -20,9 +20,13 @@ def postgres_instance(postgres_url, tmp_path, monkeypatch):
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     server = urlparse(postgres_url)
-    for name, value in {"HOST": server.hostname, "PORT": str(server.port or 5432),
-                        "USER": server.username or "postgres", "PASSWORD": server.password or "",
-                        "DB": database}.items():
+    for name, value in {
+        "HOST": server.hostname,
+        "PORT": str(server.port or 5432),
+        "USER": server.username or "postgres",
+        "PASSWORD": server.password or "",
+        "DB": database,
+    }.items():
         monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
     shutil.copy(DOCKER_DAGSTER_YAML, tmp_path / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
@@ -44,4 +48,7 @@ def test_runs_and_events_are_stored_in_postgres(taxi_env, postgres_instance):
         ).fetchone()[0]
     assert runs == [(result.run_id, "SUCCESS")]
     assert events == 1
-    assert instance.get_latest_materialization_event(dg.AssetKey(["reference", "taxi_zones"])).run_id == result.run_id
+    assert (
+        instance.get_latest_materialization_event(dg.AssetKey(["reference", "taxi_zones"])).run_id
+        == result.run_id
+    )

@@ -25,9 +25,15 @@ def test_the_services_and_their_wiring():
     for name in ("code", "daemon"):  # the ones that run assets see the same data and database
         assert "taxi-data:/data" in services[name]["volumes"]
         assert services[name]["environment"]["TAXI_POSTGRES_URL"].endswith("@postgres:5432/taxi")
-    named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", []) if not v.startswith(".")}
+    named = {
+        v.split(":")[0] for s in services.values() for v in s.get("volumes", []) if not v.startswith(".")
+    }
     assert named == set(compose()["volumes"])
-    assert all(s.get("profiles") == ["gcp-emulators"] for n, s in services.items() if n in ("fake-gcs", "bigquery-emulator"))
+    assert all(
+        s.get("profiles") == ["gcp-emulators"]
+        for n, s in services.items()
+        if n in ("fake-gcs", "bigquery-emulator")
+    )
 
 
 def test_the_workspace_reaches_the_code_server_the_image_starts():
@@ -39,7 +45,9 @@ def test_the_workspace_reaches_the_code_server_the_image_starts():
 
 
 def test_the_image_installs_the_way_the_readme_does():
-    installed = re.search(r"RUN pip install --no-cache-dir (.+)", (DOCKER / "Dockerfile").read_text()).group(1)
+    installed = re.search(r"RUN pip install --no-cache-dir (.+)", (DOCKER / "Dockerfile").read_text()).group(
+        1
+    )
     assert f"pip install {installed}" in README
 
 
@@ -47,5 +55,6 @@ def test_the_dagster_yaml_of_the_compose_file_uses_the_compose_database_settings
     instance = yaml.safe_load((DOCKER / "dagster.yaml").read_text())
     db = instance["storage"]["postgres"]["postgres_db"]
     assert {db[k]["env"] for k in ("hostname", "port", "username", "password", "db_name")} <= set(
-        compose()["services"]["daemon"]["environment"])
+        compose()["services"]["daemon"]["environment"]
+    )
     assert instance["run_coordinator"]["class"] == "QueuedRunCoordinator"

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from google.cloud import bigquery
 
-from taxi_platform_tests.helpers import green_trip_keys, materialize, materializations
+from taxi_platform_tests.helpers import green_trip_keys, materializations, materialize
 
 CLEAN_COUNTS = {"2020-10": 49262, "2020-11": 45868, "2020-12": 44228}
 TO_WAREHOUSE = (*green_trip_keys(), "warehouse/green_trips")
@@ -31,7 +31,8 @@ def gcp(taxi_env, gcs, bigquery_emulator, monkeypatch):
 def warehouse_counts(client, dataset) -> dict[str, int]:
     rows = client.query(
         f"SELECT FORMAT_DATE('%Y-%m', pickup_date) AS month, COUNT(*) AS n,"
-        f" COUNT(DISTINCT trip_key) AS distinct_keys FROM `{dataset}.green_trips` GROUP BY month").result()
+        f" COUNT(DISTINCT trip_key) AS distinct_keys FROM `{dataset}.green_trips` GROUP BY month"
+    ).result()
     rows = list(rows)
     assert all(r.n == r.distinct_keys for r in rows), "duplicate trip_key"
     return {r.month: r.n for r in sorted(rows, key=lambda r: r.month)}
@@ -39,8 +40,11 @@ def warehouse_counts(client, dataset) -> dict[str, int]:
 
 def clean_rows_in_bucket(gcs, month) -> int:
     objects = gcs.objects("clean/green_trips")
-    return sum(pq.read_metadata(io.BytesIO(gcs.read(f"clean/green_trips/{name}"))).num_rows
-               for name in objects if name.endswith(f"/{month}.parquet"))
+    return sum(
+        pq.read_metadata(io.BytesIO(gcs.read(f"clean/green_trips/{name}"))).num_rows
+        for name in objects
+        if name.endswith(f"/{month}.parquet")
+    )
 
 
 def test_a_backfill_lands_in_the_bucket_and_bigquery_with_the_local_counts(gcp):
@@ -53,7 +57,9 @@ def test_a_backfill_lands_in_the_bucket_and_bigquery_with_the_local_counts(gcp):
     meta = materializations(result)
     clean = meta[("clean/green_trips", "2020-11")]
     assert clean["lake_uri"] == f"gs://{gcs.emulator.bucket}/{gcs.prefix}/clean/green_trips"
-    assert clean["console_url"].endswith(f"/storage/browser/{gcs.emulator.bucket}/{gcs.prefix}/clean/green_trips")
+    assert clean["console_url"].endswith(
+        f"/storage/browser/{gcs.emulator.bucket}/{gcs.prefix}/clean/green_trips"
+    )
     warehouse = meta[("warehouse/green_trips", "2020-11")]
     assert warehouse["dagster/table_name"] == f"{dataset}.green_trips"
     assert warehouse["dagster/row_count"] == local_counts["2020-11"]

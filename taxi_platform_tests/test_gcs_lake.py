@@ -25,12 +25,15 @@ def test_a_month_rewritten_without_a_day_loses_that_day_only(gcs):
     write(lake, days(date(2020, 3, 1), date(2020, 3, 2), date(2020, 3, 31)), "2020-03")
     write(lake, days(date(2020, 4, 1)), "2020-04")
     assert sorted(gcs.objects("clean/trips")) == [
-        "day=2020-03-01/2020-03.parquet", "day=2020-03-02/2020-03.parquet",
-        "day=2020-03-31/2020-03.parquet", "day=2020-04-01/2020-04.parquet",
+        "day=2020-03-01/2020-03.parquet",
+        "day=2020-03-02/2020-03.parquet",
+        "day=2020-03-31/2020-03.parquet",
+        "day=2020-04-01/2020-04.parquet",
     ]
     write(lake, days(date(2020, 3, 2), date(2020, 3, 2)), "2020-03")
     assert sorted(gcs.objects()) == [
-        "clean/trips/day=2020-03-02/2020-03.parquet", "clean/trips/day=2020-04-01/2020-04.parquet",
+        "clean/trips/day=2020-03-02/2020-03.parquet",
+        "clean/trips/day=2020-04-01/2020-04.parquet",
     ]
     assert read(lake, "2020-03").to_pydict() == {"n": [0, 1], "day": [date(2020, 3, 2)] * 2}
     assert read(lake, "2020-04").to_pydict() == {"n": [0], "day": [date(2020, 4, 1)]}
@@ -50,7 +53,8 @@ def test_stale_objects_of_the_month_are_removed_and_other_months_kept(gcs):
     write(gcs.lake(), days(date(2020, 3, 2), date(2020, 3, 5)), "2020-03")
 
     assert sorted(gcs.objects()) == [
-        "clean/trips/day=2020-03-02/2020-03.parquet", "clean/trips/day=2020-03-05/2020-03.parquet",
+        "clean/trips/day=2020-03-02/2020-03.parquet",
+        "clean/trips/day=2020-03-05/2020-03.parquet",
         neighbour,
     ]
     assert gcs.read(neighbour) == b"another month's object"
@@ -68,7 +72,9 @@ def test_an_empty_month_loads_back_empty(gcs):
 
 def test_rows_outside_the_partition_are_refused_and_nothing_is_written(gcs):
     lake = gcs.lake()
-    with pytest.raises(ValueError, match=r"partition 2020-03 holds rows with day outside \[2020-03-01, 2020-04-01\)"):
+    with pytest.raises(
+        ValueError, match=r"partition 2020-03 holds rows with day outside \[2020-03-01, 2020-04-01\)"
+    ):
         write(lake, days(date(2020, 3, 5), date(2020, 4, 1)), "2020-03")
     assert gcs.objects() == {}
 
@@ -80,7 +86,8 @@ def test_a_range_is_written_and_loaded_as_a_dict_of_months(gcs):
     write(lake, tables, key_range=months)
     assert sorted(gcs.objects()) == [
         "clean/trips/day=2020-03-09/2020-03.parquet",
-        "clean/trips/day=2020-04-09/2020-04.parquet", "clean/trips/day=2020-04-10/2020-04.parquet",
+        "clean/trips/day=2020-04-09/2020-04.parquet",
+        "clean/trips/day=2020-04-10/2020-04.parquet",
     ]
     assert {m: t.num_rows for m, t in read(lake, key_range=months).items()} == {"2020-03": 1, "2020-04": 2}
     with pytest.raises(ValueError, match=r"must output a dict with exactly those keys, got \['2020-03'\]"):

@@ -9,9 +9,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers import lake as lake_module
 from taxi_platform.io_managers.arrow_data import prefetched
-from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.lake import LakeIOManager
 
 MONTHS = dg.MonthlyPartitionsDefinition(start_date="2020-01", fmt="%Y-%m")
@@ -24,15 +24,25 @@ def days(*days: date) -> pa.Table:
 
 
 def write(lake, obj, partition=None, key_range=None):
-    context = dg.build_output_context(asset_key=KEY, partition_key=partition, asset_partitions_def=MONTHS,
-                                      asset_partition_key_range=key_range, definition_metadata=BY_DAY)
+    context = dg.build_output_context(
+        asset_key=KEY,
+        partition_key=partition,
+        asset_partitions_def=MONTHS,
+        asset_partition_key_range=key_range,
+        definition_metadata=BY_DAY,
+    )
     lake.handle_output(context, obj)
 
 
 def read(lake, partition=None, key_range=None):
     upstream = dg.build_output_context(asset_key=KEY, definition_metadata=BY_DAY)
-    context = dg.build_input_context(asset_key=KEY, partition_key=partition, asset_partitions_def=MONTHS,
-                                     asset_partition_key_range=key_range, upstream_output=upstream)
+    context = dg.build_input_context(
+        asset_key=KEY,
+        partition_key=partition,
+        asset_partitions_def=MONTHS,
+        asset_partition_key_range=key_range,
+        upstream_output=upstream,
+    )
     loaded = lake.load_input(context)  # datasets, read here in full
     if isinstance(loaded, dict):
         return {month: dataset.to_table() for month, dataset in loaded.items()}
@@ -40,7 +50,9 @@ def read(lake, partition=None, key_range=None):
 
 
 def stored_days(root) -> list[str]:
-    return sorted(str(p.relative_to(root / "clean/trips")) for p in (root / "clean/trips").rglob("*") if p.is_file())
+    return sorted(
+        str(p.relative_to(root / "clean/trips")) for p in (root / "clean/trips").rglob("*") if p.is_file()
+    )
 
 
 def test_a_month_rewritten_without_a_day_loses_that_day_only(tmp_path):
@@ -62,7 +74,9 @@ def test_an_empty_month_loads_back_empty(tmp_path):
 
 def test_rows_outside_the_partition_are_refused_and_nothing_is_written(tmp_path):
     lake = LakeIOManager(root=str(tmp_path))
-    with pytest.raises(ValueError, match=r"partition 2020-03 holds rows with day outside \[2020-03-01, 2020-04-01\)"):
+    with pytest.raises(
+        ValueError, match=r"partition 2020-03 holds rows with day outside \[2020-03-01, 2020-04-01\)"
+    ):
         write(lake, days(date(2020, 3, 5), date(2020, 4, 1)), "2020-03")
     assert not (tmp_path / "clean").exists()
 
@@ -90,11 +104,16 @@ def test_a_stream_is_written_batch_by_batch_and_loads_back_as_a_lazy_dataset(tmp
     assert stored_days(tmp_path) == [f"day=2020-03-0{d}/2020-03.parquet" for d in (1, 2, 3)]
     assert pq.read_metadata(tmp_path / "clean/trips/day=2020-03-01/2020-03.parquet").num_row_groups == 3
     upstream = dg.build_output_context(asset_key=KEY, definition_metadata=BY_DAY)
-    loaded = lake.load_input(dg.build_input_context(
-        asset_key=KEY, partition_key="2020-03", asset_partitions_def=MONTHS, upstream_output=upstream))
+    loaded = lake.load_input(
+        dg.build_input_context(
+            asset_key=KEY, partition_key="2020-03", asset_partitions_def=MONTHS, upstream_output=upstream
+        )
+    )
     assert isinstance(loaded, ds.Dataset) and loaded.count_rows() == 6
     assert sorted(loaded.to_table(columns=["day"])["day"].to_pylist()) == [date(2020, 3, 1)] * 4 + [
-        date(2020, 3, 2), date(2020, 3, 3)]
+        date(2020, 3, 2),
+        date(2020, 3, 3),
+    ]
 
 
 def test_a_stream_that_breaks_midway_leaves_the_stored_month_whole(tmp_path, monkeypatch):
@@ -147,8 +166,11 @@ def test_a_range_moves_into_place_only_when_every_month_is_complete(tmp_path):
 
     march = days(date(2020, 3, 1), date(2020, 3, 2))
     with pytest.raises(OSError, match="connection reset in April"):
-        write(lake, {"2020-03": march, "2020-04": pa.RecordBatchReader.from_batches(march.schema, april())},
-              key_range=months)
+        write(
+            lake,
+            {"2020-03": march, "2020-04": pa.RecordBatchReader.from_batches(march.schema, april())},
+            key_range=months,
+        )
     assert {day: (tmp_path / "clean/trips" / day).read_bytes() for day in stored_days(tmp_path)} == before
 
 
@@ -161,4 +183,6 @@ def test_temporary_files_of_a_killed_write_are_removed_by_the_next_one(tmp_path)
     (tmp_path / "raw/trips/2020-04.parquet.4567ef01.tmp").write_bytes(b"another month's")
     lake.handle_output(context, pa.table({"n": [1, 2]}))
     assert sorted(p.name for p in (tmp_path / "raw/trips").iterdir()) == [
-        "2020-03.parquet", "2020-04.parquet.4567ef01.tmp"]
+        "2020-03.parquet",
+        "2020-04.parquet.4567ef01.tmp",
+    ]

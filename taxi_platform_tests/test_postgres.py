@@ -14,7 +14,7 @@ import pytest
 
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.postgres import UNIQUE_KEY, PostgresIOManager
-from taxi_platform_tests.helpers import green_trip_keys, materialize, materializations
+from taxi_platform_tests.helpers import green_trip_keys, materializations, materialize
 
 GREEN_TO_POSTGRES = (*green_trip_keys(), "postgres/green_trips")
 MONTHS = dg.MonthlyPartitionsDefinition(start_date="2020-01", fmt="%Y-%m", end_offset=0)
@@ -45,8 +45,13 @@ def test_a_month_lands_with_the_clean_row_count_and_reruns_never_duplicate(taxi_
     written = meta[("postgres/green_trips", "2020-10")]
     assert written["dagster/row_count"] == 49262
     assert written["dagster/table_name"] == f"{pg_schema}.green_trips"
-    types = dict(query(postgres_url, "SELECT column_name, data_type FROM information_schema.columns"
-                       " WHERE table_schema = %s", [pg_schema]))
+    types = dict(
+        query(
+            postgres_url,
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %s",
+            [pg_schema],
+        )
+    )
     assert types["lpep_pickup_datetime"] == "timestamp without time zone"
     assert types["vendor_id"] == types["passenger_count"] == "bigint"
     assert types["pickup_date"] == "date" and types["store_and_fwd_flag"] == "text"
@@ -58,8 +63,12 @@ def test_a_backfill_in_one_run_and_a_month_replaced_alone(taxi_env, postgres_url
     assert materializations(result)[("postgres/green_trips", "2020-11")]["dagster/row_count"] == 45868
 
     def fingerprint(month):
-        return query(postgres_url, f'SELECT sum(trip_key::numeric), min(xmin::text) FROM "{pg_schema}".green_trips'
-                     " WHERE to_char(pickup_date, 'YYYY-MM') = %s", [month])[0]
+        return query(
+            postgres_url,
+            f'SELECT sum(trip_key::numeric), min(xmin::text) FROM "{pg_schema}".green_trips'
+            " WHERE to_char(pickup_date, 'YYYY-MM') = %s",
+            [month],
+        )[0]
 
     before = {m: fingerprint(m) for m in ("2020-10", "2020-12")}
     relaxed = {"ops": {"clean_green_trips": {"config": {"relax_positive": ["passenger_count"]}}}}
@@ -73,32 +82,50 @@ def test_a_backfill_in_one_run_and_a_month_replaced_alone(taxi_env, postgres_url
 def test_taxi_zones_land_whole(taxi_env, postgres_url, pg_schema):
     for _ in range(2):
         materialize("reference/taxi_zones", "postgres/taxi_zones")
-    assert query(postgres_url, f'SELECT count(*), count(DISTINCT location_id) FROM "{pg_schema}".taxi_zones') == [(265, 265)]
-    assert query(postgres_url, f'SELECT zone, service_zone FROM "{pg_schema}".taxi_zones WHERE location_id = 265') == [("NA", "N/A")]
+    assert query(
+        postgres_url, f'SELECT count(*), count(DISTINCT location_id) FROM "{pg_schema}".taxi_zones'
+    ) == [(265, 265)]
+    assert query(
+        postgres_url, f'SELECT zone, service_zone FROM "{pg_schema}".taxi_zones WHERE location_id = 265'
+    ) == [("NA", "N/A")]
 
 
 def trips(month: str, n: int, extra: dict | None = None) -> pa.Table:
     start = datetime.fromisoformat(f"{month}-01")
     first_key = int(month.replace("-", "")) * 10**7
-    return pa.table({
-        "trip_key": pa.array(range(first_key, first_key + n), pa.int64()),
-        "pickup_date": pa.array([start.date()] * n, pa.date32()),
-        "pickup_at": pa.array([start] * n, pa.timestamp("us")),
-        "note": pa.array(["", None, 'quote " and, comma'] * (n // 3) + [None] * (n % 3), pa.string()),
-        **(extra or {}),
-    })
+    return pa.table(
+        {
+            "trip_key": pa.array(range(first_key, first_key + n), pa.int64()),
+            "pickup_date": pa.array([start.date()] * n, pa.date32()),
+            "pickup_at": pa.array([start] * n, pa.timestamp("us")),
+            "note": pa.array(["", None, 'quote " and, comma'] * (n // 3) + [None] * (n % 3), pa.string()),
+            **(extra or {}),
+        }
+    )
 
 
-def write(manager: PostgresIOManager, month: str, table: pa.Table, metadata=TRIPS_META, key=("postgres", "trips")):
-    context = dg.build_output_context(asset_key=dg.AssetKey(list(key)), partition_key=month,
-                                      asset_partitions_def=MONTHS, definition_metadata=metadata)
+def write(
+    manager: PostgresIOManager, month: str, table: pa.Table, metadata=TRIPS_META, key=("postgres", "trips")
+):
+    context = dg.build_output_context(
+        asset_key=dg.AssetKey(list(key)),
+        partition_key=month,
+        asset_partitions_def=MONTHS,
+        definition_metadata=metadata,
+    )
     manager.handle_output(context, table)
 
 
 def read(manager: PostgresIOManager, month: str, metadata=TRIPS_META) -> pa.Table:
-    upstream = dg.build_output_context(asset_key=dg.AssetKey(["postgres", "trips"]), definition_metadata=metadata)
-    context = dg.build_input_context(asset_key=dg.AssetKey(["postgres", "trips"]), partition_key=month,
-                                     asset_partitions_def=MONTHS, upstream_output=upstream)
+    upstream = dg.build_output_context(
+        asset_key=dg.AssetKey(["postgres", "trips"]), definition_metadata=metadata
+    )
+    context = dg.build_input_context(
+        asset_key=dg.AssetKey(["postgres", "trips"]),
+        partition_key=month,
+        asset_partitions_def=MONTHS,
+        upstream_output=upstream,
+    )
     return manager.load_input(context)
 
 
@@ -133,11 +160,18 @@ def test_a_table_name_cannot_inject_sql(postgres_url, pg_schema):
     hostile_schema = PostgresIOManager(url=postgres_url, db_schema=pg_schema + "; DROP SCHEMA public")
     try:
         write(hostile_schema, "2020-03", trips("2020-03", 3))
-        tables = query(postgres_url, "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
-                       " ON n.oid = c.relnamespace WHERE n.nspname LIKE %s AND c.relkind IN ('r', 'p')"
-                       " AND NOT c.relispartition ORDER BY 1, 2", [pg_schema + "%"])
-        assert tables == [(pg_schema, "trips"), (pg_schema, hostile["postgres/table"]),
-                          (pg_schema + "; DROP SCHEMA public", "trips")]
+        tables = query(
+            postgres_url,
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE n.nspname LIKE %s AND c.relkind IN ('r', 'p')"
+            " AND NOT c.relispartition ORDER BY 1, 2",
+            [pg_schema + "%"],
+        )
+        assert tables == [
+            (pg_schema, "trips"),
+            (pg_schema, hostile["postgres/table"]),
+            (pg_schema + "; DROP SCHEMA public", "trips"),
+        ]
         assert query(postgres_url, f'SELECT count(*) FROM "{pg_schema}".trips') == [(3,)]
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -157,11 +191,16 @@ def test_a_writer_killed_during_copy_leaves_the_previous_month_whole(postgres_ur
     manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema)
     write(manager, "2020-03", trips("2020-03", 1000))
     write(manager, "2020-04", trips("2020-04", 10))
-    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, postgres_url, pg_schema],
-                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, postgres_url, pg_schema],
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     deadline = time.monotonic() + 120
-    while not query(postgres_url, "SELECT 1 FROM pg_stat_activity WHERE query LIKE %s AND state = 'active'",
-                    [f'COPY "{pg_schema}"%']):
+    while not query(
+        postgres_url,
+        "SELECT 1 FROM pg_stat_activity WHERE query LIKE %s AND state = 'active'",
+        [f'COPY "{pg_schema}"%'],
+    ):
         assert writer.poll() is None and time.monotonic() < deadline, "the writer never reached COPY"
         time.sleep(0.05)
     time.sleep(0.5)  # well inside the COPY of 3 million rows
@@ -175,14 +214,24 @@ def test_months_are_partitions_and_rows_outside_their_month_are_refused(postgres
     manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema)
     write(manager, "2020-03", trips("2020-03", 4))
     write(manager, "2020-04", trips("2020-04", 2))
-    partitions = query(postgres_url, "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
-                       " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass ORDER BY 1",
-                       [f'"{pg_schema}".trips'])
-    assert partitions == [("trips_2020_03", "FOR VALUES FROM ('2020-03-01') TO ('2020-04-01')"),
-                          ("trips_2020_04", "FOR VALUES FROM ('2020-04-01') TO ('2020-05-01')")]
-    stray = trips("2020-03", 3).set_column(1, "pickup_date", pa.array([datetime(2020, 4, 1).date()] * 3, pa.date32()))
-    with pytest.raises(ValueError, match=r"trips: partition 2020-03 holds rows with pickup_date outside "
-                                         r"\[2020-03-01, 2020-04-01\)"):
+    partitions = query(
+        postgres_url,
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass ORDER BY 1",
+        [f'"{pg_schema}".trips'],
+    )
+    assert partitions == [
+        ("trips_2020_03", "FOR VALUES FROM ('2020-03-01') TO ('2020-04-01')"),
+        ("trips_2020_04", "FOR VALUES FROM ('2020-04-01') TO ('2020-05-01')"),
+    ]
+    stray = trips("2020-03", 3).set_column(
+        1, "pickup_date", pa.array([datetime(2020, 4, 1).date()] * 3, pa.date32())
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"trips: partition 2020-03 holds rows with pickup_date outside "
+        r"\[2020-03-01, 2020-04-01\)",
+    ):
         write(manager, "2020-03", stray)
     assert month_counts(postgres_url, pg_schema, "trips") == {"2020-03": 4, "2020-04": 2}
 
@@ -193,7 +242,13 @@ def test_writers_of_different_months_run_at_once_and_a_months_writers_wait_in_tu
     from concurrent.futures import ThreadPoolExecutor
 
     manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema)
-    jobs = [("2020-01", 10), ("2020-03", 200_000), ("2020-04", 200_000), ("2020-03", 150_000), ("2020-04", 100_000)]
+    jobs = [
+        ("2020-01", 10),
+        ("2020-03", 200_000),
+        ("2020-04", 200_000),
+        ("2020-03", 150_000),
+        ("2020-04", 100_000),
+    ]
     with ThreadPoolExecutor(max_workers=5) as pool:
         for future in [pool.submit(write, manager, month, trips(month, n)) for month, n in jobs]:
             future.result(timeout=120)
@@ -213,5 +268,7 @@ def test_a_stream_of_batches_is_written_whole(postgres_url, pg_schema):
     manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema)
     write(manager, "2020-03", trips("2020-03", 5))
     table = trips("2020-03", 7)
-    write(manager, "2020-03", pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=3)))
+    write(
+        manager, "2020-03", pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=3))
+    )
     assert month_counts(postgres_url, pg_schema, "trips") == {"2020-03": 7}

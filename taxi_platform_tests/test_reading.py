@@ -12,8 +12,14 @@ from taxi_platform.sources.reading import SchemaDriftError, read_trips
 from taxi_platform_tests.helpers import gzip_csv
 
 HEADS = [
-    "yellow_tripdata_2019-01", "yellow_tripdata_2020-02", "green_tripdata_2019-01", "green_tripdata_2020-02",
-    "fhv_tripdata_2019-01", "fhv_tripdata_2020-02", "fhvhv_tripdata_2019-02", "fhvhv_tripdata_2020-01",
+    "yellow_tripdata_2019-01",
+    "yellow_tripdata_2020-02",
+    "green_tripdata_2019-01",
+    "green_tripdata_2020-02",
+    "fhv_tripdata_2019-01",
+    "fhv_tripdata_2020-02",
+    "fhvhv_tripdata_2019-02",
+    "fhvhv_tripdata_2020-01",
 ]
 
 
@@ -35,13 +41,17 @@ def test_parquet_variants_cast_to_the_declared_types(tmp_path):
     """Older TLC files type ids as double or int64, use ns timestamps, write Airport_fee, or all-null columns."""
     path = tmp_path / "yellow.parquet"
     columns = {c.source: pa.nulls(2, c.parquet) for c in DATASETS["yellow"].columns if not c.optional}
-    columns.update({
-        "VendorID": pa.array([1, 2], pa.int64()),
-        "passenger_count": pa.array([1.0, None], pa.float64()),
-        "tpep_pickup_datetime": pa.array([datetime(2019, 3, 1, 8), datetime(2019, 3, 2)], pa.timestamp("ns")),
-        "congestion_surcharge": pa.nulls(2, pa.null()),
-        "Airport_fee": pa.array([1.25, None]),
-    })
+    columns.update(
+        {
+            "VendorID": pa.array([1, 2], pa.int64()),
+            "passenger_count": pa.array([1.0, None], pa.float64()),
+            "tpep_pickup_datetime": pa.array(
+                [datetime(2019, 3, 1, 8), datetime(2019, 3, 2)], pa.timestamp("ns")
+            ),
+            "congestion_surcharge": pa.nulls(2, pa.null()),
+            "Airport_fee": pa.array([1.25, None]),
+        }
+    )
     pq.write_table(pa.table(columns), path)
     table = read_trips(path, DATASETS["yellow"], "parquet", "yellow 2019-03").read_all()
     assert table.schema.field("VendorID").type == pa.int32()
@@ -62,6 +72,12 @@ def test_a_lossy_cast_is_a_clear_error(tmp_path):
 
 def test_a_repeated_column_is_schema_drift(tmp_path):
     path = tmp_path / "fhv.csv.gz"
-    path.write_bytes(gzip_csv("dispatching_base_num,pickup_datetime,dropOff_datetime,PUlocationID,PULocationID,DOlocationID,SR_Flag\n"))
-    with pytest.raises(SchemaDriftError, match=r"fhv 2019-01: .*repeated columns \['PULocationID', 'PUlocationID'\]"):
+    path.write_bytes(
+        gzip_csv(
+            "dispatching_base_num,pickup_datetime,dropOff_datetime,PUlocationID,PULocationID,DOlocationID,SR_Flag\n"
+        )
+    )
+    with pytest.raises(
+        SchemaDriftError, match=r"fhv 2019-01: .*repeated columns \['PULocationID', 'PUlocationID'\]"
+    ):
         read_trips(path, DATASETS["fhv"], "csv", "fhv 2019-01")

@@ -12,9 +12,9 @@ from taxi_platform.datasets import GREEN
 from taxi_platform.definitions import defs
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.jobs import build_ingest_job
-from taxi_platform.sources.landing import LANDED_FILE_TAG, move_to_processed
 from taxi_platform.sensors.landing_zone import build_landing_sensor
 from taxi_platform.sensors.new_months import build_source_sensor, months_to_check
+from taxi_platform.sources.landing import LANDED_FILE_TAG, move_to_processed
 from taxi_platform.sources.public import TaxiSource
 from taxi_platform_tests.helpers import failure_message, green_trip_keys, materializations
 from taxi_platform_tests.source_server import SourceServer
@@ -44,8 +44,7 @@ def source_of(server) -> TaxiSource:
 
 
 def tick(sensor, instance, cursor=None, **resources):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources,
-                                      definitions=DEFS)
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=DEFS)
     result = sensor.evaluate_tick(context)
     return result, result.cursor
 
@@ -105,8 +104,11 @@ def test_a_month_materialized_from_the_same_file_is_not_requested(server, instan
         dg.AssetMaterialization(
             ["raw", "green_trips"],
             partition="2020-10",
-            metadata={"source_etag": version.etag, "source_last_modified": version.last_modified,
-                      "source_bytes": version.bytes},
+            metadata={
+                "source_etag": version.etag,
+                "source_last_modified": version.last_modified,
+                "source_bytes": version.bytes,
+            },
         )
     )
     sensor = build_source_sensor(GREEN, JOBS["green"], 60, checks_per_tick=1000)
@@ -142,8 +144,12 @@ def test_the_sweep_takes_the_newest_months_then_continues_where_it_stopped():
 def landing_tick(lake, cursor=None):
     sensor = build_landing_sensor(JOBS, 30)
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=DEFS,
-                                          resources={"lake_io_manager": LakeIOManager(root=str(lake))})
+        context = dg.build_sensor_context(
+            instance=instance,
+            cursor=cursor,
+            definitions=DEFS,
+            resources={"lake_io_manager": LakeIOManager(root=str(lake))},
+        )
         result = sensor.evaluate_tick(context)
     return result, result.cursor
 
@@ -206,8 +212,11 @@ def test_the_raw_asset_reads_the_landed_file_and_an_unreadable_one_fails_naming_
     broken = landing / "green_tripdata_2020-12.csv.gz"
     broken.write_bytes(b"\x1f\x8b not really gzip")
     failed = dg.materialize(
-        [*defs().assets], selection=dg.AssetSelection.assets(["raw", "green_trips"]),
-        resources=defs().resources, partition_key="2020-12", tags={LANDED_FILE_TAG: broken.as_posix()},
+        [*defs().assets],
+        selection=dg.AssetSelection.assets(["raw", "green_trips"]),
+        resources=defs().resources,
+        partition_key="2020-12",
+        tags={LANDED_FILE_TAG: broken.as_posix()},
         raise_on_error=False,
     )
     assert not failed.success

@@ -17,8 +17,7 @@ def source_for(server, **config) -> TaxiSource:
 def test_auto_takes_the_releases_for_their_months_and_the_tlc_for_the_rest():
     source = TaxiSource()
     assert source.locate(GREEN, "2020-10").url == (
-        "https://github.com/DataTalksClub/nyc-tlc-data/releases/download/green/"
-        "green_tripdata_2020-10.csv.gz"
+        "https://github.com/DataTalksClub/nyc-tlc-data/releases/download/green/green_tripdata_2020-10.csv.gz"
     )
     assert source.locate(GREEN, "2019-01").form == "csv"
     assert source.locate(GREEN, "2021-07").form == "csv"
@@ -48,7 +47,9 @@ def test_download_streams_the_file_and_records_its_identity(source_server, manif
 def test_a_missing_month_is_not_published(source_server, tmp_path):
     source = source_for(source_server)
     file = source.locate(GREEN, "2019-03")
-    with pytest.raises(MonthNotPublished, match=r"green 2019-03 is not published: .*2019-03\.csv\.gz answered 404"):
+    with pytest.raises(
+        MonthNotPublished, match=r"green 2019-03 is not published: .*2019-03\.csv\.gz answered 404"
+    ):
         source.download(file.url, tmp_path / "f", file.label, file.form)
 
 
@@ -67,7 +68,9 @@ def test_server_errors_that_persist_fail_with_url_and_month(source_server, tmp_p
     source = source_for(source_server, attempts=2)
     file = source.locate(GREEN, "2020-12")
     source_server.fail(file.url.removeprefix(source_server.url), "500", "500")
-    with pytest.raises(SourceError, match=r"green 2020-12: .*2020-12\.csv\.gz failed after 2 tries: HTTP 500"):
+    with pytest.raises(
+        SourceError, match=r"green 2020-12: .*2020-12\.csv\.gz failed after 2 tries: HTTP 500"
+    ):
         source.download(file.url, tmp_path / "f", file.label, file.form)
 
 

@@ -49,13 +49,27 @@ def settled(instance, quiet: float = 12) -> bool:
     """No run in flight, none created in the last `quiet` seconds (two automation ticks), no backfill
     going on."""
     runs = instance.get_runs(limit=1)
-    in_flight = instance.get_runs(filters=dg.RunsFilter(statuses=[
-        dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-        dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]))
+    in_flight = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=[
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+                dg.DagsterRunStatus.CANCELING,
+            ]
+        )
+    )
     backfills = instance.get_backfills(filters=None, limit=None)
-    return (not in_flight and not any(b.status == BulkActionStatus.REQUESTED for b in backfills)
-            and (not runs or time.time() - instance.get_run_record_by_id(runs[0].run_id).create_timestamp
-                 .timestamp() > quiet))
+    return (
+        not in_flight
+        and not any(b.status == BulkActionStatus.REQUESTED for b in backfills)
+        and (
+            not runs
+            or time.time() - instance.get_run_record_by_id(runs[0].run_id).create_timestamp.timestamp()
+            > quiet
+        )
+    )
 
 
 def postgres_rows(schema: str, month: str) -> int:
@@ -103,8 +117,11 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
     definitions = defs()
     graph = definitions.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    edges = {(p.to_user_string(), k.to_user_string())
-             for k in graph.get_all_asset_keys() for p in graph.get(k).parent_keys}
+    edges = {
+        (p.to_user_string(), k.to_user_string())
+        for k in graph.get_all_asset_keys()
+        for p in graph.get(k).parent_keys
+    }
     for layer in ("raw", "clean", "postgres", "warehouse"):
         assert f"{layer}/green_trips" in keys
     assert "reference/taxi_zones" in keys
@@ -117,16 +134,24 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
     write_instance(home)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         # Done before the UI starts, in this process, on the same instance: green 2020-10 and the zones.
-        result = materialize_with(instance, "reference/taxi_zones", "raw/green_trips", "clean/green_trips",
-                                  "clean/green_trips_rejected", partition="2020-10")
+        result = materialize_with(
+            instance,
+            "reference/taxi_zones",
+            "raw/green_trips",
+            "clean/green_trips",
+            "clean/green_trips_rejected",
+            partition="2020-10",
+        )
         assert result.success
-        phase(timings, 'materialize 2020-10', started)
+        phase(timings, "materialize 2020-10", started)
 
         errors, ignored, blocked = [], [], []
-        with DagsterUI(home, dict(os.environ)) as ui, chromium(
-                ui.url, failure_screenshot=tmp_path / "failure.png") as browser:
+        with (
+            DagsterUI(home, dict(os.environ)) as ui,
+            chromium(ui.url, failure_screenshot=tmp_path / "failure.png") as browser,
+        ):
             page = browser.page
-            phase(timings, 'start webserver+daemon', started)
+            phase(timings, "start webserver+daemon", started)
 
             # -- Lineage: every layer's assets and every edge, as drawn. --------------------------------
             browser.goto("/asset-groups")
@@ -137,8 +162,11 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
             page.set_viewport_size({"width": 2400, "height": 6000})  # the graph draws what is in view
             page.reload()
             page.locator("[class*=AssetNode_assetName]").first.wait_for()
-            drawn = wait_for("every asset node drawn", lambda: (
-                (d := lineage_in_the_browser(page)) and set(d["nodes"]) == keys and d), timeout=30)
+            drawn = wait_for(
+                "every asset node drawn",
+                lambda: (d := lineage_in_the_browser(page)) and set(d["nodes"]) == keys and d,
+                timeout=30,
+            )
             assert sorted(drawn["nodes"]) == sorted(keys)  # each once
             assert {tuple(e) for e in drawn["edges"]} == edges, (drawn["edges"], edges)
             assert ("raw/green_trips", "clean/green_trips") in edges
@@ -147,7 +175,7 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
             assert ("reference/taxi_zones", "postgres/taxi_zones") in edges
 
             page.set_viewport_size({"width": 1440, "height": 900})
-            phase(timings, 'lineage', started)
+            phase(timings, "lineage", started)
 
             # -- Partitions of clean/green_trips: 2020-10 done, the rest missing. ------------------------
             browser.goto("/assets/clean/green_trips?view=partitions")
@@ -155,16 +183,21 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
             page.get_by_text("Materialized (1)").wait_for()
             page.get_by_text(f"Missing ({total - 1})").wait_for()
             page.get_by_placeholder("Filter by name").fill("2020-")
-            wait_for("2020's months listed, 2020-10 green and the others gray",
-                     lambda: partition_dots(page) == {
-                         f"2020-{m:02d}": "green" if m == 10 else "gray" for m in range(1, 13)}, timeout=15)
+            wait_for(
+                "2020's months listed, 2020-10 green and the others gray",
+                lambda: (
+                    partition_dots(page)
+                    == {f"2020-{m:02d}": "green" if m == 10 else "gray" for m in range(1, 13)}
+                ),
+                timeout=15,
+            )
             month_row(page, "2020-10").click()
             details = page.locator("text=Latest materialization").locator("xpath=../..")
             wait_for("2020-10's materialization shown", lambda: "None" not in details.inner_text(), 15)
             browser.screenshot(DOCS / "partitions.png")
             month_row(page, "2020-09").click()
             wait_for("2020-09 shown never materialized", lambda: "None" in details.inner_text(), 15)
-            phase(timings, 'partitions', started)
+            phase(timings, "partitions", started)
 
             # -- A 2-month backfill launched from the UI. ---------------------------------------------
             browser.goto("/asset-groups")
@@ -181,16 +214,26 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
             (backfill,) = wait_for("the backfill created", instance.get_backfills, timeout=30)
             targets = backfill.asset_backfill_data.target_subset.iterate_asset_partitions()
             assert {(t.asset_key.to_user_string(), t.partition_key) for t in targets} == {
-                (key, month) for key in BACKFILL for month in GREEN_CLEAN_ROWS}
+                (key, month) for key in BACKFILL for month in GREEN_CLEAN_ROWS
+            }
 
-            wait_for("the backfill to complete", lambda: instance.get_backfill(backfill.backfill_id).status
-                     not in (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING,
-                             BulkActionStatus.FAILING), timeout=150, ui=ui, interval=2)
+            wait_for(
+                "the backfill to complete",
+                lambda: (
+                    instance.get_backfill(backfill.backfill_id).status
+                    not in (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING)
+                ),
+                timeout=150,
+                ui=ui,
+                interval=2,
+            )
             status = instance.get_backfill(backfill.backfill_id).status
-            assert status == BulkActionStatus.COMPLETED_SUCCESS, f"backfill {status}:\n{failed_runs(instance)}"
+            assert status == BulkActionStatus.COMPLETED_SUCCESS, (
+                f"backfill {status}:\n{failed_runs(instance)}"
+            )
             for month, rows in GREEN_CLEAN_ROWS.items():
                 assert postgres_rows(pg_schema, month) == rows, month
-            phase(timings, 'backfill', started)
+            phase(timings, "backfill", started)
             browser.goto(f"/runs/b/{backfill.backfill_id}")
             page.get_by_text("2020-11...2020-12").wait_for()
             page.get_by_text("Succeeded", exact=True).first.wait_for()
@@ -200,14 +243,15 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
                 row.get_by_text("100% completed").wait_for()
                 assert re.search(r"\b2\s+0\s+2\s+0\b", row.inner_text()), row.inner_text()
             browser.screenshot(DOCS / "backfill.png")
-            phase(timings, 'backfill page', started)
+            phase(timings, "backfill page", started)
 
             # -- The sensors, each on or off as the definitions default it. ---------------------------
             assert sensors, "the definitions have no sensors"
             browser.goto("/automation")
             for sensor in sensors:
                 row = page.locator("[data-index]").filter(
-                    has=page.locator(f'a[href$="/sensors/{sensor.name}"]'))
+                    has=page.locator(f'a[href$="/sensors/{sensor.name}"]')
+                )
                 row.get_by_text(sensor.name, exact=True).wait_for()
                 toggle = row.locator("input[type=checkbox]").nth(1)  # the first selects the row
                 toggle.wait_for(state="attached")
@@ -215,18 +259,18 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
                 assert toggle.is_checked() == running, f"{sensor.name} shown {'off' if running else 'on'}"
             page.wait_for_timeout(500)
             browser.screenshot(DOCS / "sensors.png", full_page=True)
-            phase(timings, 'sensors', started)
+            phase(timings, "sensors", started)
 
             # -- Every run the UI and the daemon started has ended (the automation's loads too). -----
             wait_for("the runs to end", lambda: settled(instance), timeout=120, ui=ui, interval=2)
             assert not failed_runs(instance), failed_runs(instance)
-            phase(timings, 'settle', started)
+            phase(timings, "settle", started)
             lineage = 'key:"*green_trips*" or key:"*taxi_zones*" or group:marts'  # green's, readable
             browser.goto("/asset-groups~" + quote(lineage, safe=""))
             page.locator("[class*=AssetNode_assetName]").first.wait_for()
             page.wait_for_timeout(2000)
             browser.screenshot(DOCS / "lineage.png")
-            phase(timings, 'lineage screenshot', started)
+            phase(timings, "lineage screenshot", started)
 
             # -- The mart's chart, once the marts are in the definitions. -----------------------------
             if has_mart:
@@ -235,8 +279,11 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
                 redo = False
                 for key in (WAREHOUSE_GREEN, WAREHOUSE_ZONES, *graph.get(MART).parent_keys, MART):
                     month = "2020-11" if graph.get(key).partitions_def else None
-                    done = (month in instance.get_materialized_partitions(key) if month
-                            else instance.get_latest_materialization_event(key) is not None)
+                    done = (
+                        month in instance.get_materialized_partitions(key)
+                        if month
+                        else instance.get_latest_materialization_event(key) is not None
+                    )
                     if redo or not done:
                         assert materialize_with(instance, key.to_user_string(), partition=month).success
                         redo = True
@@ -246,18 +293,23 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
                 page.get_by_text("Show Markdown").click()  # the chart metadata, rendered in a dialog
                 chart = page.get_by_role("dialog").locator("img[src^='data:image/png;base64,']")
                 chart.wait_for()
-                wait_for("the chart drawn",
-                         lambda: chart.evaluate("i => i.complete && i.naturalWidth > 0"), timeout=15)
+                wait_for(
+                    "the chart drawn",
+                    lambda: chart.evaluate("i => i.complete && i.naturalWidth > 0"),
+                    timeout=15,
+                )
                 browser.screenshot(DOCS / "mart-chart.png")
-            phase(timings, 'mart', started)
+            phase(timings, "mart", started)
             errors, ignored, blocked = browser.errors, browser.ignored, browser.blocked
-        phase(timings, 'stop', started)
+        phase(timings, "stop", started)
         assert ui.exit_codes == {"webserver": 0, "daemon": 0}, ui.exit_codes  # shut down cleanly
 
     print(f"\nfirst-run community dialog shown and skipped: {first_run_dialog}")
     print(f"UI test: {time.monotonic() - started:.0f} s {timings}")
-    print(f"console errors ignored (requests to other hosts, blocked): {ignored}; "
-          f"requests blocked: {sorted(set(blocked))}")
+    print(
+        f"console errors ignored (requests to other hosts, blocked): {ignored}; "
+        f"requests blocked: {sorted(set(blocked))}"
+    )
     assert not errors, "\n".join(errors)
 
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -41,19 +41,33 @@ def write_instance(home: Path) -> None:
     and a workspace.yaml loading the code location from the project."""
     config = yaml.safe_load((PROJECT / "dagster.yaml").read_text())
     config["local_artifact_storage"] = {
-        "module": "dagster._core.storage.root", "class": "LocalArtifactStorage",
+        "module": "dagster._core.storage.root",
+        "class": "LocalArtifactStorage",
         "config": {"base_dir": str(home)},
     }
     config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
     config["compute_logs"] = {
-        "module": "dagster._core.storage.local_compute_log_manager", "class": "LocalComputeLogManager",
+        "module": "dagster._core.storage.local_compute_log_manager",
+        "class": "LocalComputeLogManager",
         "config": {"base_dir": str(home / "logs")},
     }
     config["telemetry"] = {"enabled": False}
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    (home / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"python_module": {
-        "module_name": "taxi_platform.definitions", "location_name": LOCATION,
-        "working_directory": str(PROJECT)}}]}))
+    (home / "workspace.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {
+                        "python_module": {
+                            "module_name": "taxi_platform.definitions",
+                            "location_name": LOCATION,
+                            "working_directory": str(PROJECT),
+                        }
+                    }
+                ]
+            }
+        )
+    )
 
 
 def free_port() -> int:
@@ -64,7 +78,8 @@ def free_port() -> int:
 
 def graphql(url: str, query: str, variables: dict | None = None, timeout: float = 30) -> dict:
     request = urllib.request.Request(
-        f"{url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        f"{url}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -92,9 +107,13 @@ class DagsterUI:
         self.exit_codes: dict[str, int] = {}
 
     def _start(self, name: str, *command) -> None:
-        log = open(self.home / f"{name}.log", "wb")
+        log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 (kept open by the process)
         self.processes[name] = subprocess.Popen(
-            [str(c) for c in command], env=self.env, cwd=self.home, stdout=log, stderr=subprocess.STDOUT,
+            [str(c) for c in command],
+            env=self.env,
+            cwd=self.home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -134,15 +153,20 @@ class DagsterUI:
             except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError) as error:
                 last = repr(error)
             time.sleep(0.5)
-        pytest.fail(f"the webserver at {self.url} did not load {LOCATION} in {timeout:.0f} s: {last}\n"
-                    f"{self.log('webserver')}")
+        pytest.fail(
+            f"the webserver at {self.url} did not load {LOCATION} in {timeout:.0f} s: {last}\n"
+            f"{self.log('webserver')}"
+        )
 
     def stop(self, *names: str, timeout: float = 30) -> dict[str, int]:
         """Stop the named processes (default: both): SIGINT to the daemon, SIGTERM to the webserver, wait,
         then SIGKILL their process group on timeout, and whatever of the group outlives them (code servers,
         run workers); returns their exit codes."""
-        processes = {name: self.processes.pop(name) for name in (names or list(self.processes))
-                     if name in self.processes}
+        processes = {
+            name: self.processes.pop(name)
+            for name in (names or list(self.processes))
+            if name in self.processes
+        }
         for name, process in processes.items():
             if process.poll() is None:
                 process.send_signal(signal.SIGINT if name == "daemon" else signal.SIGTERM)
@@ -172,18 +196,19 @@ def group_alive(pgid: int) -> bool:
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 # Console messages that only say the machine has no internet: the UI asks for nothing outside the
 # webserver, except what the checks below abort (requests to any other host).
 def _environmental(message: str, location: str, base: str) -> bool:
     url = location or ""
-    return bool(url) and not url.startswith(base) and (
-        "Failed to load resource" in message or "net::ERR" in message)
+    return (
+        bool(url)
+        and not url.startswith(base)
+        and ("Failed to load resource" in message or "net::ERR" in message)
+    )
 
 
 class Browser:
@@ -199,8 +224,9 @@ class Browser:
         page.on("console", self._console)
         self.first_run_skipped = False
         page.add_locator_handler(self.first_run_dialog(), self._skip)  # whenever it would block an action
-        page.route(lambda url: not url.startswith(base) and urlparse(url).scheme in ("http", "https"),
-                   self._block)
+        page.route(
+            lambda url: not url.startswith(base) and urlparse(url).scheme in ("http", "https"), self._block
+        )
 
     def _block(self, route):
         self.blocked.append(route.request.url)
@@ -248,15 +274,20 @@ def chromium(base: str, viewport=(1440, 900), failure_screenshot: Path | None = 
     """Debian's Chromium, headless, on a fresh profile; yields a `Browser` on `base`. If the block fails,
     the page as it was is saved to `failure_screenshot`."""
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: the browser tests use Debian's Chromium "
-                    f"(`apt-get install -y chromium`; .ci/run installs it)")
+        pytest.fail(
+            f"{CHROMIUM} not found: the browser tests use Debian's Chromium "
+            f"(`apt-get install -y chromium`; .ci/run installs it)"
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail("playwright is not installed: pip install -e '.[test]'")
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile, sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
             viewport={"width": viewport[0], "height": viewport[1]},
         )
         try:

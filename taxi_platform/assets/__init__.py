@@ -6,8 +6,8 @@ from contextlib import contextmanager
 import dagster as dg
 import pyarrow as pa
 
-from taxi_platform.sources.reading import UnreadableFile
 from taxi_platform.sources.public import SourceError, SourceUnavailable
+from taxi_platform.sources.reading import UnreadableFile
 
 
 def by_month(context: dg.AssetExecutionContext, value) -> dict:

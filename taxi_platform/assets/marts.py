@@ -56,8 +56,9 @@ def daily_zone_trips(context: dg.AssetExecutionContext, warehouse_sql: Warehouse
         selects = [_daily_zone_sql(warehouse, spec, start, end) for spec in loaded]
         months[month] = warehouse.execute("\nUNION ALL\n".join(selects)) if selects else _empty()
         trips = months[month]["trips"].to_pylist()
-        context.add_asset_metadata({"dagster/row_count": months[month].num_rows, "trips": sum(trips)},
-                                   partition_key=month)
+        context.add_asset_metadata(
+            {"dagster/row_count": months[month].num_rows, "trips": sum(trips)}, partition_key=month
+        )
     return months
 
 
@@ -78,11 +79,19 @@ def _daily_zone_sql(warehouse: WarehouseSQL, spec: DatasetSpec, start: str, end:
 
 
 def _empty() -> pa.Table:
-    return pa.schema([
-        ("pickup_date", pa.date32()), ("dataset", pa.string()), ("pu_location_id", pa.int64()),
-        ("borough", pa.string()), ("zone", pa.string()), ("trips", pa.int64()),
-        ("revenue", pa.float64()), ("avg_distance", pa.float64()), ("avg_duration_minutes", pa.float64()),
-    ]).empty_table()
+    return pa.schema(
+        [
+            ("pickup_date", pa.date32()),
+            ("dataset", pa.string()),
+            ("pu_location_id", pa.int64()),
+            ("borough", pa.string()),
+            ("zone", pa.string()),
+            ("trips", pa.int64()),
+            ("revenue", pa.float64()),
+            ("avg_distance", pa.float64()),
+            ("avg_duration_minutes", pa.float64()),
+        ]
+    ).empty_table()
 
 
 @dg.asset(
@@ -96,10 +105,11 @@ def _empty() -> pa.Table:
 def monthly_summary(context: dg.AssetExecutionContext, daily) -> dict:
     months = {}
     for month, table in by_month(context, daily).items():
-        summary = table.group_by(["pickup_date", "dataset"]).aggregate(
-            [("trips", "sum"), ("revenue", "sum")]
-        ).rename_columns(["pickup_date", "dataset", "trips", "revenue"]).sort_by(
-            [("pickup_date", "ascending"), ("dataset", "ascending")]
+        summary = (
+            table.group_by(["pickup_date", "dataset"])
+            .aggregate([("trips", "sum"), ("revenue", "sum")])
+            .rename_columns(["pickup_date", "dataset", "trips", "revenue"])
+            .sort_by([("pickup_date", "ascending"), ("dataset", "ascending")])
         )
         months[month] = summary
         context.add_asset_metadata(

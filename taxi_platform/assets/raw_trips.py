@@ -7,10 +7,10 @@ import dagster as dg
 
 from taxi_platform.assets import permanent_errors_not_retried, streamed
 from taxi_platform.datasets import DatasetSpec
-from taxi_platform.sources.landing import LANDED_FILE_TAG
 from taxi_platform.metadata import column_schema
-from taxi_platform.sources.reading import read_trips
+from taxi_platform.sources.landing import LANDED_FILE_TAG
 from taxi_platform.sources.public import TaxiSource
+from taxi_platform.sources.reading import read_trips
 
 DOWNLOAD_RETRY = dg.RetryPolicy(
     max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS

@@ -9,8 +9,8 @@ import pyarrow as pa
 from taxi_platform.assets import permanent_errors_not_retried
 from taxi_platform.assets.raw_trips import DOWNLOAD_RETRY
 from taxi_platform.metadata import column_schema
-from taxi_platform.sources.reading import read_zones
 from taxi_platform.sources.public import TaxiSource
+from taxi_platform.sources.reading import read_zones
 
 
 @dg.asset(

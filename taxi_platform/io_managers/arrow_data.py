@@ -1,6 +1,7 @@
 """The data the IO managers take and give: a pyarrow Table, a lazy pyarrow Dataset, a stream
 (RecordBatchReader), or a dict of partition key -> one of them; read in batches of a bounded size."""
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -11,15 +12,12 @@ import pyarrow.dataset as ds
 BATCH_ROWS = 131_072
 
 
-
 def use_jemalloc() -> None:
     """Make jemalloc pyarrow's memory pool: it hands the memory of freed batches back to the system,
     where pyarrow's default (mimalloc) kept it and a run's RSS climbed step by step
     (benchmarks/README.md). A pyarrow built without jemalloc keeps its default."""
-    try:
+    with contextlib.suppress(NotImplementedError):
         pa.set_memory_pool(pa.jemalloc_memory_pool())
-    except NotImplementedError:
-        pass
 
 
 def stream(data: pa.Table | ds.Dataset | dict | pa.RecordBatchReader) -> pa.RecordBatchReader:

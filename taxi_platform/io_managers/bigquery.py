@@ -64,8 +64,10 @@ class BigQueryWarehouse(WarehouseIOManager):
         from google.cloud import bigquery
 
         sql = self.sql
-        schema = [bigquery.SchemaField(f.name, _bq_type(f.type), description=descriptions.get(f.name))
-                  for f in data.schema]
+        schema = [
+            bigquery.SchemaField(f.name, _bq_type(f.type), description=descriptions.get(f.name))
+            for f in data.schema
+        ]
         with sql.bigquery.get_client() as client:
             dataset = bigquery.Dataset(f"{sql.bigquery.project}.{sql.dataset}")
             dataset.location = sql.bigquery.location
@@ -77,8 +79,10 @@ class BigQueryWarehouse(WarehouseIOManager):
                 columns = ", ".join(f"`{f.name}`" for f in data.schema)
                 bounds = ""
                 if window:
-                    bounds = (f" AND T.`{window.column}` >= DATE '{window.start}'"
-                              f" AND T.`{window.column}` < DATE '{window.end}'")
+                    bounds = (
+                        f" AND T.`{window.column}` >= DATE '{window.start}'"
+                        f" AND T.`{window.column}` < DATE '{window.end}'"
+                    )
                 client.query(
                     f"MERGE `{target}` T USING `{staging_id}` S ON FALSE"
                     f" WHEN NOT MATCHED BY SOURCE{bounds} THEN DELETE"
@@ -88,10 +92,15 @@ class BigQueryWarehouse(WarehouseIOManager):
                 client.delete_table(staging_id, not_found_ok=True)
             stored = client.get_table(target)
         project = sql.bigquery.project
-        url = (f"https://console.cloud.google.com/bigquery?project={project}"
-               f"&ws=!1m5!1m4!4m3!1s{project}!2s{sql.dataset}!3s{name}")
-        return {"console_url": dg.MetadataValue.url(url), "table_bytes": stored.num_bytes or 0,
-                "table_rows": stored.num_rows or 0}
+        url = (
+            f"https://console.cloud.google.com/bigquery?project={project}"
+            f"&ws=!1m5!1m4!4m3!1s{project}!2s{sql.dataset}!3s{name}"
+        )
+        return {
+            "console_url": dg.MetadataValue.url(url),
+            "table_bytes": stored.num_bytes or 0,
+            "table_rows": stored.num_rows or 0,
+        }
 
     def _create_lake_table(self, name, prefix, partition_column) -> None:
         from google.api_core.exceptions import Conflict
@@ -117,8 +126,9 @@ class BigQueryWarehouse(WarehouseIOManager):
             table.clustering_fields = cluster_by or None
             client.create_table(table)
             return table_id
-        _check_drift(table_id, {f.name: f.field_type for f in existing.schema},
-                     {f.name: f.field_type for f in schema})
+        _check_drift(
+            table_id, {f.name: f.field_type for f in existing.schema}, {f.name: f.field_type for f in schema}
+        )
         new = [f for f in schema if f.name not in {e.name for e in existing.schema}]
         if new:
             existing.schema = [*existing.schema, *new]
@@ -129,7 +139,8 @@ class BigQueryWarehouse(WarehouseIOManager):
         from google.cloud import bigquery
 
         config = bigquery.LoadJobConfig(
-            source_format=bigquery.SourceFormat.PARQUET, schema=schema,
+            source_format=bigquery.SourceFormat.PARQUET,
+            schema=schema,
             write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
         )
         with tempfile.TemporaryFile() as file:  # the parquet to load, written batch by batch, on disk
@@ -145,8 +156,10 @@ class BigQueryWarehouse(WarehouseIOManager):
         query, params = f"SELECT * FROM {self.sql.ref(name)}", []
         if window:
             query += f" WHERE `{window.column}` >= @start AND `{window.column}` < @end"
-            params = [bigquery.ScalarQueryParameter("start", "DATE", window.start),
-                      bigquery.ScalarQueryParameter("end", "DATE", window.end)]
+            params = [
+                bigquery.ScalarQueryParameter("start", "DATE", window.start),
+                bigquery.ScalarQueryParameter("end", "DATE", window.end),
+            ]
         with self.sql.bigquery.get_client() as client:
             job = client.query(query, job_config=bigquery.QueryJobConfig(query_parameters=params))
             return job.result().to_arrow(create_bqstorage_client=False)
@@ -170,8 +183,10 @@ def lake_table_definition(table_id: str, prefix: str, partition_column: str | No
 
 def _bq_type(arrow_type: pa.DataType) -> str:
     for matches, name in [
-        (pa.types.is_integer, "INT64"), (pa.types.is_floating, "FLOAT64"),
-        (pa.types.is_boolean, "BOOL"), (pa.types.is_date32, "DATE"),
+        (pa.types.is_integer, "INT64"),
+        (pa.types.is_floating, "FLOAT64"),
+        (pa.types.is_boolean, "BOOL"),
+        (pa.types.is_date32, "DATE"),
         (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "STRING"),
         (lambda t: pa.types.is_timestamp(t) and t.tz is None, "DATETIME"),
         (pa.types.is_timestamp, "TIMESTAMP"),

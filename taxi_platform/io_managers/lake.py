@@ -61,8 +61,11 @@ class LakeIOManager(dg.ConfigurableIOManager):
         partitioned = context.has_asset_partitions
         parts = _by_partition(context, obj) if partitioned else {None: obj}
         column = context.definition_metadata.get(PARTITION_COLUMN) if partitioned else None
-        windows = {key: context.asset_partitions_def.time_window_for_partition_key(key)
-                   for key in parts} if column else {}
+        windows = (
+            {key: context.asset_partitions_def.time_window_for_partition_key(key) for key in parts}
+            if column
+            else {}
+        )
         with _StagedFiles(fs) as staged:  # every partition of the run moves into place together
             for key, data in parts.items():
                 if column:
@@ -185,8 +188,9 @@ class _DayWriters:
             return
         batch = batch.take(pc.sort_indices(batch[self.column]))
         counts = pc.value_counts(batch[self.column]).to_pylist()  # ascending: the batch is sorted
-        outside = [c["values"] for c in counts
-                   if c["values"] is None or not self.start <= c["values"] < self.end]
+        outside = [
+            c["values"] for c in counts if c["values"] is None or not self.start <= c["values"] < self.end
+        ]
         if outside:
             raise ValueError(
                 f"{self.path}: partition {self.key} holds rows with {self.column} outside "
@@ -224,7 +228,10 @@ def _hive_dataset(fs, path: str, key: str, column: str, window) -> ds.Dataset:
     if not paths:
         raise FileNotFoundError(f"{path}: no files for partition {key}; is it materialized?")
     return ds.dataset(
-        paths, filesystem=fs, format="parquet", partition_base_dir=path,
+        paths,
+        filesystem=fs,
+        format="parquet",
+        partition_base_dir=path,
         partitioning=ds.partitioning(pa.schema([(column, pa.date32())]), flavor="hive"),
     )
 
@@ -244,7 +251,7 @@ def _partition_files(fs, path: str, column: str, start: date, end: date):
         name = posixpath.basename(directory)
         if posixpath.dirname(directory) != path or not name.startswith(prefix):
             continue
-        if start <= date.fromisoformat(name[len(prefix):]) < end:
+        if start <= date.fromisoformat(name[len(prefix) :]) < end:
             files.setdefault(directory, [])
             if is_file:
                 files[directory].append(info.path)

@@ -132,8 +132,14 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         # Defined from the catalog, not LIKE the parent: LIKE would lock the parent, and two writers
         # holding that lock could not then both drop their old partitions (a deadlock).
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(staging))
-        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(staging, sql.SQL(", ").join(
-            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in columns.items())))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} ({})").format(
+                staging,
+                sql.SQL(", ").join(
+                    sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in columns.items()
+                ),
+            )
+        )
         written = copy_rows(conn, staging, rows)
         if unique_key:
             _unique_index(conn, self.db_schema, f"{partition}_new", unique_key, f"{partition}_new_key")
@@ -141,11 +147,19 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         check = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({c} IS NOT NULL AND {c} >= {} AND {c} < {})")
         try:  # checked now, so that attaching needs no scan while the parent is locked
             with conn.transaction():
-                conn.execute(check.format(staging, sql.Identifier(f"{partition}_bounds"),
-                                          sql.Literal(start), sql.Literal(end), c=sql.Identifier(column)))
+                conn.execute(
+                    check.format(
+                        staging,
+                        sql.Identifier(f"{partition}_bounds"),
+                        sql.Literal(start),
+                        sql.Literal(end),
+                        c=sql.Identifier(column),
+                    )
+                )
         except psycopg.errors.CheckViolation as error:
-            raise ValueError(f"{self.db_schema}.{name}: partition {key} holds rows with {column} "
-                             f"outside [{start}, {end})") from error
+            raise ValueError(
+                f"{self.db_schema}.{name}: partition {key} holds rows with {column} outside [{start}, {end})"
+            ) from error
         return written
 
     def _swap_in(self, conn, name: str, key: str, bounds, unique_key: str | None) -> None:
@@ -153,13 +167,22 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         partition = _partition_name(name, key)
         target = sql.Identifier(self.db_schema, partition)
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))
-        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-            sql.Identifier(self.db_schema, f"{partition}_new"), sql.Identifier(partition)))
+        conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                sql.Identifier(self.db_schema, f"{partition}_new"), sql.Identifier(partition)
+            )
+        )
         if unique_key:
-            conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                sql.Identifier(self.db_schema, f"{partition}_new_key"), sql.Identifier(f"{partition}_key")))
-        conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-            sql.Identifier(self.db_schema, name), target, *map(sql.Literal, bounds)))
+            conn.execute(
+                sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    sql.Identifier(self.db_schema, f"{partition}_new_key"), sql.Identifier(f"{partition}_key")
+                )
+            )
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(self.db_schema, name), target, *map(sql.Literal, bounds)
+            )
+        )
 
     def load_input(self, context: dg.InputContext):
         meta = context.upstream_output.definition_metadata
@@ -168,9 +191,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
             if not context.has_asset_partitions:
                 return read_query(conn, sql.SQL("SELECT * FROM {}").format(target), [])
             column = sql.Identifier(meta[PARTITION_COLUMN])
-            query = sql.SQL("SELECT * FROM {} WHERE {} >= %s AND {} < %s").format(
-                target, column, column
-            )
+            query = sql.SQL("SELECT * FROM {} WHERE {} >= %s AND {} < %s").format(target, column, column)
             partitions_def = context.asset_partitions_def
             tables = {}
             for key in context.asset_partition_keys:
@@ -188,11 +209,13 @@ class PostgresIOManager(dg.ConfigurableIOManager):
             yield conn
 
     def _columns(self, conn, table_name: str) -> dict[str, str]:
-        return dict(conn.execute(
-            "SELECT column_name, data_type FROM information_schema.columns"
-            " WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-            [self.db_schema, table_name],
-        ).fetchall())
+        return dict(
+            conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+                [self.db_schema, table_name],
+            ).fetchall()
+        )
 
     def _ensure_table(self, conn, table_name: str, schema: pa.Schema, partition_column: str | None) -> dict:
         """Create the table (partitioned by `partition_column` if given), or add the data's new
@@ -206,8 +229,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         wanted = {field.name: pg_type(field.type) for field in schema}
         if not existing:
             columns = sql.SQL(", ").join(
-                sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type))
-                for name, type in wanted.items()
+                sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type)) for name, type in wanted.items()
             )
             partitioning = sql.SQL("")
             if partition_column:
@@ -216,10 +238,14 @@ class PostgresIOManager(dg.ConfigurableIOManager):
             return wanted
         kind = conn.execute(
             "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relname = %s", [db_schema, table_name]).fetchone()[0]
+            " WHERE n.nspname = %s AND c.relname = %s",
+            [db_schema, table_name],
+        ).fetchone()[0]
         if partition_column and kind != "p":
-            raise ValueError(f"{db_schema}.{table_name} exists but is not partitioned by "
-                             f"{partition_column}; rename or drop it, and the months will be loaded anew")
+            raise ValueError(
+                f"{db_schema}.{table_name} exists but is not partitioned by "
+                f"{partition_column}; rename or drop it, and the months will be loaded anew"
+            )
         changed = {n: (existing[n], t) for n, t in wanted.items() if n in existing and existing[n] != t}
         new = [n for n in wanted if n not in existing]
         if changed or (new and self.on_new_column != "add"):
@@ -290,8 +316,11 @@ def _lock(conn, name: str) -> None:
 
 
 def _unique_index(conn, db_schema: str, table: str, column: str, index: str) -> None:
-    conn.execute(sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
-        sql.Identifier(index), sql.Identifier(db_schema, table), sql.Identifier(column)))
+    conn.execute(
+        sql.SQL("CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} ({})").format(
+            sql.Identifier(index), sql.Identifier(db_schema, table), sql.Identifier(column)
+        )
+    )
 
 
 def _partition_name(table: str, key: str) -> str:

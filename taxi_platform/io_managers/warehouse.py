@@ -147,8 +147,9 @@ class DuckDBSQL(WarehouseSQL):
 
     def tables(self) -> set[str]:
         with self.connect() as con:
-            rows = con.execute("SELECT table_name FROM information_schema.tables"
-                               " WHERE table_schema = ?", [self.dataset]).fetchall()
+            rows = con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [self.dataset]
+            ).fetchall()
         return {name for (name,) in rows}
 
     @contextmanager
@@ -190,16 +191,23 @@ class DuckDBWarehouse(WarehouseIOManager):
             con.begin()
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(dataset)}")
             con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM incoming LIMIT 0")
-            existing = dict(con.execute(
-                "SELECT column_name, data_type FROM information_schema.columns"
-                " WHERE table_schema = ? AND table_name = ?", [dataset, name]).fetchall())
+            existing = dict(
+                con.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns"
+                    " WHERE table_schema = ? AND table_name = ?",
+                    [dataset, name],
+                ).fetchall()
+            )
             wanted = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE incoming)").fetchall())
             _check_drift(self.sql.table_id(name), existing, wanted)
             for column in wanted.keys() - existing.keys():
                 con.execute(f"ALTER TABLE {target} ADD COLUMN {_quote(column)} {wanted[column]}")
             if window:
-                con.execute(f"DELETE FROM {target} WHERE {_quote(window.column)} >= ? AND "
-                            f"{_quote(window.column)} < ?", [window.start, window.end])
+                con.execute(
+                    f"DELETE FROM {target} WHERE {_quote(window.column)} >= ? AND "
+                    f"{_quote(window.column)} < ?",
+                    [window.start, window.end],
+                )
             else:
                 con.execute(f"DELETE FROM {target}")
             con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM incoming{order}")
@@ -215,8 +223,9 @@ class DuckDBWarehouse(WarehouseIOManager):
             if window is None:
                 return con.execute(f"SELECT * FROM {target}").fetch_arrow_table()
             column = _quote(window.column)
-            return con.execute(f"SELECT * FROM {target} WHERE {column} >= ? AND {column} < ?",
-                               [window.start, window.end]).fetch_arrow_table()
+            return con.execute(
+                f"SELECT * FROM {target} WHERE {column} >= ? AND {column} < ?", [window.start, window.end]
+            ).fetch_arrow_table()
 
     def _create_lake_table(self, name, prefix, partition_column) -> None:
         files = f"{Path(prefix).resolve().as_posix()}/*/*.parquet"

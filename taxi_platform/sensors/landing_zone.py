@@ -16,12 +16,16 @@ from collections.abc import Mapping
 import dagster as dg
 
 from taxi_platform.io_managers.lake import LakeIOManager
-from taxi_platform.sources.landing import LANDED_FILE_TAG, BadLandedName, list_landed, move_to_processed, parse
+from taxi_platform.sources.landing import (
+    LANDED_FILE_TAG,
+    BadLandedName,
+    list_landed,
+    move_to_processed,
+    parse,
+)
 
 
-def build_landing_sensor(
-    jobs: Mapping, minimum_interval_seconds: int
-) -> dg.SensorDefinition:
+def build_landing_sensor(jobs: Mapping, minimum_interval_seconds: int) -> dg.SensorDefinition:
     @dg.sensor(
         name="landing_sensor",
         jobs=list(jobs.values()),
@@ -57,16 +61,12 @@ def build_landing_sensor(
             return dg.SensorResult(run_requests=run_requests, cursor=cursor)
         reasons = [f"already requested, running or failed (see their runs): {waiting}"] if waiting else []
         reasons += [f"cannot take: {'; '.join(bad)}"] if bad else []
-        return dg.SensorResult(
-            skip_reason="landing/: " + (" | ".join(reasons) or "no files"), cursor=cursor
-        )
+        return dg.SensorResult(skip_reason="landing/: " + (" | ".join(reasons) or "no files"), cursor=cursor)
 
     return landing_sensor
 
 
-def build_landed_file_mover(
-    jobs: Mapping, minimum_interval_seconds: int
-) -> dg.SensorDefinition:
+def build_landed_file_mover(jobs: Mapping, minimum_interval_seconds: int) -> dg.SensorDefinition:
     @dg.run_status_sensor(
         name="landed_file_mover",
         run_status=dg.DagsterRunStatus.SUCCESS,

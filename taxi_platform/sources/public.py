@@ -14,8 +14,8 @@ import dagster as dg
 import requests
 from pydantic import Field
 
-from taxi_platform.sources import landing
 from taxi_platform.datasets import DatasetSpec
+from taxi_platform.sources import landing
 
 RELEASES_URL = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
 TLC_URL = "https://d37ci6vzurychx.cloudfront.net"
@@ -172,9 +172,7 @@ class TaxiSource(dg.ConfigurableResource):
                 return self._download_once(url, dest, label, form)
             except _Retryable as error:
                 if attempt == self.attempts:
-                    raise SourceError(
-                        f"{label}: {url} failed after {attempt} tries: {error}"
-                    ) from error
+                    raise SourceError(f"{label}: {url} failed after {attempt} tries: {error}") from error
                 time.sleep(self.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
         raise AssertionError("unreachable")
 
@@ -185,9 +183,7 @@ class TaxiSource(dg.ConfigurableResource):
             raise _Retryable(error) from error
         with response:
             if response.status_code in (403, 404):
-                raise MonthNotPublished(
-                    f"{label} is not published: {url} answered {response.status_code}"
-                )
+                raise MonthNotPublished(f"{label} is not published: {url} answered {response.status_code}")
             if response.status_code >= 500 or response.status_code == 429:
                 raise _Retryable(f"HTTP {response.status_code}")
             if response.status_code != 200:

@@ -78,9 +78,7 @@ def _match_columns(columns: list[str], spec: DatasetSpec, form: str, origin: str
     folded = [name.lower() for name in columns]
     extra = [name for name in columns if name.lower() not in by_folded]
     repeated = sorted({name for name in columns if folded.count(name.lower()) > 1})
-    missing = [
-        c.source for key, c in by_folded.items() if key not in folded and not c.optional
-    ]
+    missing = [c.source for key, c in by_folded.items() if key not in folded and not c.optional]
     if extra or missing or repeated:
         problems = [
             f"{label} {names}"
@@ -100,9 +98,7 @@ def _match_columns(columns: list[str], spec: DatasetSpec, form: str, origin: str
 
 def _csv_batches(path: Path, declared: dict[str, pa.DataType]):
     # Integers are parsed as float64 and then cast safely, so "1.0" is read as 1 but "1.5" fails.
-    parse_types = {
-        name: pa.float64() if pa.types.is_integer(t) else t for name, t in declared.items()
-    }
+    parse_types = {name: pa.float64() if pa.types.is_integer(t) else t for name, t in declared.items()}
     with pacsv.open_csv(
         path,
         read_options=pacsv.ReadOptions(block_size=BATCH_BYTES),
