@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from psycopg import sql
 
 from benchmarks.end_to_end import DEFAULT_URL, RESULT_MARK, _execute, run_child
-from benchmarks.synthetic import DEFAULT_SEED, cached_source_months, months_from
+from taxi_platform_tests.synthetic import DEFAULT_SEED, cached_source_months, months_from
 from taxi_platform.datasets import DATASETS
 
 GOAL_SPEEDUP = 1.6

@@ -40,7 +40,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from benchmarks.synthetic import DEFAULT_SEED, cached_source_month
+from taxi_platform_tests.synthetic import DEFAULT_SEED, cached_source_month
 from taxi_platform.datasets import DATASETS, DatasetSpec
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

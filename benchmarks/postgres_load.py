@@ -39,7 +39,7 @@ import pyarrow.csv as pacsv
 import sqlalchemy
 from psycopg import sql
 
-from benchmarks.synthetic import synthetic_yellow
+from taxi_platform_tests.synthetic import synthetic_yellow
 from taxi_platform.datasets import DATASETS
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.postgres import UNIQUE_KEY, PostgresIOManager

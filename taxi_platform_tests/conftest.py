@@ -1,40 +1,57 @@
-import csv
 import os
 from pathlib import Path
 
 import pytest
 
+from taxi_platform.datasets import DATASETS
 from taxi_platform_tests.bigquery import bigquery_emulator  # noqa: F401 (emulator fixtures)
 from taxi_platform_tests.gcs import gcs, gcs_emulator  # noqa: F401
+from taxi_platform_tests.real_data import RealDataMissing, real_data_folder
 from taxi_platform_tests.source_server import SourceServer
+from taxi_platform_tests.synthetic import FREQUENT, write_source_month
 
-TEAM_SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nyc-tlc"
+GREEN = DATASETS["green"]
+# The synthetic source: green's course releases (CSV.gz) for 2020-04..2020-12, the TLC's parquet for
+# 2023-12 and 2024-01, and the zones; small months, every quirk of the real files present.
+RELEASE_MONTHS = [f"2020-{m:02d}" for m in range(4, 13)]
+PARQUET_MONTHS = ["2023-12", "2024-01"]
+
+
+def month_rows(month: str) -> int:
+    """Rows of a synthetic month: a few thousand, different each month."""
+    year, number = map(int, month.split("-"))
+    return 2_000 + 97 * ((year * 12 + number) % 17)
 
 
 @pytest.fixture(scope="session")
-def sample_data() -> Path:
-    """The real TLC files: TAXI_SAMPLE_DATA, else the team's ../shared copy beside the project."""
-    folder = Path(os.environ.get("TAXI_SAMPLE_DATA") or TEAM_SAMPLE_DATA)
-    if not (folder / "MANIFEST.tsv").is_file():
-        pytest.skip(f"no real TLC sample files at {folder}: set TAXI_SAMPLE_DATA")
-    return folder
+def published(tmp_path_factory) -> Path:
+    """A folder laid out like the public sources, holding synthetic months (see RELEASE_MONTHS)."""
+    root = tmp_path_factory.mktemp("synthetic_source")
+    for month in RELEASE_MONTHS:
+        write_source_month(root, GREEN, month, month_rows(month), forms=("csv",), quirks=FREQUENT)
+    for month in PARQUET_MONTHS:
+        write_source_month(root, GREEN, month, month_rows(month), forms=("parquet",), quirks=FREQUENT)
+    return root
 
 
 @pytest.fixture(scope="session")
-def manifest(sample_data) -> dict[str, dict]:
-    with open(sample_data / "MANIFEST.tsv") as f:
-        return {row["path"]: row for row in csv.DictReader(f, delimiter="\t")}
+def real_data() -> Path:
+    """The real TLC files of the realdata tier, verified by sha256 (taxi_platform_tests/real_data.py)."""
+    try:
+        return real_data_folder()
+    except RealDataMissing as error:
+        pytest.skip(f"realdata: {error}")
 
 
 @pytest.fixture(scope="session")
 def overlay(tmp_path_factory) -> Path:
-    """Files a test publishes on top of the real ones."""
+    """Files a test publishes on top of the synthetic ones."""
     return tmp_path_factory.mktemp("published")
 
 
 @pytest.fixture(scope="session")
-def source_server(sample_data, overlay):
-    with SourceServer(overlay, sample_data) as server:
+def source_server(published, overlay):
+    with SourceServer(overlay, published) as server:
         yield server
 
 

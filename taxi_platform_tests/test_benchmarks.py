@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import backfill, end_to_end, postgres_load, synthetic  # noqa: E402
+from benchmarks import backfill, end_to_end, postgres_load  # noqa: E402
+from taxi_platform_tests import synthetic  # noqa: E402
 from taxi_platform.cleaning import clean_month  # noqa: E402
 from taxi_platform.datasets import DATASETS  # noqa: E402
 from taxi_platform.sources.reading import read_trips  # noqa: E402

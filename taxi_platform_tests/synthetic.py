@@ -1,6 +1,6 @@
 """Synthetic TLC months for the benchmarks: the real schemas and quirks, reproducible from a seed.
 
-    python -m benchmarks.synthetic --dataset yellow --month 2021-01 --rows 1400000 --out /tmp/src
+    python -m taxi_platform_tests.synthetic --dataset yellow --month 2021-01 --rows 1400000 --out /tmp/src
 
 Two kinds of data:
 - `source_table(spec, month, rows, seed, form)`: a month as the TLC publishes it, with the original
@@ -30,6 +30,7 @@ import gzip
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +42,25 @@ import pyarrow.parquet as pq
 from taxi_platform.datasets import DATASETS, DatasetSpec
 
 DEFAULT_SEED = 2021
-OUT_OF_MONTH = 0.0002  # share of pickups outside the month (real yellow 2021-01: ~0.01-0.03%)
-DUPLICATES = 0.00005  # share of rows that are exact copies of the row before
+
+
+@dataclass(frozen=True)
+class Quirks:
+    """How often the real files' oddities occur (shares of rows)."""
+
+    out_of_month: float = 0.0002  # pickups outside the month (real yellow 2021-01: ~0.01-0.03%)
+    duplicates: float = 0.00005  # exact copies of the row before
+
+
+REAL = Quirks()
+# Small test months see every reject reason: more strays and copies than the real files have.
+FREQUENT = Quirks(out_of_month=0.004, duplicates=0.003)
 NO_METER = 0.072  # yellow/green rows with vendor, passenger_count, ratecode, flag, payment blank
+BOROUGHS = ("Manhattan", "Brooklyn", "Queens", "Bronx", "Staten Island", "EWR")
+# 265 zones like the TLC's: boroughs by id, and the last rows' literal "NV", "NA" and "N/A" text.
 ZONES_CSV = (
     '"LocationID","Borough","Zone","service_zone"\n'
-    + "".join(f'{i},"Manhattan","Zone {i}","Yellow Zone"\n' for i in range(1, 264))
+    + "".join(f'{i},"{BOROUGHS[i % len(BOROUGHS)]}","Zone {i}","Boro Zone"\n' for i in range(1, 264))
     + '264,"Unknown","NV","N/A"\n265,"Unknown","NA","N/A"\n'
 )
 # Real TLC parquet spellings where they differ from the spec's (matched case-insensitively).
@@ -68,10 +82,15 @@ def month_bounds(month: str) -> tuple[np.datetime64, np.datetime64]:
 
 
 def source_table(
-    spec: DatasetSpec, month: str, rows: int, seed: int = DEFAULT_SEED, form: str = "csv"
+    spec: DatasetSpec,
+    month: str,
+    rows: int,
+    seed: int = DEFAULT_SEED,
+    form: str = "csv",
+    quirks: Quirks = REAL,
 ) -> pa.Table:
     """A month of `spec` as its `form` (csv | parquet) declares it: source names, source types."""
-    values = _trip_values(spec, month, rows, seed, form)
+    values = _trip_values(spec, month, rows, seed, form, quirks)
     schema = spec.source_schema(form)
     fields, arrays = [], []
     by_source = {c.source: c for c in spec.columns}
@@ -87,7 +106,9 @@ def source_table(
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _trip_values(spec: DatasetSpec, month: str, rows: int, seed: int, form: str) -> dict[str, pa.Array]:
+def _trip_values(
+    spec: DatasetSpec, month: str, rows: int, seed: int, form: str, quirks: Quirks
+) -> dict[str, pa.Array]:
     """Every column of the spec, by snake_case name, in its clean type; quirks included."""
     rng = np.random.default_rng([seed, sum(map(ord, spec.name)), int(month.replace("-", ""))])
     start, end = month_bounds(month)
@@ -95,7 +116,7 @@ def _trip_values(spec: DatasetSpec, month: str, rows: int, seed: int, form: str)
 
     pickup_s = np.sort(rng.integers(0, seconds, rows))
     pickup = start + pickup_s
-    stray = np.flatnonzero(rng.random(rows) < OUT_OF_MONTH)
+    stray = np.flatnonzero(rng.random(rows) < quirks.out_of_month)
     stray_at = rng.choice(
         [
             start - np.int64(86_400 * 20),
@@ -199,7 +220,7 @@ def _trip_values(spec: DatasetSpec, month: str, rows: int, seed: int, form: str)
     }
     columns = {c.name: v[c.name] for c in spec.columns}
     # A few exact duplicates: row i+1 becomes a copy of row i.
-    copies = np.flatnonzero(rng.random(rows - 1) < DUPLICATES) + 1
+    copies = np.flatnonzero(rng.random(rows - 1) < quirks.duplicates) + 1
     if len(copies):
         order = np.arange(rows)
         order[copies] = copies - 1
@@ -209,7 +230,13 @@ def _trip_values(spec: DatasetSpec, month: str, rows: int, seed: int, form: str)
 
 
 def write_source_month(
-    root: Path, spec: DatasetSpec, month: str, rows: int, seed: int = DEFAULT_SEED, forms=("csv", "parquet")
+    root: Path,
+    spec: DatasetSpec,
+    month: str,
+    rows: int,
+    seed: int = DEFAULT_SEED,
+    forms=("csv", "parquet"),
+    quirks: Quirks = REAL,
 ) -> dict[str, Path]:
     """Write the month in each form under `root`, laid out like the sources; {form: path}."""
     root = Path(root)
@@ -224,7 +251,7 @@ def write_source_month(
         else:
             path = root / "trip-data" / spec.file_name(month, "parquet")
         path.parent.mkdir(parents=True, exist_ok=True)
-        table = source_table(spec, month, rows, seed, form)
+        table = source_table(spec, month, rows, seed, form, quirks)
         partial = path.with_name(path.name + ".partial")
         if form == "csv":
             _write_csv_gz(table, partial)
@@ -368,7 +395,7 @@ def synthetic_yellow(rows: int, seed: int = DEFAULT_SEED, month: str = "2021-01"
 
 def main(argv=None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.synthetic", description=__doc__.split("\n")[0]
+        prog="python -m taxi_platform_tests.synthetic", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--dataset", default="yellow", choices=sorted(DATASETS))
     parser.add_argument("--month", default="2021-01")
