@@ -1,0 +1,130 @@
+"""The sensors that tell the operator when something needs a person (all on by default).
+
+- `run_failure_alerts`: one alert per failed run, whatever launched it (UI, sensor, schedule, backfill);
+  step retries are not failures of the run.
+- `check_failure_alerts`: a failed blocking or ERROR check (freshness checks included: a stale dataset).
+- `tick_failure_alerts`: a sensor or schedule tick of this code location that errored.
+
+Alerts go through the `alerter` resource (taxi_platform.alerts), which never raises.
+"""
+
+import json
+
+import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
+from dagster._core.scheduler.instigation import TickStatus
+
+from taxi_platform import alerts
+from taxi_platform.alerts import Alerter
+
+BATCH = 200  # events or ticks read per tick of a sensor
+
+
+def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefinition]:
+    @dg.run_failure_sensor(
+        name="run_failure_alerts",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=minimum_interval_seconds,
+        description="Alerts once per failed run, with its month, assets, first error line and link.",
+    )
+    def run_failure_alerts(context: dg.RunFailureSensorContext, alerter: Alerter):
+        run = context.dagster_run
+        failures = context.get_step_failure_events()
+        error = failures[0].step_failure_data.error if failures else None
+        message = error.message if error else context.failure_event.message
+        planned = context.instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+        ).records
+        assets = sorted({r.asset_key.to_user_string() for r in planned if r.asset_key})
+        alert = alerts.run_failed(run, assets, message, alerter.run_link(run.run_id))
+        alerter.send(alert, context.log)
+
+    @dg.sensor(
+        name="check_failure_alerts",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=minimum_interval_seconds,
+        description="Alerts on every failed blocking or ERROR asset check, freshness included.",
+    )
+    def check_failure_alerts(context: dg.SensorEvaluationContext, alerter: Alerter):
+        after = int(context.cursor) if (context.cursor or "").isdigit() else None
+        if after is None:  # the first tick starts from now: history is not news
+            latest = _check_records(context.instance, None, limit=1, ascending=False)
+            context.update_cursor(str(latest[0].storage_id if latest else 0))
+            return dg.SkipReason("started watching asset check results")
+        sent = 0
+        for record in _check_records(context.instance, after, limit=BATCH, ascending=True):
+            after = record.storage_id
+            evaluation = record.event_log_entry.dagster_event.event_specific_data  # type: ignore[union-attr]
+            if not isinstance(evaluation, AssetCheckEvaluation) or evaluation.passed:
+                continue
+            if not (evaluation.blocking or evaluation.severity == dg.AssetCheckSeverity.ERROR):
+                continue
+            run_id = record.event_log_entry.run_id
+            run = context.instance.get_run_by_id(run_id) if run_id else None
+            partition = evaluation.partition or (run.tags.get("dagster/partition") if run else None)
+            alert = alerts.check_failed(
+                evaluation.asset_key,
+                evaluation.check_name,
+                partition,
+                "blocking" if evaluation.blocking else evaluation.severity.value,
+                {name: value.value for name, value in evaluation.metadata.items()},
+                alerter.run_link(run_id) if run_id else None,
+            )
+            alerter.send(alert, context.log)
+            sent += 1
+        context.update_cursor(str(after))
+        if not sent:
+            return dg.SkipReason("no failed blocking or ERROR check since the last tick")
+
+    @dg.sensor(
+        name="tick_failure_alerts",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=minimum_interval_seconds,
+        description="Alerts when a sensor or schedule tick of this code location errors.",
+    )
+    def tick_failure_alerts(context: dg.SensorEvaluationContext, alerter: Alerter):
+        seen: dict[str, float] = json.loads(context.cursor) if _is_json(context.cursor) else {}
+        names = {*context.repository_def.sensor_defs_by_name, *context.repository_def.schedule_defs_by_name}
+        sent = 0
+        for state in context.instance.all_instigator_state():
+            name = state.instigator_name
+            if name not in names or name == "tick_failure_alerts":
+                continue
+            since = seen.get(name)
+            ticks = context.instance.get_ticks(
+                state.instigator_origin_id,
+                state.selector_id,
+                after=since,
+                limit=BATCH,
+                statuses=[TickStatus.FAILURE],
+            )
+            if since is None:  # the first look at an instigator starts from now
+                seen[name] = max((t.timestamp for t in ticks), default=0.0)
+                continue
+            for tick in sorted(ticks, key=lambda t: t.timestamp):
+                kind = state.instigator_type.value.lower()
+                error = tick.error.message if tick.error else None
+                alerter.send(alerts.tick_failed(kind, name, error), context.log)
+                seen[name] = max(seen[name], tick.timestamp)
+                sent += 1
+        context.update_cursor(json.dumps(seen, sort_keys=True))
+        if not sent:
+            return dg.SkipReason("no failed sensor or schedule tick since the last look")
+
+    return [run_failure_alerts, check_failure_alerts, tick_failure_alerts]
+
+
+def _check_records(instance: dg.DagsterInstance, after: int | None, limit: int, ascending: bool):
+    records = instance.get_event_records(
+        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
+        limit=limit,
+        ascending=ascending,
+    )
+    return list(records)
+
+
+def _is_json(text: str | None) -> bool:
+    try:
+        return isinstance(json.loads(text or ""), dict)
+    except ValueError:
+        return False
