@@ -4,7 +4,7 @@
                                   [--modes serial,multiprocess,two_processes]
                                   [--url postgresql://postgres@127.0.0.1:5432/postgres] [--seed S]
 
-Synthetic months (benchmarks/synthetic.py, cached, CSV.gz releases) are served by a local HTTP server.
+Synthetic months (taxi_platform_tests/synthetic.py, cached, CSV.gz releases) are served by a local HTTP server.
 The backfill is the platform's: raw -> clean (+ rejected, + its blocking checks) -> postgres -> warehouse,
 in runs of `spec.months_per_run` months (green: 3, the assets' BackfillPolicy.multi_run), each run
 executed with `dagster.execute_job` on a Dagster instance of its own DAGSTER_HOME (sqlite storage,
@@ -38,9 +38,10 @@ from urllib.parse import urlsplit
 
 from psycopg import sql
 
-from benchmarks.end_to_end import DEFAULT_URL, RESULT_MARK, _execute, run_child
-from taxi_platform_tests.synthetic import DEFAULT_SEED, cached_source_months, months_from
+from benchmarks.common import default_url, execute, month_job, platform_env, report_result, run_child
 from taxi_platform.datasets import DATASETS
+from taxi_platform_tests.source_server import SourceServer
+from taxi_platform_tests.synthetic import DEFAULT_SEED, cached_source_months, months_from
 
 GOAL_SPEEDUP = 1.6
 WORKER_TIMEOUT = 1800  # seconds; a run stuck on a leaked pool slot would otherwise wait forever
@@ -70,51 +71,7 @@ telemetry:
 
 
 # --------------------------------------------------------------------------------------------------
-# The job (a module-level function, so the multiprocess executor can rebuild it in each step process)
-
-
-def backfill_job():
-    """The dataset's assets as one job, with the executor named by BENCH_EXECUTOR."""
-    import dagster as dg
-
-    from taxi_platform.definitions import defs
-
-    spec = DATASETS[os.environ["BENCH_DATASET"]]
-    definitions = defs()
-    keys = [
-        f"raw/{spec.table}",
-        f"clean/{spec.table}",
-        f"clean/{spec.table}_rejected",
-        f"postgres/{spec.table}",
-        f"warehouse/{spec.table}",
-    ]
-    selection = dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in keys))
-    if os.environ.get("BENCH_CHECKS", "1") == "0":
-        selection = selection.without_checks()
-    executor = (
-        dg.multiprocess_executor.configured(
-            {
-                "max_concurrent": 2,
-                "start_method": {
-                    "forkserver": {"preload_modules": ["taxi_platform.definitions", "benchmarks.backfill"]}
-                },
-            }
-        )
-        if os.environ.get("BENCH_EXECUTOR") == "multiprocess"
-        else dg.in_process_executor
-    )
-    job = dg.define_asset_job(
-        "benchmark_backfill",
-        selection=selection,
-        partitions_def=spec.partitions_def,
-        executor_def=executor,
-    )
-    return dg.Definitions(
-        assets=definitions.assets,
-        asset_checks=definitions.asset_checks,
-        jobs=[job],
-        resources=definitions.resources,
-    ).get_job_def("benchmark_backfill")
+# A worker process: its share of the runs, one after another (`benchmarks.common.month_job`)
 
 
 def _worker(argv) -> None:
@@ -123,7 +80,7 @@ def _worker(argv) -> None:
 
     runs = json.loads(argv[0])
     instance = dg.DagsterInstance.get()
-    job = dg.reconstructable(backfill_job)
+    job = dg.reconstructable(month_job)
     summary = []
     for first, last in runs:
         start = time.perf_counter()
@@ -139,7 +96,7 @@ def _worker(argv) -> None:
                     "concurrency_events": waited,
                 }
             )
-    print(RESULT_MARK + json.dumps({"runs": summary}), flush=True)
+    report_result({"runs": summary})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,7 +123,7 @@ def _parse(argv) -> argparse.Namespace:
         metavar="NAME=LIMIT",
         help="a pool limit other than the default 1, e.g. downloads=2 (repeatable)",
     )
-    parser.add_argument("--url", default=os.environ.get("TAXI_TEST_POSTGRES_URL") or DEFAULT_URL)
+    parser.add_argument("--url", default=default_url(), help="PostgreSQL (default: $TAXI_TEST_POSTGRES_URL)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -179,8 +136,6 @@ def main(argv=None) -> dict:
     if argv and argv[0] == "--worker":
         return _worker(argv[1:])
     args = _parse(argv)
-    from taxi_platform_tests.source_server import SourceServer
-
     spec, url = DATASETS[args.dataset], args.url
     months = months_from(args.first, args.months)
     forms = ("csv",) if spec.releases and all(m in spec.releases for m in months) else ("csv", "parquet")
@@ -201,20 +156,14 @@ def main(argv=None) -> dict:
                 storage_url = _storage_database(url, schema) if args.storage == "postgres" else ""
                 storage = STORAGE_YAML[args.storage].format(home=home, storage_url=storage_url)
                 (home / "dagster.yaml").write_text(INSTANCE_YAML.format(home=home, storage=storage))
-                env = {k: v for k, v in os.environ.items() if not k.startswith(("TAXI_", "DAGSTER_"))}
-                env.update(
-                    PYTHONPATH=os.pathsep.join(
-                        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
-                    ).rstrip(os.pathsep),
+                env = platform_env(
+                    server.url,
+                    work / "data",
+                    url,
+                    schema,
                     DAGSTER_HOME=str(home),
                     BENCH_DATASET=spec.name,
                     BENCH_EXECUTOR=MODES[mode][1],
-                    TAXI_RELEASES_URL=f"{server.url}/releases",
-                    TAXI_TLC_URL=server.url,
-                    TAXI_DATA_DIR=str(work / "data"),
-                    TAXI_POSTGRES_URL=url,
-                    TAXI_POSTGRES_SCHEMA=schema,
-                    TAXI_PROFILE="local",
                 )
                 processes = MODES[mode][0]
                 shares = [runs[i::processes] for i in range(processes)]
@@ -236,8 +185,8 @@ def main(argv=None) -> dict:
                 }
     finally:
         for schema in schemas.values():
-            _execute(url, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-            _execute(url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(schema)))
+            execute(url, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            execute(url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(schema)))
         shutil.rmtree(folder, ignore_errors=True)
 
     figures = {
@@ -263,7 +212,7 @@ def main(argv=None) -> dict:
 
 def _storage_database(url: str, name: str) -> str:
     """A new database on the server for the instance's storage (dropped at the end); its URL."""
-    _execute(url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    execute(url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     # psycopg2, as docker/dagster.yaml: on psycopg 3 (SQLAlchemy's default) dagster-postgres' NOTIFY fails.
     return urlsplit(url)._replace(scheme="postgresql+psycopg2", path=f"/{name}").geturl()
 
@@ -305,11 +254,11 @@ def _verify(url: str, schema: str, spec, duckdb_path: Path, months: list[str]) -
 
     table = sql.Identifier(schema, spec.table)
     pg = dict(
-        _execute(
+        execute(
             url, sql.SQL("SELECT to_char(pickup_date, 'YYYY-MM'), count(*) FROM {} GROUP BY 1").format(table)
         )
     )
-    distinct = _execute(url, sql.SQL("SELECT count(DISTINCT trip_key), count(*) FROM {}").format(table))[0]
+    distinct = execute(url, sql.SQL("SELECT count(DISTINCT trip_key), count(*) FROM {}").format(table))[0]
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
         wh = dict(
             con.execute(
@@ -318,7 +267,7 @@ def _verify(url: str, schema: str, spec, duckdb_path: Path, months: list[str]) -
         )
     if sorted(pg) != months or pg != wh or distinct[0] != distinct[1]:
         raise RuntimeError(f"{schema}: Postgres months {pg}, DuckDB {wh}, distinct/all keys {distinct}")
-    return {"postgres_rows": distinct[1]}
+    return {"postgres_rows": distinct[1], "month_rows": {month: pg[month] for month in months}}
 
 
 def _report(f: dict) -> None:

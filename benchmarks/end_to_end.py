@@ -4,7 +4,7 @@
                                     [--ways platform,course] [--no-checks] [--profile FILE.svg]
                                     [--url postgresql://postgres@127.0.0.1:5432/postgres] [--seed S]
 
-A synthetic month (benchmarks/synthetic.py, cached) is served by a local HTTP server laid out like the
+A synthetic month (taxi_platform_tests/synthetic.py, cached) is served by a local HTTP server laid out like the
 sources (taxi_platform_tests/source_server.py). Each way then runs in its own subprocess, so its wall
 time (process start and imports included) and its peak RSS (`os.wait4` rusage of that child) are its own:
 
@@ -30,25 +30,33 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import psycopg
 from psycopg import sql
 
-from taxi_platform_tests.synthetic import DEFAULT_SEED, cached_source_month
+from benchmarks.common import (
+    child_env,
+    default_url,
+    execute,
+    month_job,
+    month_selection,
+    platform_env,
+    report_result,
+    run_child,
+    small_run_note,
+)
 from taxi_platform.datasets import DATASETS, DatasetSpec
+from taxi_platform_tests.source_server import SourceServer
+from taxi_platform_tests.synthetic import DEFAULT_SEED, cached_source_month
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 GOAL_SPEEDUP = 15.0
 GOAL_RSS_SMALL = 1 << 30  # 1 GB for the 1.4M-row month
 GOAL_RSS_LARGE = 3 << 30  # 3 GB for the 7.5M-row month
 SMALL_MONTH_ROWS = 2_000_000  # up to this size the 1 GB goal applies, above it the 3 GB one
-RESULT_MARK = "BENCH_RESULT "
 
 
 # --------------------------------------------------------------------------------------------------
@@ -65,35 +73,21 @@ def platform_way(spec: DatasetSpec, month: str, checks: bool, runner: str = "mat
 
     sampler = RssSampler()
     start = time.perf_counter()
-    definitions = defs()
-    keys = [
-        f"raw/{spec.table}",
-        f"clean/{spec.table}",
-        f"clean/{spec.table}_rejected",
-        f"postgres/{spec.table}",
-        f"warehouse/{spec.table}",
-    ]
-    selection = dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in keys))
-    if not checks:
-        selection = selection.without_checks()
-    instance = dg.DagsterInstance.ephemeral()
     if runner == "materialize":
+        definitions = defs()
+        instance = dg.DagsterInstance.ephemeral()
         result = dg.materialize(
             [*definitions.assets, *definitions.asset_checks],
-            selection=selection,
+            selection=month_selection(spec, checks),
             resources=definitions.resources,
             partition_key=month,
             instance=instance,
         )
         return _platform_figures(result, instance, sampler, start)
-    from benchmarks.backfill import backfill_job
-
     os.environ.update(BENCH_DATASET=spec.name, BENCH_EXECUTOR="in_process", BENCH_CHECKS=str(int(checks)))
     with (
         dg.DagsterInstance.ephemeral() as instance,
-        dg.execute_job(
-            dg.reconstructable(backfill_job), instance, tags={"dagster/partition": month}
-        ) as result,
+        dg.execute_job(dg.reconstructable(month_job), instance, tags={"dagster/partition": month}) as result,
     ):
         return _platform_figures(result, instance, sampler, start)
 
@@ -219,46 +213,11 @@ def _worker(argv) -> None:
         result = course_way(
             spec, args["month"], args["url"], args["schema"], args["source_url"], args["folder"]
         )
-    print(RESULT_MARK + json.dumps(result), flush=True)
+    report_result(result)
 
 
 # --------------------------------------------------------------------------------------------------
-# Running a way in a subprocess, measuring its wall time and peak RSS
-
-
-def run_child(command: list[str], env: dict, timeout: float | None = None) -> dict:
-    """Run `command`; its wall time, peak RSS (bytes, rusage of the child and its waited children)
-    and the JSON it printed after RESULT_MARK."""
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, start_new_session=True)
-        timer = None
-        if timeout:
-            import signal
-            import threading
-
-            timer = threading.Timer(timeout, os.killpg, (process.pid, signal.SIGKILL))
-            timer.start()
-        _, status, usage = os.wait4(process.pid, 0)
-        if timer:
-            timer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
-        seconds = time.perf_counter() - start
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if process.returncode != 0:
-        raise RuntimeError(f"{command} failed ({process.returncode}):\n{stderr[-4000:]}")
-    found = [line[len(RESULT_MARK) :] for line in stdout.splitlines() if line.startswith(RESULT_MARK)]
-    if not found:
-        raise RuntimeError(f"{command} printed no result:\n{stdout[-2000:]}\n{stderr[-2000:]}")
-    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024, **json.loads(found[-1])}
-
-
-def _execute(url: str, statement, params=()) -> list[tuple]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        cursor = conn.execute(statement, params)
-        return cursor.fetchall() if cursor.description else []
+# Counting what a way loaded
 
 
 def _count_month(url: str, schema: str, table: str, column: str | None, month: str) -> int:
@@ -269,7 +228,7 @@ def _count_month(url: str, schema: str, table: str, column: str | None, month: s
             query, sql.Identifier(column), sql.Identifier(column)
         )
         params = [f"{month}-01", f"{month}-01"]
-    return _execute(url, query, params)[0][0]
+    return execute(url, query, params)[0][0]
 
 
 def _duckdb_count(path: Path, table: str) -> int:
@@ -298,7 +257,7 @@ def _parse(argv) -> argparse.Namespace:
         choices=["materialize", "execute_job"],
         help="how the platform's run is executed (see platform_way)",
     )
-    parser.add_argument("--url", default=os.environ.get("TAXI_TEST_POSTGRES_URL") or DEFAULT_URL)
+    parser.add_argument("--url", default=default_url(), help="PostgreSQL (default: $TAXI_TEST_POSTGRES_URL)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument(
         "--profile",
@@ -317,8 +276,6 @@ def main(argv=None) -> dict:
     if argv and argv[0] == "--worker":
         return _worker(argv[1:])
     args = _parse(argv)
-    from taxi_platform_tests.source_server import SourceServer
-
     spec, month, url = DATASETS[args.dataset], args.month, args.url
     in_releases = spec.releases is not None and month in spec.releases
     forms = ("csv",) if in_releases else ("csv", "parquet")
@@ -326,29 +283,18 @@ def main(argv=None) -> dict:
     source = cached_source_month(spec, month, args.rows, args.seed, forms)
     generate_seconds = time.perf_counter() - start
     schema = f"bench_{uuid.uuid4().hex[:10]}"
-    server_version = _execute(url, "SHOW server_version")[0][0]
+    server_version = execute(url, "SHOW server_version")[0][0]
     results: dict[str, dict] = {}
     folder = Path(tempfile.mkdtemp(prefix="end_to_end_"))
-    _execute(url, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    execute(url, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     try:
         with SourceServer(source) as server:
-            base_env = {k: v for k, v in os.environ.items() if not k.startswith(("TAXI_", "DAGSTER_"))}
-            base_env["PYTHONPATH"] = os.pathsep.join(
-                [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
-            ).rstrip(os.pathsep)
             for way in args.ways:
                 work = folder / way
                 work.mkdir()
-                env = dict(base_env)
-                if way == "platform":
-                    env.update(
-                        TAXI_RELEASES_URL=f"{server.url}/releases",
-                        TAXI_TLC_URL=server.url,
-                        TAXI_DATA_DIR=str(work / "data"),
-                        TAXI_POSTGRES_URL=url,
-                        TAXI_POSTGRES_SCHEMA=schema,
-                        TAXI_PROFILE="local",
-                    )
+                env = (
+                    platform_env(server.url, work / "data", url, schema) if way == "platform" else child_env()
+                )
                 job = {
                     "way": way,
                     "dataset": spec.name,
@@ -397,7 +343,7 @@ def main(argv=None) -> dict:
                         )
     finally:
         if not args.keep:
-            _execute(url, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            execute(url, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
             shutil.rmtree(folder, ignore_errors=True)
 
     figures = {
@@ -468,11 +414,7 @@ def _report(f: dict) -> None:
     )
     if f.get("profiled"):
         lines.append("  profiled with py-spy: times inflated, and the platform's peak RSS is py-spy's own.")
-    if f["rows"] < 100_000:
-        lines.append(
-            f"  at {f['rows']:,} rows fixed costs (imports, Dagster run setup) dominate: "
-            "the goals are meant for a full month."
-        )
+    lines += small_run_note(f["rows"], "imports, Dagster run setup")
     print("\n".join(lines), flush=True)
 
 

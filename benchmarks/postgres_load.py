@@ -39,12 +39,12 @@ import pyarrow.csv as pacsv
 import sqlalchemy
 from psycopg import sql
 
-from taxi_platform_tests.synthetic import synthetic_yellow
+from benchmarks.common import default_url, execute, small_run_note
 from taxi_platform.datasets import DATASETS
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.postgres import UNIQUE_KEY, PostgresIOManager
+from taxi_platform_tests.synthetic import DEFAULT_SEED, synthetic_yellow
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_ROWS = 1_400_000
 MONTH = "2021-01"
 SPEC = DATASETS["yellow"]
@@ -115,37 +115,35 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _execute(url: str, statement, params=()) -> list[tuple]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        cursor = conn.execute(statement, params)
-        return cursor.fetchall() if cursor.description else []
-
-
 def _checkpoint(url: str) -> None:
     """Flush the previous way's dirty pages before the next timed load (needs superuser; skipped else)."""
     with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
-        _execute(url, "CHECKPOINT")
+        execute(url, "CHECKPOINT")
 
 
 def _drop_table(url: str, schema: str, name: str) -> None:
-    _execute(url, sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, name)))
+    execute(url, sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, name)))
 
 
-def _count(url: str, schema: str, name: str) -> int:
-    return _execute(url, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name)))[0][0]
-
-
-def _check_count(url: str, schema: str, name: str, rows: int, way: str) -> None:
-    found = _count(url, schema, name)
-    if found != rows:
-        raise RuntimeError(f"{way}: {schema}.{name} holds {found:,} rows, {rows:,} were generated")
+def _loaded(url: str, schema: str, name: str, rows: int, way: str) -> dict:
+    """What the way stored: its rows, and the sums of their trip keys and total amounts (exact, as
+    numeric), which any lost, doubled or altered row changes. Raises unless it holds `rows` rows."""
+    count, keys, amounts = execute(
+        url,
+        sql.SQL("SELECT count(*), sum(trip_key::numeric), sum(total_amount::numeric) FROM {}").format(
+            sql.Identifier(schema, name)
+        ),
+    )[0]
+    if count != rows:
+        raise RuntimeError(f"{way}: {schema}.{name} holds {count:,} rows, {rows:,} were generated")
+    return {"rows": count, "trip_key_sum": int(keys), "total_amount_sum": str(amounts)}
 
 
 def _indexes(url: str, schema: str, name: str) -> list[str]:
     """The indexes of the table and of its partitions."""
     return [
         row[0]
-        for row in _execute(
+        for row in execute(
             url,
             "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND (tablename = %s OR tablename IN"
             " (SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
@@ -164,9 +162,9 @@ def _parse(argv) -> argparse.Namespace:
         prog="python -m benchmarks.postgres_load", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="rows of the synthetic month")
-    parser.add_argument("--url", default=DEFAULT_URL, help="postgresql:// URL of the server")
+    parser.add_argument("--url", default=default_url(), help="PostgreSQL (default: $TAXI_TEST_POSTGRES_URL)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each way; the best is reported")
-    parser.add_argument("--seed", type=int, default=2021, help="seed of the synthetic data")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the synthetic data")
     parser.add_argument("--psql", default="psql", help="the psql executable")
     args = parser.parse_args(argv)
     if args.rows < 1 or args.repeat < 1:
@@ -185,20 +183,21 @@ def main(argv=None) -> dict:
         raise RuntimeError(f"psql not found ({args.psql!r}); way (c) needs it")
     url, rows = args.url, args.rows
     schema = f"bench_{uuid.uuid4().hex[:10]}"
-    server = _execute(url, "SHOW server_version")[0][0]
+    server = execute(url, "SHOW server_version")[0][0]
 
     start = time.perf_counter()
     table = synthetic_yellow(rows, args.seed)
     generate_seconds = time.perf_counter() - start
 
     times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    loaded: dict[str, dict] = {}
     to_pandas: list[float] = []
     engine = sqlalchemy.create_engine(_sqlalchemy_url(url))
     with tempfile.TemporaryDirectory(prefix="postgres_load_") as folder:
         csv_path = Path(folder, "yellow_2021-01.csv")
         pacsv.write_csv(table, csv_path, pacsv.WriteOptions(include_header=False))
         csv_bytes = csv_path.stat().st_size
-        _execute(url, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        execute(url, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         try:
             for _ in range(args.repeat):
                 _drop_table(url, schema, TABLE_A)
@@ -206,18 +205,18 @@ def main(argv=None) -> dict:
                 result = load_to_sql(engine, table, schema)
                 times["a"].append(result["seconds"])
                 to_pandas.append(result["to_pandas_seconds"])
-                _check_count(url, schema, TABLE_A, rows, "(a)")
+                loaded["a"] = _loaded(url, schema, TABLE_A, rows, "(a)")
 
                 _drop_table(url, schema, TABLE_B)
                 _checkpoint(url)
                 times["b"].append(load_io_manager(url, table, schema)["seconds"])
-                _check_count(url, schema, TABLE_B, rows, "(b)")
+                loaded["b"] = _loaded(url, schema, TABLE_B, rows, "(b)")
                 b_indexes = _indexes(url, schema, TABLE_B)
                 if not any("UNIQUE" in index and "(trip_key)" in index for index in b_indexes):
                     raise RuntimeError(f"(b): no unique index on trip_key: {b_indexes}")
 
                 _drop_table(url, schema, TABLE_C)
-                _execute(
+                execute(
                     url,
                     sql.SQL("CREATE TABLE {} (LIKE {})").format(
                         sql.Identifier(schema, TABLE_C), sql.Identifier(schema, TABLE_B)
@@ -225,10 +224,10 @@ def main(argv=None) -> dict:
                 )
                 _checkpoint(url)
                 times["c"].append(load_psql_copy(psql, url, csv_path, schema)["seconds"])
-                _check_count(url, schema, TABLE_C, rows, "(c)")
+                loaded["c"] = _loaded(url, schema, TABLE_C, rows, "(c)")
         finally:
             engine.dispose()
-            _execute(url, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            execute(url, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
     best = {way: min(values) for way, values in times.items()}
     speedup = best["a"] / best["b"]
@@ -244,6 +243,7 @@ def main(argv=None) -> dict:
         "all_seconds": times,
         "rows_per_second": {way: rows / seconds for way, seconds in best.items()},
         "to_pandas_seconds": min(to_pandas),
+        "loaded": loaded,
         "b_indexes": b_indexes,
         "speedup_b_vs_a": speedup,
         "ratio_b_to_c": ratio,
@@ -290,11 +290,7 @@ def _report(f: dict) -> None:
         "      COPY streamed from arrow, its unique index on trip_key, its bounds check, ATTACH, commit.",
         "  (c) has no index and does not include writing the CSV file.",
     ]
-    if f["rows"] < 100_000:
-        lines.append(
-            f"  at {f['rows']:,} rows fixed costs (connections, DDL, process start) dominate: "
-            "the goals are meant for a full month."
-        )
+    lines += small_run_note(f["rows"], "connections, DDL, process start")
     print("\n".join(lines), flush=True)
 
 
