@@ -11,7 +11,9 @@ import pytest
 
 from taxi_platform_tests.helpers import materialize_with
 
+pytestmark = [pytest.mark.postgres]
 DOCKER_DAGSTER_YAML = Path(__file__).parents[1] / "docker" / "dagster.yaml"
+ZONES = dg.AssetKey(["reference", "taxi_zones"])
 
 
 @pytest.fixture
@@ -42,13 +44,10 @@ def test_runs_and_events_are_stored_in_postgres(taxi_env, postgres_instance):
     assert result.success
     with psycopg.connect(database_url) as conn:
         runs = conn.execute("SELECT run_id, status FROM runs").fetchall()
-        events = conn.execute(
-            "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'",
+        materialized = conn.execute(
+            "SELECT asset_key FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'",
             [result.run_id],
-        ).fetchone()[0]
+        ).fetchall()
     assert runs == [(result.run_id, "SUCCESS")]
-    assert events == 1
-    assert (
-        instance.get_latest_materialization_event(dg.AssetKey(["reference", "taxi_zones"])).run_id
-        == result.run_id
-    )
+    assert materialized == [(ZONES.to_string(),)]
+    assert instance.get_latest_materialization_event(ZONES).run_id == result.run_id
