@@ -6,6 +6,7 @@ is adding an entry to `DATASETS`.
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 import dagster as dg
 import pyarrow as pa
@@ -34,7 +35,15 @@ class Column:
     optional: bool = False
 
 
-def col(source, name=None, type=F64, csv="same", parquet="same", optional=False) -> Column:
+def col(
+    source: str,
+    name: str | None = None,
+    type: pa.DataType = F64,
+    csv: pa.DataType | None | Literal["same"] = "same",
+    parquet: pa.DataType | None | Literal["same"] = "same",
+    optional: bool = False,
+) -> Column:
+    """A Column; `csv` and `parquet` default to "same": the form declares the clean `type`."""
     return Column(
         source=source,
         name=name or source,

@@ -1,13 +1,31 @@
 """Asset factories, one module per layer; each builds a dataset's assets from its spec."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
+from typing import Any, TypedDict, Unpack
 
 import dagster as dg
 import pyarrow as pa
 
+from taxi_platform.datasets import DatasetSpec
 from taxi_platform.sources.public import SourceError, SourceUnavailable
 from taxi_platform.sources.reading import UnreadableFile
+
+
+class AssetOptions(TypedDict, total=False):
+    """`dg.asset` arguments shared by a layer's assets. Typed: unpacking an untyped dict into
+    `dg.asset` matches both of its overloads, and the asset's type would be lost."""
+
+    group_name: str
+    io_manager_key: str
+    kinds: set[str]
+    owners: list[str]
+    code_version: str
+    pool: str
+    metadata: Mapping[str, Any]
+    automation_condition: dg.AutomationCondition
+    partitions_def: dg.PartitionsDefinition
+    backfill_policy: dg.BackfillPolicy
 
 
 def by_month(context: dg.AssetExecutionContext, value) -> dict:
@@ -43,17 +61,23 @@ def streamed(rows: pa.RecordBatchReader, when_read: Callable[[int], None]) -> pa
     return pa.RecordBatchReader.from_batches(rows.schema, batches())
 
 
-def build_sink_asset(spec, layer: str, description: str, **options) -> dg.AssetsDefinition:
+def build_sink_asset(
+    spec: DatasetSpec, layer: str, description: str, **options: Unpack[AssetOptions]
+) -> dg.AssetsDefinition:
     """`<layer>/<dataset>_trips`: the clean months, handed to the layer's IO manager to store."""
 
     @dg.asset(
         key=[layer, spec.table],
         ins={"clean": dg.AssetIn(key=["clean", spec.table])},
         description=description,
-        partitions_def=spec.partitions_def,
-        backfill_policy=dg.BackfillPolicy.multi_run(spec.months_per_run),
         tags={"dataset": spec.name},
-        **options,
+        **(
+            options
+            | AssetOptions(
+                partitions_def=spec.partitions_def,
+                backfill_policy=dg.BackfillPolicy.multi_run(spec.months_per_run),
+            )
+        ),
     )
     def sink(context: dg.AssetExecutionContext, clean) -> dict:
         """The stored months, read by the IO manager as it writes them."""

@@ -3,6 +3,7 @@
 import tempfile
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -27,7 +28,7 @@ def build_clean_assets(spec: DatasetSpec) -> dg.AssetsDefinition:
     clean_key = dg.AssetKey(["clean", spec.table])
     rejected_key = dg.AssetKey(["clean", f"{spec.table}_rejected"])
     rules = ", ".join(reject_reasons(spec))
-    common = dict(
+    common: dict[str, Any] = dict(
         group_name="clean",
         io_manager_key="lake_io_manager",
         kinds={"parquet"},

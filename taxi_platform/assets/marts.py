@@ -10,7 +10,7 @@ import io
 import dagster as dg
 import pyarrow as pa
 
-from taxi_platform.assets import by_month
+from taxi_platform.assets import AssetOptions, by_month
 from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM, follows_any_dataset
 from taxi_platform.datasets import DATASETS, NEW_YORK, PICKUP_DATE, DatasetSpec
 from taxi_platform.io_managers import PARTITION_COLUMN
@@ -21,7 +21,7 @@ MONTHS = dg.MonthlyPartitionsDefinition(
 )
 # A month before a dataset's first month simply has none of its trips.
 SAME_MONTH = dg.TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True)
-COMMON = dict(
+COMMON = AssetOptions(
     group_name="marts",
     io_manager_key="warehouse_io_manager",
     partitions_def=MONTHS,
@@ -40,8 +40,10 @@ COMMON = dict(
     + [["warehouse", "taxi_zones"]],
     description="Per day, pickup zone and dataset: trips, revenue, average distance and duration in "
     "minutes, with the zone's borough and name.",
-    automation_condition=follows_any_dataset(required=[["warehouse", "taxi_zones"]]),
-    **COMMON,
+    **(
+        COMMON
+        | AssetOptions(automation_condition=follows_any_dataset(required=[["warehouse", "taxi_zones"]]))
+    ),
 )
 def daily_zone_trips(context: dg.AssetExecutionContext, warehouse_sql: WarehouseSQL) -> dict:
     warehouse = warehouse_sql
@@ -99,8 +101,7 @@ def _empty() -> pa.Table:
     ins={"daily": dg.AssetIn(key=["marts", "daily_zone_trips"])},
     description="Per day of the month and dataset: trips and revenue. Each month's materialization "
     "carries a chart of trips per day by dataset.",
-    automation_condition=SINKS_FOLLOW_UPSTREAM,
-    **COMMON,
+    **(COMMON | AssetOptions(automation_condition=SINKS_FOLLOW_UPSTREAM)),
 )
 def monthly_summary(context: dg.AssetExecutionContext, daily) -> dict:
     months = {}

@@ -3,13 +3,13 @@
 import dagster as dg
 import pyarrow.dataset as ds
 
-from taxi_platform.assets import build_sink_asset
+from taxi_platform.assets import AssetOptions, build_sink_asset
 from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import PICKUP_DATE, TRIP_KEY, DatasetSpec
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.postgres import UNIQUE_KEY
 
-COMMON = dict(
+COMMON = AssetOptions(
     group_name="postgres",
     io_manager_key="postgres_io_manager",
     kinds={"postgres"},
@@ -26,14 +26,15 @@ def writer_pool(table: str) -> str:
 
 
 def build_postgres_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
+    options = COMMON | AssetOptions(
+        metadata={PARTITION_COLUMN: PICKUP_DATE, UNIQUE_KEY: TRIP_KEY}, pool=writer_pool(spec.table)
+    )
     return build_sink_asset(
         spec,
         "postgres",
         f"The clean {spec.name} trips in PostgreSQL, one row per trip, unique on trip_key. "
         "Writing a month replaces exactly that month, in one transaction.",
-        metadata={PARTITION_COLUMN: PICKUP_DATE, UNIQUE_KEY: TRIP_KEY},
-        pool=writer_pool(spec.table),
-        **COMMON,
+        **options,
     )
 
 
@@ -41,8 +42,7 @@ def build_postgres_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     key=["postgres", "taxi_zones"],
     ins={"zones": dg.AssetIn(key=["reference", "taxi_zones"])},
     description="The taxi zones in PostgreSQL, replaced whole on each run.",
-    pool=writer_pool("taxi_zones"),
-    **COMMON,
+    **(COMMON | AssetOptions(pool=writer_pool("taxi_zones"))),
 )
 def postgres_taxi_zones(context: dg.AssetExecutionContext, zones: ds.Dataset) -> ds.Dataset:
     context.add_output_metadata({"dagster/row_count": zones.count_rows()})

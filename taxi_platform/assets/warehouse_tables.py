@@ -3,14 +3,14 @@
 import dagster as dg
 import pyarrow.dataset as ds
 
-from taxi_platform.assets import build_sink_asset
+from taxi_platform.assets import AssetOptions, build_sink_asset
 from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import PICKUP_DATE, DatasetSpec
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.warehouse import CLUSTER_BY, LAKE_TABLE
 from taxi_platform.metadata import CLEAN_DESCRIPTIONS, column_schema
 
-COMMON = dict(
+COMMON = AssetOptions(
     group_name="warehouse",
     io_manager_key="warehouse_io_manager",
     kinds={"duckdb", "bigquery"},
@@ -22,18 +22,20 @@ COMMON = dict(
 
 
 def build_warehouse_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
-    return build_sink_asset(
-        spec,
-        "warehouse",
-        f"The clean {spec.name} trips in the warehouse (DuckDB locally, BigQuery on GCP): partitioned "
-        "by pickup_date, clustered by pickup and dropoff zone. Replacing a month is atomic.",
+    options = COMMON | AssetOptions(
         metadata={
             PARTITION_COLUMN: PICKUP_DATE,
             CLUSTER_BY: ["pu_location_id", "do_location_id"],
             LAKE_TABLE: f"clean/{spec.table}",
             "dagster/column_schema": column_schema(spec.clean_schema, CLEAN_DESCRIPTIONS),
-        },
-        **COMMON,
+        }
+    )
+    return build_sink_asset(
+        spec,
+        "warehouse",
+        f"The clean {spec.name} trips in the warehouse (DuckDB locally, BigQuery on GCP): partitioned "
+        "by pickup_date, clustered by pickup and dropoff zone. Replacing a month is atomic.",
+        **options,
     )
 
 

@@ -153,7 +153,7 @@ class TaxiSource(dg.ConfigurableResource):
             int(size) if size else None,
         )
 
-    def fetch(self, file: SourceFile, folder: Path) -> Download:
+    def fetch(self, file: SourceFile, folder: str | Path) -> Download:
         """The month's file as a local file in `folder`: downloaded, or copied from the landing zone."""
         dest = Path(folder) / file.url.rsplit("/", 1)[-1]
         if file.kind == "landing":
