@@ -98,7 +98,7 @@ class MonthCleaner:
         rejected_mask = reason != None  # noqa: E711
         self.raw_rows += table.num_rows
         reasons = pa.array(reason[rejected_mask], type=pa.string())
-        for count in pc.value_counts(reasons).to_pylist():
+        for count in reasons.value_counts().to_pylist():
             self.rejected_counts[count["values"]] += count["counts"]
         self._rejected.write_batch(
             table.filter(pa.array(rejected_mask)).append_column("reject_reason", reasons)
@@ -171,7 +171,7 @@ def _hashes(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         missing = column.is_null().to_numpy(zero_copy_only=False)
         filler = "" if pa.types.is_string(column.type) else 0
         values = pc.fill_null(column, filler).to_numpy(zero_copy_only=False)
-        hashed = pd.util.hash_array(values, categorize=False)
+        hashed = pd.util.hash_array(values, categorize=False)  # pyright: ignore[reportAttributeAccessIssue]  (pandas.util exports it lazily)
         hashed[missing] = _NULL_HASH
         combined = combined * np.uint64(1_000_003) ^ hashed
         check += (hashed ^ np.uint64(position)) * _CHECK_FACTOR
@@ -193,12 +193,13 @@ def clean_month(
 
 
 def _in_month(pickup: pa.ChunkedArray, start: datetime, end: datetime) -> np.ndarray:
-    inside = pc.and_(
-        pc.greater_equal(pickup, pa.scalar(start, pickup.type)),
-        pc.less(pickup, pa.scalar(end, pickup.type)),
+    # pyarrow.compute defines its kernels at import, out of pyright's sight (here and in _positive).
+    inside = pc.and_(  # pyright: ignore[reportAttributeAccessIssue]
+        pc.greater_equal(pickup, pa.scalar(start, pickup.type)),  # pyright: ignore[reportAttributeAccessIssue]
+        pc.less(pickup, pa.scalar(end, pickup.type)),  # pyright: ignore[reportAttributeAccessIssue]
     )
     return pc.fill_null(inside, False).to_numpy(zero_copy_only=False)
 
 
 def _positive(values: pa.ChunkedArray) -> np.ndarray:
-    return pc.fill_null(pc.greater(values, 0), False).to_numpy(zero_copy_only=False)
+    return pc.fill_null(pc.greater(values, 0), False).to_numpy(zero_copy_only=False)  # pyright: ignore[reportAttributeAccessIssue]

@@ -4,4 +4,23 @@ A partitioned asset names its DATE column in definition metadata `PARTITION_COLU
 manager stores a partition's rows by that column's values inside the partition's time window.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+
 PARTITION_COLUMN = "partition_column"
+
+
+def time_window(partitions_def: dg.PartitionsDefinition, key: str) -> dg.TimeWindow:
+    """The time window of partition `key`: a `PARTITION_COLUMN` needs time-window partitions."""
+    if not isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
+        raise TypeError(f"{PARTITION_COLUMN} needs time-window partitions, not {partitions_def}")
+    return partitions_def.time_window_for_partition_key(key)
+
+
+def upstream_metadata(context: dg.InputContext) -> Mapping[str, Any]:
+    """The definition metadata of the output an input loads."""
+    if context.upstream_output is None:
+        raise TypeError(f"{context.name}: an IO manager input needs the output it loads")
+    return context.upstream_output.definition_metadata

@@ -5,6 +5,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Iterator
+from typing import cast
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -25,10 +26,12 @@ def stream(data: pa.Table | ds.Dataset | dict | pa.RecordBatchReader) -> pa.Reco
     if isinstance(data, pa.RecordBatchReader):
         return data
     if isinstance(data, pa.Table):
-        return pa.RecordBatchReader.from_batches(data.schema, data.to_batches(BATCH_ROWS))
-    data = as_dataset(data)
+        # pyarrow ships no type stubs: pyright cannot narrow `data` by this isinstance.
+        table = cast(pa.Table, data)
+        return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(BATCH_ROWS))
     # Read ahead little: a scan's default of 16 batches would hold two million rows.
-    return data.scanner(batch_size=BATCH_ROWS, batch_readahead=2, fragment_readahead=1).to_reader()
+    scanner = as_dataset(data).scanner(batch_size=BATCH_ROWS, batch_readahead=2, fragment_readahead=1)
+    return scanner.to_reader()
 
 
 def as_dataset(data: pa.Table | ds.Dataset | dict) -> ds.Dataset:

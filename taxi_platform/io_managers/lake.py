@@ -32,17 +32,17 @@ import posixpath
 import uuid
 from datetime import date
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import BATCH_ROWS, prefetched, stream
 
 BUFFERED_ROWS = 4 * BATCH_ROWS
@@ -59,37 +59,35 @@ class LakeIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         fs, path = self._asset_path(context.asset_key)
         partitioned = context.has_asset_partitions
-        parts = _by_partition(context, obj) if partitioned else {None: obj}
         column = context.definition_metadata.get(PARTITION_COLUMN) if partitioned else None
-        windows = (
-            {key: context.asset_partitions_def.time_window_for_partition_key(key) for key in parts}
-            if column
-            else {}
-        )
-        with _StagedFiles(fs) as staged:  # every partition of the run moves into place together
-            for key, data in parts.items():
-                if column:
+        if column:  # hive directories
+            parts = _by_partition(context, obj)
+            windows = {key: time_window(context.asset_partitions_def, key) for key in parts}
+            with _StagedFiles(fs) as staged:  # every partition of the run moves into place together
+                for key, data in parts.items():
                     _write_hive(staged, path, key, data, column, windows[key])
-                else:
-                    _write_file(staged, _file(path, key), data)
-        for key in parts:
-            if column:
+            for key in parts:
                 _remove_stale_days(fs, path, key, column, windows[key], set(staged.files))
-            else:
-                _remove_stale_temps(fs, _file(path, key))
+        else:  # a file per partition, or one file
+            parts = _by_partition(context, obj) if partitioned else {None: obj}
+            files = {_file(path, key): data for key, data in parts.items()}
+            with _StagedFiles(fs) as staged:
+                for file, data in files.items():
+                    _write_file(staged, file, data)
+            for file in files:
+                _remove_stale_temps(fs, file)
         context.add_output_metadata(_location_metadata(fs, path, list(staged.files.values())))
 
     def load_input(self, context: dg.InputContext):
         fs, path = self._asset_path(context.asset_key)
         if not context.has_asset_partitions:
             return _dataset(fs, _file(path, None))
-        column = context.upstream_output.definition_metadata.get(PARTITION_COLUMN)
+        column = upstream_metadata(context).get(PARTITION_COLUMN)
         partitions_def = context.asset_partitions_def
         loaded = {}
         for key in context.asset_partition_keys:
             if column:
-                window = partitions_def.time_window_for_partition_key(key)
-                dataset = _hive_dataset(fs, path, key, column, window)
+                dataset = _hive_dataset(fs, path, key, column, time_window(partitions_def, key))
             else:
                 dataset = _dataset(fs, _file(path, key))
             loaded[key] = dataset
@@ -114,7 +112,7 @@ def filesystem(root: str, gcs_endpoint: str = "") -> tuple[pafs.FileSystem, str]
 
 def _location_metadata(fs, path: str, written: list[int]) -> dict:
     """Where the asset lives (with a console link in a bucket), and what this run wrote."""
-    metadata = {"lake_files_written": len(written), "lake_bytes_written": sum(written)}
+    metadata: dict[str, Any] = {"lake_files_written": len(written), "lake_bytes_written": sum(written)}
     if fs.type_name == "gcs":
         metadata["lake_uri"] = f"gs://{path}"
         metadata["console_url"] = dg.MetadataValue.url(
@@ -186,8 +184,8 @@ class _DayWriters:
     def add(self, batch: pa.RecordBatch) -> None:
         if not batch.num_rows:
             return
-        batch = batch.take(pc.sort_indices(batch[self.column]))
-        counts = pc.value_counts(batch[self.column]).to_pylist()  # ascending: the batch is sorted
+        batch = batch.sort_by(self.column)
+        counts = batch[self.column].value_counts().to_pylist()  # ascending: the batch is sorted
         outside = [
             c["values"] for c in counts if c["values"] is None or not self.start <= c["values"] < self.end
         ]

@@ -23,9 +23,10 @@ Generic: it knows asset keys, arrow schemas and partition time windows, nothing 
 import io
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import LiteralString
 
 import dagster as dg
 import psycopg
@@ -35,13 +36,13 @@ from pgpq import ArrowToPostgresBinaryEncoder
 from psycopg import sql
 from pydantic import Field
 
-from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import stream
 
 TABLE = "postgres/table"
 UNIQUE_KEY = "postgres/unique_key"
 
-_PG_TYPES = [
+_PG_TYPES: list[tuple[Callable[[pa.DataType], bool], LiteralString]] = [
     (pa.types.is_int64, "bigint"),
     (pa.types.is_int32, "integer"),
     (pa.types.is_int16, "smallint"),
@@ -67,7 +68,7 @@ _ARROW_TYPES = {
 }
 
 
-def pg_type(arrow_type: pa.DataType) -> str:
+def pg_type(arrow_type: pa.DataType) -> LiteralString:
     for matches, name in _PG_TYPES:
         if matches(arrow_type):
             return name
@@ -115,7 +116,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         columns = self._ensure_table(conn, name, schema, meta[PARTITION_COLUMN])
         written, staged = 0, []
         for key, part in parts.items():
-            window = context.asset_partitions_def.time_window_for_partition_key(key)
+            window = time_window(context.asset_partitions_def, key)
             bounds = (window.start.date(), window.end.date())
             written += self._stage(conn, name, key, stream(part), columns, bounds, meta)
             staged.append((key, bounds))
@@ -185,7 +186,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext):
-        meta = context.upstream_output.definition_metadata
+        meta = upstream_metadata(context)
         target = sql.Identifier(self.db_schema, self.table_name(context.asset_key, meta))
         with self.connect() as conn:
             if not context.has_asset_partitions:
@@ -195,7 +196,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
             partitions_def = context.asset_partitions_def
             tables = {}
             for key in context.asset_partition_keys:
-                window = partitions_def.time_window_for_partition_key(key)
+                window = time_window(partitions_def, key)
                 bounds = [window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)]
                 tables[key] = read_query(conn, query, bounds)
         return tables if len(tables) > 1 else next(iter(tables.values()))
@@ -226,7 +227,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
             _lock(conn, f"{db_schema}.{table_name}")
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(db_schema)))
             existing = self._columns(conn, table_name)
-        wanted = {field.name: pg_type(field.type) for field in schema}
+        wanted: dict[str, LiteralString] = {field.name: pg_type(field.type) for field in schema}
         if not existing:
             columns = sql.SQL(", ").join(
                 sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type)) for name, type in wanted.items()
@@ -265,7 +266,7 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         return {**existing, **{name: wanted[name] for name in new}}
 
 
-def copy_rows(conn: psycopg.Connection, target: sql.Composed, rows: pa.RecordBatchReader) -> int:
+def copy_rows(conn: psycopg.Connection, target: sql.Composable, rows: pa.RecordBatchReader) -> int:
     """COPY the rows in PostgreSQL's binary format, encoded from arrow batch by batch (pgpq): no text
     to format or parse, and NULL and '' stay apart. The number of rows copied.
 
@@ -283,14 +284,17 @@ def copy_rows(conn: psycopg.Connection, target: sql.Composed, rows: pa.RecordBat
     return count
 
 
-def read_query(conn: psycopg.Connection, query: sql.Composable, params: list) -> pa.Table:
+def read_query(conn: psycopg.Connection, query: sql.Composed, params: list) -> pa.Table:
     """A query's rows as an arrow table typed from the result's PostgreSQL types."""
     cursor = conn.execute(sql.SQL("SELECT * FROM ({}) AS q LIMIT 0").format(query), params)
+    if cursor.description is None:  # a statement that returns no rows
+        raise ValueError("read_query takes a query")
     names = [d.name for d in cursor.description]
     types = {d.name: _ARROW_TYPES[_type_name(conn, d.type_code)] for d in cursor.description}
     buffer = io.BytesIO()
     copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER)").format(
-        sql.SQL(psycopg.ClientCursor(conn).mogrify(query, params))
+        # mogrify quotes the parameters into the query; psycopg types its result as any str.
+        sql.SQL(psycopg.ClientCursor(conn).mogrify(query, params))  # pyright: ignore[reportArgumentType]
     )
     with conn.cursor().copy(copy_sql) as copy:
         for block in copy:
@@ -336,10 +340,10 @@ _embedded_lock = threading.Lock()
 
 def _embedded_url(folder: str) -> str:
     """Start (once per process) the embedded PostgreSQL of the local profile, and return its URL."""
-    import pgserver
+    from pgserver.postgres_server import get_server
 
     if not folder:
         raise ValueError("no PostgreSQL URL and no folder for the embedded server")
     with _embedded_lock:
         Path(folder).parent.mkdir(parents=True, exist_ok=True)
-        return pgserver.get_server(folder, cleanup_mode=None).get_uri()
+        return get_server(folder, cleanup_mode=None).get_uri()
