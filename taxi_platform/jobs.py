@@ -1,5 +1,6 @@
 """Per dataset, the ingest job: a month's raw and clean assets (with their checks). Sensors and the
-schedule request it; the postgres/ and warehouse/ assets follow by their automation condition."""
+schedule request it; the postgres/ and warehouse/ assets follow by their automation condition. The job's
+partitions are those of the assets it selects (the dataset's months)."""
 
 import dagster as dg
 
@@ -12,7 +13,6 @@ def build_ingest_job(spec: DatasetSpec):
         selection=dg.AssetSelection.assets(
             ["raw", spec.table], ["clean", spec.table], ["clean", f"{spec.table}_rejected"]
         ),
-        partitions_def=spec.partitions_def,
         description=f"Ingest one {spec.name} month: download (or take the landed file), parse, clean.",
         tags={"dataset": spec.name},
     )
