@@ -17,7 +17,7 @@ from taxi_platform.io_managers.arrow_data import use_jemalloc
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.io_managers.postgres import PostgresIOManager
 from taxi_platform.io_managers.warehouse import DuckDBSQL, DuckDBWarehouse
-from taxi_platform.sources.public import RELEASES_URL, TLC_URL, TaxiSource
+from taxi_platform.sources.public import RELEASES_URL, SOURCE_CHOICES, TLC_URL, TaxiSource
 
 PROFILES = ("local", "gcp")
 
@@ -71,11 +71,14 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
         raise ValueError(f"TAXI_PROFILE must be one of {PROFILES}, not {profile!r}")
     data_dir = os.path.abspath(environ.get("TAXI_DATA_DIR", "data"))
     gcs_endpoint = environ.get("STORAGE_EMULATOR_HOST", "")
+    source = environ.get("TAXI_SOURCE", "auto")
+    if source not in SOURCE_CHOICES:
+        raise ValueError(f"TAXI_SOURCE must be one of {SOURCE_CHOICES}, not {source!r}")
     resources = {
         "taxi_source": TaxiSource(
             releases_url=environ.get("TAXI_RELEASES_URL", RELEASES_URL),
             tlc_url=environ.get("TAXI_TLC_URL", TLC_URL),
-            source=environ.get("TAXI_SOURCE", "auto"),
+            source=source,
             gcs_endpoint=gcs_endpoint,
         ),
         "postgres_io_manager": PostgresIOManager(

@@ -38,9 +38,10 @@ def materialized_version(instance: dg.DagsterInstance, key: dg.AssetKey, month: 
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=key, asset_partitions=[month]), limit=1
     ).records
-    if not records:
+    materialization = records[0].asset_materialization if records else None
+    if materialization is None:
         return None
-    return FileVersion.of_materialization(records[0].asset_materialization.metadata).id
+    return FileVersion.of_materialization(materialization.metadata).id
 
 
 def build_source_sensor(
@@ -61,7 +62,7 @@ def build_source_sensor(
     def source_sensor(context: dg.SensorEvaluationContext, taxi_source: TaxiSource):
         state = json.loads(context.cursor) if context.cursor else {}
         requested: dict[str, str] = state.get("requested", {})
-        months = spec.partitions_def.get_partition_keys()
+        months = list(spec.partitions_def.get_partition_keys())
         checked, sweep = months_to_check(months, state.get("sweep"), checks_per_tick)
         run_requests, unchanged, unpublished, unreachable = [], 0, 0, 0
         for month in checked:

@@ -6,9 +6,10 @@ A month comes from the public source `locate` picks, or from a file dropped into
 import hashlib
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import dagster as dg
 import requests
@@ -21,6 +22,8 @@ RELEASES_URL = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
 TLC_URL = "https://d37ci6vzurychx.cloudfront.net"
 # First bytes each form must start with: a gzip stream, a parquet file.
 MAGIC = {"csv": b"\x1f\x8b", "parquet": b"PAR1"}
+SourceChoice = Literal["auto", "releases", "tlc"]
+SOURCE_CHOICES: tuple[SourceChoice, ...] = get_args(SourceChoice)
 
 
 class SourceError(Exception):
@@ -63,7 +66,7 @@ class FileVersion:
         return f"ETag {self.etag}, Last-Modified {self.last_modified}, {self.bytes} bytes"
 
     @classmethod
-    def of_materialization(cls, metadata: dict) -> "FileVersion":
+    def of_materialization(cls, metadata: Mapping[str, Any]) -> "FileVersion":
         """The version a raw materialization recorded (see `Download.metadata`)."""
 
         def value(name):
@@ -99,7 +102,7 @@ class TaxiSource(dg.ConfigurableResource):
 
     releases_url: str = Field(default=RELEASES_URL, description="Base of the course's releases.")
     tlc_url: str = Field(default=TLC_URL, description="Base of the TLC's trip-data and misc files.")
-    source: Literal["auto", "releases", "tlc"] = Field(
+    source: SourceChoice = Field(
         default="auto",
         description="auto: the releases for the months they hold, the TLC otherwise; or releases|tlc.",
     )
