@@ -46,7 +46,8 @@ def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefiniti
         description="Alerts on every failed blocking or ERROR asset check, freshness included.",
     )
     def check_failure_alerts(context: dg.SensorEvaluationContext, alerter: Alerter):
-        after = int(context.cursor) if (context.cursor or "").isdigit() else None
+        cursor = context.cursor or ""
+        after = int(cursor) if cursor.isdigit() else None
         if after is None:  # the first tick starts from now: history is not news
             latest = _check_records(context.instance, None, limit=1, ascending=False)
             context.update_cursor(str(latest[0].storage_id if latest else 0))
@@ -54,7 +55,7 @@ def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefiniti
         sent = 0
         for record in _check_records(context.instance, after, limit=BATCH, ascending=True):
             after = record.storage_id
-            evaluation = record.event_log_entry.dagster_event.event_specific_data  # type: ignore[union-attr]
+            evaluation = record.event_log_entry.get_dagster_event().event_specific_data
             if not isinstance(evaluation, AssetCheckEvaluation) or evaluation.passed:
                 continue
             if not (evaluation.blocking or evaluation.severity == dg.AssetCheckSeverity.ERROR):
@@ -83,8 +84,14 @@ def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefiniti
         description="Alerts when a sensor or schedule tick of this code location errors.",
     )
     def tick_failure_alerts(context: dg.SensorEvaluationContext, alerter: Alerter):
-        seen: dict[str, float] = json.loads(context.cursor) if _is_json(context.cursor) else {}
-        names = {*context.repository_def.sensor_defs_by_name, *context.repository_def.schedule_defs_by_name}
+        cursor = context.cursor or ""
+        seen: dict[str, float] = json.loads(cursor) if _is_json(cursor) else {}
+        repository = context.repository_def
+        if repository is None:
+            raise dg.DagsterInvariantViolationError(
+                "tick_failure_alerts needs its code location's definitions"
+            )
+        names = {d.name for d in (*repository.sensor_defs, *repository.schedule_defs)}
         sent = 0
         for state in context.instance.all_instigator_state():
             name = state.instigator_name
@@ -123,8 +130,8 @@ def _check_records(instance: dg.DagsterInstance, after: int | None, limit: int, 
     return list(records)
 
 
-def _is_json(text: str | None) -> bool:
+def _is_json(text: str) -> bool:
     try:
-        return isinstance(json.loads(text or ""), dict)
+        return isinstance(json.loads(text), dict)
     except ValueError:
         return False
