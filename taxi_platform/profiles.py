@@ -4,15 +4,18 @@ Read when the definitions load (`load_profile`), never at import time.
 - local: the lake in a folder, the warehouse in an embedded DuckDB file, both under TAXI_DATA_DIR.
 - gcp: the lake on Google Cloud Storage, the warehouse on BigQuery; credentials from Application
   Default Credentials (or GOOGLE_APPLICATION_CREDENTIALS), never from files in the repository.
-PostgreSQL is TAXI_POSTGRES_URL in both, or an embedded server under TAXI_DATA_DIR.
+PostgreSQL is TAXI_POSTGRES_URL in both, or an embedded server under TAXI_DATA_DIR. Alerts go to the
+Apprise URLs of TAXI_ALERT_URLS (commas or spaces between them), with links to TAXI_UI_URL.
 """
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import dagster as dg
 
+from taxi_platform.alerts import Alerter
 from taxi_platform.io_managers.arrow_data import use_jemalloc
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.io_managers.postgres import PostgresIOManager
@@ -29,6 +32,7 @@ class SensorSettings:
     source_interval_seconds: int = 600  # the TLC publishes monthly; a tick costs a few HEADs
     landing_interval_seconds: int = 30
     automation_interval_seconds: int = 30
+    alert_interval_seconds: int = 30
     source_checks_per_tick: int = 24
 
 
@@ -57,6 +61,7 @@ def sensor_settings(environ: Mapping[str, str]) -> SensorSettings:
                 defaults.source_interval_seconds,
                 defaults.landing_interval_seconds,
                 defaults.automation_interval_seconds,
+                defaults.alert_interval_seconds,
             )
         ),
         source_checks_per_tick=int(
@@ -75,6 +80,10 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
     if source not in SOURCE_CHOICES:
         raise ValueError(f"TAXI_SOURCE must be one of {SOURCE_CHOICES}, not {source!r}")
     resources = {
+        "alerter": Alerter(
+            urls=[url for url in re.split(r"[\s,]+", environ.get("TAXI_ALERT_URLS", "")) if url],
+            ui_url=environ.get("TAXI_UI_URL", "http://localhost:3000"),
+        ),
         "taxi_source": TaxiSource(
             releases_url=environ.get("TAXI_RELEASES_URL", RELEASES_URL),
             tlc_url=environ.get("TAXI_TLC_URL", TLC_URL),
