@@ -1,10 +1,14 @@
 """Running the code location's assets the way Dagster does, and reading what they stored."""
 
 import gzip
+import hashlib
 import io
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from taxi_platform.definitions import defs
 
@@ -69,16 +73,52 @@ def failure_message(result) -> str:
     return "\n".join(messages)
 
 
-def course_counts(csv_gz_or_parquet, month: str) -> dict[str, int]:
-    """The month's figures computed the course's way, with pandas, independently of the platform."""
+def course_month(csv_gz_or_parquet, month: str) -> tuple[int, pd.DataFrame, dict[str, int]]:
+    """The month cleaned the course's way, with pandas, independently of the platform: the raw row
+    count, the clean rows, and the rows rejected per reason, each row counted for the first rule it
+    breaks (pickup outside the month, passenger_count not > 0 or blank, trip_distance not > 0, an
+    exact copy of a kept row)."""
     path = str(csv_gz_or_parquet)
     df = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path, low_memory=False)
     pickup = pd.to_datetime(df["lpep_pickup_datetime"])
     start = pd.Timestamp(f"{month}-01")
     in_month = (pickup >= start) & (pickup < start + pd.offsets.MonthBegin(1))
-    passes = in_month & (df["passenger_count"] > 0) & (df["trip_distance"] > 0)
+    passengers = in_month & (df["passenger_count"] > 0)
+    passes = passengers & (df["trip_distance"] > 0)
     clean = df[passes].drop_duplicates()
-    return {"raw": len(df), "clean": len(clean), "pickup_outside_month": int((~in_month).sum())}
+    rejected = {
+        "pickup_outside_month": int((~in_month).sum()),
+        "passenger_count_not_positive": int((in_month & ~passengers).sum()),
+        "trip_distance_not_positive": int((passengers & ~passes).sum()),
+        "duplicate_row": int(passes.sum()) - len(clean),
+    }
+    return len(df), clean, rejected
+
+
+def course_counts(csv_gz_or_parquet, month: str) -> dict[str, int]:
+    """The month's figures computed the course's way (see `course_month`): raw, clean and the rows
+    rejected per reason."""
+    raw, clean, rejected = course_month(csv_gz_or_parquet, month)
+    return {"raw": raw, "clean": len(clean), **rejected}
+
+
+def course_days(csv_gz_or_parquet, month: str) -> dict[str, int]:
+    """{"YYYY-MM-DD": clean rows} of the month, by pickup day (the course's way, see `course_month`)."""
+    _, clean, _ = course_month(csv_gz_or_parquet, month)
+    days = pd.to_datetime(clean["lpep_pickup_datetime"]).dt.strftime("%Y-%m-%d").value_counts()
+    return {day: int(rows) for day, rows in sorted(days.items())}
+
+
+def sha256_of(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def release_csv_gz(table: pa.Table) -> bytes:
+    """A table of the CSV form as the releases write it: header and values unquoted, blank = null."""
+    buffer = io.BytesIO()
+    pacsv.write_csv(table, buffer, pacsv.WriteOptions(quoting_style="none"))
+    header, _, rows = buffer.getvalue().decode().partition("\n")
+    return gzip_csv(header.replace('"', "") + "\n" + rows)
 
 
 def gzip_csv(text: str) -> bytes:
