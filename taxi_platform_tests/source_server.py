@@ -22,7 +22,8 @@ class SourceServer:
         handler = type("Handler", (_Handler,), {"source": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # A short poll: stopping the server waits for the serving loop to look up.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self):
         self.thread.start()
@@ -33,7 +34,12 @@ class SourceServer:
         self.httpd.server_close()
 
     def fail(self, path: str, *faults: str) -> None:
-        """Answer the next requests of `path` with these faults: 500, html, truncated."""
+        """Answer the next requests of `path` with these faults, one a request:
+        - an HTTP status ("500", "429", "403", ...): that status, a short text body;
+        - "html": a sign-in page as text/html; "html_as_data": the same page as application/octet-stream;
+        - "truncated": the first half of the file, as a whole answer (Content-Length of the half);
+        - "cut": the whole file's Content-Length, then half of it, then the connection closes;
+        - "drop": the connection closes before any answer."""
         self.faults[path].extend(faults)
 
     def find(self, path: str) -> Path | None:
@@ -59,10 +65,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, body: bool):
         self.source.requests.append((self.command, self.path))
         fault = self.source.faults[self.path].pop(0) if self.source.faults[self.path] else None
-        if fault == "500":
-            return self._send(500, b"upstream error", "text/plain", body)
-        if fault == "html":
-            return self._send(200, HTML_PAGE, "text/html; charset=utf-8", body)
+        if fault == "drop":
+            self.close_connection = True
+            return
+        if fault and fault.isdigit():
+            return self._send(int(fault), f"HTTP {fault}".encode(), "text/plain", body)
+        if fault in ("html", "html_as_data"):
+            kind = "text/html; charset=utf-8" if fault == "html" else "application/octet-stream"
+            return self._send(200, HTML_PAGE, kind, body)
         file = self.source.find(self.path)
         if file is None:
             return self._send(404, b"not found", "text/plain", body)
@@ -74,13 +84,17 @@ class _Handler(BaseHTTPRequestHandler):
             "ETag": '"' + hashlib.md5(data).hexdigest() + '"',
             "Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True),
         }
+        if fault == "cut":
+            headers["Content-Length"] = str(len(data))
+            data = data[: len(data) // 2]
+            self.close_connection = True
         self._send(200, data, "application/octet-stream", body, headers)
 
     def _send(self, status, data, content_type, body, headers=None):
+        headers = {"Content-Length": str(len(data)), **(headers or {})}
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
+        for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
         if body:
