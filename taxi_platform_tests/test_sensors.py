@@ -4,11 +4,13 @@ import gzip
 import json
 import os
 import shutil
+from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from taxi_platform.datasets import GREEN
+from taxi_platform.datasets import DATASETS, GREEN
 from taxi_platform.definitions import defs
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.jobs import build_ingest_job
@@ -16,21 +18,39 @@ from taxi_platform.sensors.landing_zone import build_landing_sensor
 from taxi_platform.sensors.new_months import build_source_sensor, months_to_check
 from taxi_platform.sources.landing import LANDED_FILE_TAG, move_to_processed
 from taxi_platform.sources.public import TaxiSource
-from taxi_platform_tests.helpers import failure_message, green_trip_keys, materializations
+from taxi_platform_tests.helpers import course_counts, failure_message, green_trip_keys, materializations
 from taxi_platform_tests.source_server import SourceServer
 
+pytestmark = pytest.mark.fast
+
 JOBS = {"green": build_ingest_job(GREEN)}
-# The green months the sample data publishes: CSV.gz releases, and the TLC's parquet for later months.
-PUBLISHED = [f"2020-{m:02d}" for m in range(4, 13)] + ["2023-12", "2024-01"]
-MONTHS = GREEN.partitions_def.get_partition_keys()
 DEFS = defs()  # the code location the run requests resolve against
 
 
+def months() -> list[str]:
+    """Green's months now, by the platform's own partitions (New York time), as the sensors see them."""
+    return list(GREEN.partitions_def.get_partition_keys())
+
+
+def published_months(root: Path) -> list[str]:
+    """The green months a source folder publishes: CSV.gz releases, and the TLC's parquet."""
+    files = [
+        *root.glob("releases/green/green_tripdata_*.csv.gz"),
+        *root.glob("trip-data/green_tripdata_*.parquet"),
+    ]
+    return sorted(file.name.removeprefix("green_tripdata_")[:7] for file in files)
+
+
 @pytest.fixture
-def server(sample_data, tmp_path):
+def server(published, tmp_path):
     """A source of its own, so a test can republish a month without touching other tests' files."""
-    with SourceServer(tmp_path / "overlay", sample_data) as server:
+    with SourceServer(tmp_path / "overlay", published) as server:
         yield server
+
+
+@pytest.fixture
+def published_green(published) -> list[str]:
+    return published_months(published)
 
 
 @pytest.fixture
@@ -61,28 +81,57 @@ def republish(server, month: str) -> None:
     path.write_bytes(gzip.compress(data, compresslevel=1, mtime=0))
 
 
-def test_partitions_end_with_the_last_complete_month():
-    now = dg.MonthlyPartitionsDefinition(start_date="2000-01", fmt="%Y-%m")
-    assert MONTHS[0] == GREEN.first_month
-    assert MONTHS[-1] == now.get_last_partition_key()  # the month before the current one, never later
+@pytest.mark.parametrize(
+    ("now", "last"),
+    [
+        (datetime(2024, 3, 1, 0, 30, tzinfo=UTC), "2024-01"),  # 19:30 on Feb 29 in New York
+        (datetime(2024, 3, 1, 5, 0, tzinfo=UTC), "2024-02"),  # midnight in New York (EST)
+        (datetime(2024, 7, 1, 3, 59, tzinfo=UTC), "2024-05"),  # 23:59 on June 30 in New York (EDT)
+        (datetime(2024, 7, 1, 4, 0, tzinfo=UTC), "2024-06"),
+    ],
+)
+def test_partitions_end_with_the_last_complete_month_in_new_york(now, last):
+    for spec in DATASETS.values():
+        keys = spec.partitions_def.get_partition_keys(current_time=now)
+        assert (keys[0], keys[-1]) == (spec.first_month, last)
 
 
-def test_the_first_tick_requests_every_published_month_and_the_same_cursor_nothing_more(server, instance):
+def test_the_first_tick_requests_every_published_month_and_the_same_cursor_nothing_more(
+    server, instance, published_green
+):
     sensor = build_source_sensor(GREEN, JOBS["green"], 60, checks_per_tick=1000)
     result, cursor = tick(sensor, instance, taxi_source=source_of(server))
     runs = requested(result)
-    assert sorted(runs) == PUBLISHED
+    assert sorted(runs) == published_green
     assert runs["2020-11"].run_key.startswith("green_trips:2020-11:")
     assert runs["2020-11"].tags["taxi/trigger"] == "published"
-    assert all(method == "HEAD" for method, _ in server.requests)
-    assert len(server.requests) == len(MONTHS)
+    assert sorted(server.requests) == sorted(("HEAD", source_path(month)) for month in months())
     state = json.loads(cursor)
-    assert sorted(state["requested"]) == PUBLISHED and state["sweep"] is None
+    assert sorted(state["requested"]) == published_green and state["sweep"] is None
 
     again, same = tick(sensor, instance, cursor, taxi_source=source_of(server))  # a restart: same cursor
     assert again.run_requests == [] and json.loads(same) == state
-    assert "0 not published" not in again.skip_message
-    assert f"{len(PUBLISHED)} unchanged since requested or materialized" in again.skip_message
+    checked = len(months())
+    assert again.skip_message == (
+        f"green: no new or changed month among the {checked} checked: {len(published_green)} unchanged "
+        f"since requested or materialized, {checked - len(published_green)} not published, 0 unreachable"
+    )
+
+
+def source_path(month: str) -> str:
+    """The path the test source serves a green month at (the releases for their months, else the TLC)."""
+    if GREEN.releases and month in GREEN.releases:
+        return f"/releases/green/green_tripdata_{month}.csv.gz"
+    return f"/trip-data/green_tripdata_{month}.parquet"
+
+
+def test_an_unreachable_month_is_counted_and_checked_again_later(server, instance, published_green):
+    sensor = build_source_sensor(GREEN, JOBS["green"], 60, checks_per_tick=1000)
+    server.fail(source_path("2020-11"), "503")
+    result, cursor = tick(sensor, instance, taxi_source=source_of(server))
+    assert sorted(requested(result)) == [m for m in published_green if m != "2020-11"]
+    again, _ = tick(sensor, instance, cursor, taxi_source=source_of(server))
+    assert sorted(requested(again)) == ["2020-11"]
 
 
 def test_a_republished_month_is_requested_once_with_a_new_run_key(server, instance):
@@ -97,7 +146,7 @@ def test_a_republished_month_is_requested_once_with_a_new_run_key(server, instan
     assert third.run_requests == []
 
 
-def test_a_month_materialized_from_the_same_file_is_not_requested(server, instance):
+def test_a_month_materialized_from_the_same_file_is_not_requested(server, instance, published_green):
     source = source_of(server)
     version = source.probe(source.locate(GREEN, "2020-10"))
     instance.report_runless_asset_event(
@@ -113,20 +162,22 @@ def test_a_month_materialized_from_the_same_file_is_not_requested(server, instan
     )
     sensor = build_source_sensor(GREEN, JOBS["green"], 60, checks_per_tick=1000)
     result, cursor = tick(sensor, instance, taxi_source=source)
-    assert sorted(requested(result)) == [m for m in PUBLISHED if m != "2020-10"]
+    assert sorted(requested(result)) == [m for m in published_green if m != "2020-10"]
     assert "2020-10" in json.loads(cursor)["requested"]  # adopted: a later republication is noticed
 
 
-def test_each_tick_sends_a_bounded_number_of_heads_and_the_sweep_covers_every_month(server, instance):
+def test_each_tick_sends_a_bounded_number_of_heads_and_the_sweep_covers_every_month(
+    server, instance, published_green
+):
     sensor = build_source_sensor(GREEN, JOBS["green"], 60, checks_per_tick=24)
     cursor, seen, ticks = None, [], 0
-    while sorted(seen) != PUBLISHED:
+    while sorted(seen) != published_green:
         before = len(server.requests)
         result, cursor = tick(sensor, instance, cursor, taxi_source=source_of(server))
         assert len(server.requests) - before == 24
         seen += list(requested(result))
         ticks += 1
-        assert ticks <= -(-(len(MONTHS) - 3) // 21), "the sweep must cover every month"
+        assert ticks <= -(-(len(months()) - 3) // 21), "the sweep must cover every month"
     assert len(seen) == len(set(seen))  # each month requested once
 
 
@@ -154,12 +205,12 @@ def landing_tick(lake, cursor=None):
     return result, result.cursor
 
 
-def test_a_landed_file_is_requested_once_and_badly_named_ones_are_reported(tmp_path, sample_data):
+def test_a_landed_file_is_requested_once_and_badly_named_ones_are_reported(tmp_path, published):
     landing = tmp_path / "lake/landing"
     (landing / "processed").mkdir(parents=True)
     good = landing / "green_tripdata_2020-11.csv.gz"
-    shutil.copy(sample_data / "releases/green/green_tripdata_2020-11.csv.gz", good)
-    for bad in ("notes.txt", "purple_tripdata_2020-01.parquet", "green_tripdata_2031-01.parquet"):
+    shutil.copy(published / "releases/green/green_tripdata_2020-11.csv.gz", good)
+    for bad in ("notes.txt", "purple_tripdata_2020-01.parquet", "green_tripdata_2999-01.parquet"):
         (landing / bad).write_text("x")
     (landing / "processed/green_tripdata_2020-10.csv.gz").write_text("done")
 
@@ -170,11 +221,13 @@ def test_a_landed_file_is_requested_once_and_badly_named_ones_are_reported(tmp_p
 
     again, cursor = landing_tick(tmp_path / "lake", cursor)
     assert again.run_requests == []
-    message = again.skip_message
-    assert "already requested" in message and "green_tripdata_2020-11.csv.gz" in message
-    assert "notes.txt: not named like a source file" in message
-    assert "unknown dataset 'purple'" in message
-    assert "2031-01 is not a month of green" in message
+    assert again.skip_message == (
+        "landing/: already requested, running or failed (see their runs): ['green_tripdata_2020-11.csv.gz'] | "
+        "cannot take: green_tripdata_2999-01.parquet: 2999-01 is not a month of green (2013-08 to the last "
+        "complete month); notes.txt: not named like a source file (<dataset>_tripdata_<YYYY-MM>.csv.gz or "
+        ".parquet); purple_tripdata_2020-01.parquet: unknown dataset 'purple', not one of "
+        "['fhv', 'fhvhv', 'green', 'yellow']"
+    )
 
     os.utime(good, ns=(1, 1))  # dropped again: a new version
     replaced, _ = landing_tick(tmp_path / "lake", cursor)
@@ -198,16 +251,21 @@ def run_landed(uri: str):
     )
 
 
-def test_the_raw_asset_reads_the_landed_file_and_an_unreadable_one_fails_naming_it(taxi_env, sample_data):
+def test_the_raw_asset_reads_the_landed_file_and_an_unreadable_one_fails_naming_it(
+    taxi_env, published, source_server
+):
     landing = taxi_env / "lake/landing"
     landing.mkdir(parents=True)
     good = landing / "green_tripdata_2020-11.csv.gz"
-    shutil.copy(sample_data / "releases/green/green_tripdata_2020-11.csv.gz", good)
+    shutil.copy(published / "releases/green/green_tripdata_2020-11.csv.gz", good)
+    before = len(source_server.requests)
     result = run_landed(good.as_posix())
     meta = materializations(result)
+    expected = course_counts(good, "2020-11")
     assert meta[("raw/green_trips", "2020-11")]["source_kind"] == "landing"
-    assert meta[("raw/green_trips", "2020-11")]["dagster/row_count"] == 88605
-    assert meta[("clean/green_trips", "2020-11")]["dagster/row_count"] == 45868
+    assert meta[("raw/green_trips", "2020-11")]["dagster/row_count"] == expected["raw"]
+    assert meta[("clean/green_trips", "2020-11")]["dagster/row_count"] == expected["clean"]
+    assert len(source_server.requests) == before  # read from the landing zone, not the source
 
     broken = landing / "green_tripdata_2020-12.csv.gz"
     broken.write_bytes(b"\x1f\x8b not really gzip")
@@ -222,7 +280,10 @@ def test_the_raw_asset_reads_the_landed_file_and_an_unreadable_one_fails_naming_
     assert not failed.success
     message = failure_message(failed)
     assert "green 2020-12 (landed)" in message and broken.as_posix() in message
-    assert len(failed.get_step_failure_events()) == 1  # not retried: retrying cannot help
+    assert len(failed.get_step_failure_events()) == 1
+    retried = [e for e in failed.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert retried == []  # retrying cannot help
 
     wrong_month = run_landed(broken.as_posix())
-    assert "is not green 2020-11" in failure_message(wrong_month)
+    assert not wrong_month.success
+    assert f"landed file {broken.as_posix()} is not green 2020-11" in failure_message(wrong_month)
