@@ -19,8 +19,10 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
   (hive partitions), or a DuckDB view; the lake's files queried where they lie.
 """
 
+import logging
 import re
 import time
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -31,13 +33,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from pydantic import Field
 
-from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import as_dataset
 
 CLUSTER_BY = "warehouse/cluster_by"
 LAKE_TABLE = "warehouse/lake_table"
 DATETIME_NOTE = "New York local time, stored as DATETIME (no time zone)."
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+log = logging.getLogger(__name__)
 
 
 class Window:
@@ -47,7 +50,7 @@ class Window:
         self.column, self.start, self.end = column, start.date(), end.date()
 
 
-class WarehouseSQL(dg.ConfigurableResource):
+class WarehouseSQL(dg.ConfigurableResource, ABC):
     """SQL in the warehouse's dataset: what the marts run, in the few spellings the dialects differ."""
 
     dataset: str = Field(default="taxi", description="Dataset (BigQuery) or schema (DuckDB).")
@@ -57,31 +60,33 @@ class WarehouseSQL(dg.ConfigurableResource):
     def table_id(self, name: str) -> str:
         return f"{self.dataset}.{name}"
 
+    @abstractmethod
     def ref(self, name: str) -> str:
         """A table's name as SQL of this warehouse."""
-        raise NotImplementedError
 
+    @abstractmethod
     def seconds_between(self, start: str, end: str) -> str:
-        raise NotImplementedError
+        """SQL of the whole seconds from the DATETIME `start` to `end`."""
 
+    @abstractmethod
     def execute(self, statement: str) -> pa.Table:
-        """Run a statement in the warehouse; its rows (empty for DDL)."""
-        raise NotImplementedError
+        """Run a statement in the warehouse; its rows (none for DDL)."""
 
+    @abstractmethod
     def tables(self) -> set[str]:
         """The names of the tables in the dataset."""
-        raise NotImplementedError
 
 
-class WarehouseIOManager(dg.ConfigurableIOManager):
+class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
     """The contract both back ends keep; subclasses implement `_replace`, `_read` and
     `_create_lake_table` through their `sql` resource."""
 
     lake_root: str = Field(default="", description="The lake's root, for `<table>_lake` tables.")
 
     @property
+    @abstractmethod
     def warehouse(self) -> WarehouseSQL:
-        raise NotImplementedError
+        """The SQL resource the IO manager stores through."""
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         data = as_dataset(obj)
@@ -89,8 +94,8 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         name = _checked_name(context.asset_key.path[-1])
         window = None
         if context.has_asset_partitions:
-            time_window = context.asset_partitions_time_window
-            window = Window(meta[PARTITION_COLUMN], time_window.start, time_window.end)
+            span = context.asset_partitions_time_window
+            window = Window(meta[PARTITION_COLUMN], span.start, span.end)
         descriptions = _descriptions(data.schema, meta)
         stored = self._replace(name, data, window, list(meta.get(CLUSTER_BY) or []), descriptions)
         if meta.get(LAKE_TABLE) and self.lake_root:
@@ -102,34 +107,36 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext):
-        meta = context.upstream_output.definition_metadata
+        meta = upstream_metadata(context)
         name = _checked_name(context.asset_key.path[-1])
         if not context.has_asset_partitions:
             return self._read(name, None)
-        partitions_def = context.asset_partitions_def
         tables = {}
         for key in context.asset_partition_keys:
-            span = partitions_def.time_window_for_partition_key(key)
+            span = time_window(context.asset_partitions_def, key)
             tables[key] = self._read(name, Window(meta[PARTITION_COLUMN], span.start, span.end))
         return tables if len(tables) > 1 else next(iter(tables.values()))
 
+    @abstractmethod
     def _replace(self, name, data: ds.Dataset, window, cluster_by, descriptions) -> dict:
         """Replace the window's rows (all rows if None) by `data`; metadata about the table."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _read(self, name: str, window: Window | None) -> pa.Table:
-        raise NotImplementedError
+        """The window's rows (all rows if None)."""
 
+    @abstractmethod
     def _create_lake_table(self, name: str, prefix: str, partition_column: str | None) -> None:
         """(Re)create a table over the lake's parquet under `prefix`, hive-partitioned by the column."""
-        raise NotImplementedError
 
 
 class DuckDBSQL(WarehouseSQL):
     """The local warehouse: an embedded DuckDB file."""
 
     path: str = Field(description="The DuckDB database file.")
-    lock_timeout_seconds: float = 120.0
+    lock_timeout_seconds: float = Field(
+        default=120.0, description="How long to wait for another process's lock on the file."
+    )
     memory_limit: str = Field(
         default="1GB", description="DuckDB's memory; beyond it, sorts spill to <path>.tmp on disk."
     )
@@ -141,9 +148,8 @@ class DuckDBSQL(WarehouseSQL):
         return f"date_diff('second', {start}, {end})"
 
     def execute(self, statement: str) -> pa.Table:
-        with self.connect() as con:
-            result = con.execute(statement)
-            return result.fetch_arrow_table() if result.description else pa.table({})
+        with self.connect() as con:  # DuckDB answers every statement with a result, DDL's without rows
+            return con.execute(statement).to_arrow_table()
 
     def tables(self) -> set[str]:
         with self.connect() as con:
@@ -154,19 +160,31 @@ class DuckDBSQL(WarehouseSQL):
 
     @contextmanager
     def connect(self):
-        """One writer at a time may hold the file; others wait for it (the warehouse pool helps)."""
+        """One process at a time may hold the file; others wait for it, up to `lock_timeout_seconds`
+        (the warehouse pool keeps a deployment's own runs in turn)."""
         import duckdb
 
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_timeout_seconds
+        waiting = False
         while True:
             try:
                 con = duckdb.connect(self.path, config={"memory_limit": self.memory_limit})
                 break
             except duckdb.IOException as error:
-                if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                if "lock" not in str(error).lower():
                     raise
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"the warehouse {self.path} stayed locked by another process for more than"
+                        f" {self.lock_timeout_seconds:g} s (lock_timeout_seconds): {error}"
+                    ) from error
+                if not waiting:
+                    log.info("waiting for the warehouse %s, locked by another process: %s", self.path, error)
+                    waiting = True
                 time.sleep(0.5)
+        if waiting:
+            log.info("the warehouse %s is free: connected", self.path)
         try:
             yield con
         finally:
@@ -221,11 +239,11 @@ class DuckDBWarehouse(WarehouseIOManager):
         target = self.sql.ref(name)
         with self.sql.connect() as con:
             if window is None:
-                return con.execute(f"SELECT * FROM {target}").fetch_arrow_table()
+                return con.execute(f"SELECT * FROM {target}").to_arrow_table()
             column = _quote(window.column)
             return con.execute(
                 f"SELECT * FROM {target} WHERE {column} >= ? AND {column} < ?", [window.start, window.end]
-            ).fetch_arrow_table()
+            ).to_arrow_table()
 
     def _create_lake_table(self, name, prefix, partition_column) -> None:
         files = f"{Path(prefix).resolve().as_posix()}/*/*.parquet"
