@@ -1,18 +1,44 @@
-"""The local warehouse (embedded DuckDB) from the real green months."""
+"""The local warehouse (embedded DuckDB): the synthetic green months end to end, and the IO manager on
+its own (schema drift, the file lock another process holds, its errors)."""
 
+import logging
+import subprocess
+import sys
+import threading
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pandas as pd
+import pyarrow as pa
+import pytest
 
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.io_managers.warehouse import LAKE_TABLE, DuckDBSQL, DuckDBWarehouse
-from taxi_platform_tests.helpers import green_trip_keys, materializations, materialize
+from taxi_platform_tests.helpers import course_counts, green_trip_keys, materializations, materialize
 from taxi_platform_tests.test_lake import MONTHS, days, write
 
+pytestmark = pytest.mark.fast
+
 GREEN_TO_WAREHOUSE = (*green_trip_keys(), "warehouse/green_trips")
-CLEAN_COUNTS = {"2020-10": 49262, "2020-11": 45868, "2020-12": 44228}
+
+
+def release(published: Path, month: str) -> Path:
+    """The served CSV.gz release of a synthetic green month."""
+    return published / "releases" / "green" / f"green_tripdata_{month}.csv.gz"
+
+
+def clean_counts(published: Path, *months: str) -> dict[str, int]:
+    """{month: clean rows} of the served months, computed the course's way with pandas."""
+    return {month: course_counts(release(published, month), month)["clean"] for month in months}
+
+
+def served_zones(published: Path) -> list[tuple]:
+    """The served zone lookup's rows, read by pandas ("NA" and "N/A" are names, not missing)."""
+    zones = pd.read_csv(published / "misc" / "taxi_zone_lookup.csv", keep_default_na=False)
+    return sorted(zones[["LocationID", "Borough", "Zone", "service_zone"]].itertuples(index=False, name=None))
 
 
 def warehouse(data_dir, sql: str, params=()):
@@ -30,18 +56,19 @@ def month_counts(data_dir) -> dict[str, int]:
     return {month: total for month, total, _ in rows}
 
 
-def test_a_three_month_backfill_then_a_rerun_of_one_month(taxi_env):
+def test_a_three_month_backfill_then_a_rerun_of_one_month(taxi_env, published):
+    expected = clean_counts(published, "2020-10", "2020-11", "2020-12")
     result = materialize(*GREEN_TO_WAREHOUSE, months=("2020-10", "2020-12"))
-    assert month_counts(taxi_env) == CLEAN_COUNTS
+    assert month_counts(taxi_env) == expected
     meta = materializations(result)[("warehouse/green_trips", "2020-11")]
-    assert meta["dagster/row_count"] == CLEAN_COUNTS["2020-11"]
+    assert meta["dagster/row_count"] == expected["2020-11"]
     assert meta["dagster/table_name"] == "taxi.green_trips"
     for _ in range(2):
         materialize(*GREEN_TO_WAREHOUSE, partition="2020-11")
-    assert month_counts(taxi_env) == CLEAN_COUNTS
+    assert month_counts(taxi_env) == expected
 
 
-def test_the_table_types_and_describes_its_columns(taxi_env):
+def test_the_table_types_and_describes_its_columns(taxi_env, published):
     materialize(*GREEN_TO_WAREHOUSE, partition="2020-10")
     columns = dict(
         warehouse(
@@ -57,12 +84,15 @@ def test_the_table_types_and_describes_its_columns(taxi_env):
             taxi_env, "SELECT column_name, comment FROM duckdb_columns() WHERE table_name = 'green_trips'"
         )
     )
-    assert "stored as DATETIME" in comments["lpep_pickup_datetime"]
+    assert comments["lpep_pickup_datetime"].endswith(
+        "New York local time, stored as DATETIME (no time zone)."
+    )
     assert "hash of every trip column" in comments["trip_key"]
-    assert warehouse(taxi_env, "SELECT count(*) FROM taxi.green_trips_lake") == [(49262,)]  # the lake view
+    expected = clean_counts(published, "2020-10")["2020-10"]
+    assert warehouse(taxi_env, "SELECT count(*) FROM taxi.green_trips_lake") == [(expected,)]  # the lake view
 
 
-def test_a_query_by_month_returns_that_month_only(taxi_env):
+def test_a_query_by_month_returns_that_month_only(taxi_env, published):
     materialize(*GREEN_TO_WAREHOUSE, months=("2020-10", "2020-11"))
     rows = warehouse(
         taxi_env,
@@ -71,16 +101,18 @@ def test_a_query_by_month_returns_that_month_only(taxi_env):
         " AND pickup_date < DATE '2020-12-01'",
     )
     count, first, last = rows[0]
-    assert count == CLEAN_COUNTS["2020-11"]
+    assert count == clean_counts(published, "2020-11")["2020-11"]
     assert first.strftime("%Y-%m") == last.strftime("%Y-%m") == "2020-11"
 
 
-def test_zones_land_whole(taxi_env):
+def test_zones_land_whole(taxi_env, published):
     for _ in range(2):
         materialize("reference/taxi_zones", "warehouse/taxi_zones")
-    assert warehouse(taxi_env, "SELECT count(*), count(DISTINCT location_id) FROM taxi.taxi_zones") == [
-        (265, 265)
-    ]
+    stored = warehouse(
+        taxi_env, "SELECT location_id, borough, zone, service_zone FROM taxi.taxi_zones ORDER BY 1"
+    )
+    assert stored == served_zones(published)
+    assert len(stored) == 265
 
 
 def test_the_lake_table_queries_the_lake_files_where_they_lie(tmp_path):
@@ -106,3 +138,212 @@ def test_the_lake_table_queries_the_lake_files_where_they_lie(tmp_path):
             == con.execute("SELECT day, count(*) FROM taxi.trips GROUP BY day ORDER BY day").fetchall()
             == [(date(2020, 3, 1), 1), (date(2020, 3, 2), 1), (date(2020, 4, 9), 1)]
         )
+
+
+# The IO manager on its own ------------------------------------------------------------------------
+
+BY_DAY = {PARTITION_COLUMN: "day"}
+
+
+def store(manager, obj, month=None, key=("warehouse", "trips"), metadata=None, key_range=None):
+    context = dg.build_output_context(
+        asset_key=dg.AssetKey(list(key)),
+        partition_key=month,
+        asset_partition_key_range=key_range,
+        asset_partitions_def=MONTHS if month or key_range else None,
+        definition_metadata=BY_DAY if metadata is None else metadata,
+    )
+    manager.handle_output(context, obj)
+
+
+def load(manager, month=None, key=("warehouse", "trips"), key_range=None):
+    upstream = dg.build_output_context(asset_key=dg.AssetKey(list(key)), definition_metadata=BY_DAY)
+    context = dg.build_input_context(
+        asset_key=dg.AssetKey(list(key)),
+        partition_key=month,
+        asset_partition_key_range=key_range,
+        asset_partitions_def=MONTHS if month or key_range else None,
+        upstream_output=upstream,
+    )
+    return manager.load_input(context)
+
+
+def duckdb_warehouse(tmp_path, **options) -> DuckDBWarehouse:
+    return DuckDBWarehouse(sql=DuckDBSQL(path=str(tmp_path / "w.duckdb"), **options))
+
+
+def rows(manager: DuckDBWarehouse, sql: str) -> list[tuple]:
+    with manager.sql.connect() as con:
+        return con.execute(sql).fetchall()
+
+
+def test_a_new_column_is_added_and_the_earlier_rows_read_it_as_null(tmp_path):
+    manager = duckdb_warehouse(tmp_path)
+    store(manager, days(date(2020, 3, 1), date(2020, 3, 2)), "2020-03")
+    tipped = days(date(2020, 4, 1)).append_column("tip", pa.array([1.5]))
+    store(manager, tipped, "2020-04")
+    assert load(manager, "2020-03").to_pydict() == {
+        "n": [0, 1],
+        "day": [date(2020, 3, 1), date(2020, 3, 2)],
+        "tip": [None, None],
+    }
+    assert load(manager, "2020-04").to_pydict() == {"n": [0], "day": [date(2020, 4, 1)], "tip": [1.5]}
+    assert rows(
+        manager,
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'trips'"
+        " ORDER BY ordinal_position",
+    ) == [("n", "BIGINT"), ("day", "DATE"), ("tip", "DOUBLE")]
+
+
+def test_a_changed_column_type_fails_naming_it_and_leaves_the_table_as_it_was(tmp_path):
+    manager = duckdb_warehouse(tmp_path)
+    store(manager, days(date(2020, 3, 1), date(2020, 3, 2)), "2020-03")
+    as_text = pa.table({"n": pa.array(["zero"]), "day": pa.array([date(2020, 3, 5)], pa.date32())})
+    with pytest.raises(
+        ValueError,
+        match=r"^taxi\.trips: column types changed \(table, data\): \{'n': \('BIGINT', 'VARCHAR'\)\}$",
+    ):
+        store(manager, as_text, "2020-03")
+    assert load(manager, "2020-03").to_pydict() == {"n": [0, 1], "day": [date(2020, 3, 1), date(2020, 3, 2)]}
+    assert rows(manager, "SELECT data_type FROM information_schema.columns WHERE column_name = 'n'") == [
+        ("BIGINT",)
+    ]
+
+
+def test_reads_of_a_table_a_month_and_a_range_of_months(tmp_path):
+    manager = duckdb_warehouse(tmp_path)
+    march, april = days(date(2020, 3, 9)), days(date(2020, 4, 9), date(2020, 4, 10))
+    store(manager, {"2020-03": march, "2020-04": april}, key_range=dg.PartitionKeyRange("2020-03", "2020-04"))
+    ranged = load(manager, key_range=dg.PartitionKeyRange("2020-03", "2020-04"))
+    assert {month: table.to_pydict() for month, table in ranged.items()} == {
+        "2020-03": march.to_pydict(),
+        "2020-04": april.to_pydict(),
+    }
+    zones = pa.table({"location_id": [1, 2], "zone": ["a", "NA"]})
+    store(manager, zones, key=("warehouse", "zones"), metadata={})
+    store(manager, zones.slice(1), key=("warehouse", "zones"), metadata={})  # replaces the whole table
+    assert load(manager, key=("warehouse", "zones")).to_pydict() == {"location_id": [2], "zone": ["NA"]}
+    assert manager.sql.tables() == {"trips", "zones"}
+    assert manager.sql.execute("CREATE VIEW taxi.v AS SELECT 1 AS one").num_rows == 0  # DDL: no rows
+    assert manager.sql.execute("SELECT one FROM taxi.v").to_pydict() == {"one": [1]}
+
+
+def test_a_table_name_that_is_not_an_identifier_is_refused(tmp_path):
+    manager = duckdb_warehouse(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"""^'trips"; DROP TABLE x; --' is not a valid warehouse table name$"""
+    ):
+        store(manager, days(date(2020, 3, 1)), "2020-03", key=("warehouse", 'trips"; DROP TABLE x; --'))
+    with pytest.raises(ValueError, match="is not a valid warehouse table name"):
+        manager.sql.ref("1trips")
+    assert manager.sql.tables() == set()
+
+
+def test_a_file_that_is_not_a_duckdb_database_fails_at_once(tmp_path):
+    (tmp_path / "w.duckdb").write_bytes(b"not a database" * 1000)
+    manager = duckdb_warehouse(tmp_path, lock_timeout_seconds=3600)  # no lock: it would not wait anyway
+    with pytest.raises(duckdb.IOException, match="not a valid DuckDB database file"):
+        store(manager, days(date(2020, 3, 1)), "2020-03")
+
+
+HOLDER = """
+import sys
+import duckdb
+con = duckdb.connect(sys.argv[1])
+print("held", flush=True)
+sys.stdin.readline()
+con.close()
+print("released", flush=True)
+"""
+
+
+class LockHolder:
+    """Another process holding the DuckDB file until `release()`."""
+
+    def __init__(self, path: Path):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout.readline() == "held\n"
+
+    def release(self) -> None:
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline() == "released\n"
+        assert self.process.wait(timeout=60) == 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class Waiting(logging.Handler):
+    """Sets `event` when the warehouse logs that it waits for the file."""
+
+    def __init__(self):
+        super().__init__()
+        self.event, self.messages = threading.Event(), []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+        if record.getMessage().startswith("waiting for the warehouse"):
+            self.event.set()
+
+
+@pytest.fixture
+def waiting():
+    handler, logger = Waiting(), logging.getLogger("taxi_platform.io_managers.warehouse")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_a_writer_waits_for_the_file_another_process_holds_then_writes(tmp_path, waiting):
+    manager = duckdb_warehouse(tmp_path, lock_timeout_seconds=300)
+    outcome = {}
+
+    def writer():
+        try:
+            store(manager, days(date(2020, 3, 7)), "2020-03")
+            outcome["done"] = True
+        except Exception as error:  # reported by the assertion below
+            outcome["error"] = error
+
+    with LockHolder(tmp_path / "w.duckdb") as holder:
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert waiting.event.wait(timeout=120), "the writer never found the file locked"
+        assert "done" not in outcome and "error" not in outcome  # it waits while the file is held
+        pid = holder.process.pid
+        assert f"(PID {pid})" in waiting.messages[0]  # the holder named
+        holder.release()
+    thread.join(timeout=120)
+    assert outcome == {"done": True}
+    assert waiting.messages[-1] == f"the warehouse {tmp_path / 'w.duckdb'} is free: connected"
+    assert load(manager, "2020-03").to_pydict() == {"n": [0], "day": [date(2020, 3, 7)]}
+
+
+def test_a_file_held_longer_than_the_lock_timeout_fails_naming_it(tmp_path, waiting):
+    manager = duckdb_warehouse(tmp_path, lock_timeout_seconds=1)
+    with LockHolder(tmp_path / "w.duckdb") as holder:
+        with pytest.raises(TimeoutError) as raised:
+            store(manager, days(date(2020, 3, 7)), "2020-03")
+        assert str(raised.value).startswith(
+            f"the warehouse {tmp_path / 'w.duckdb'} stayed locked by another process for more than 1 s"
+            " (lock_timeout_seconds): IO Error: Could not set lock on file"
+        )
+        assert f"(PID {holder.process.pid})" in str(raised.value)
+        assert isinstance(raised.value.__cause__, duckdb.IOException)
+        holder.release()
+    assert waiting.event.is_set()
+    assert duckdb_warehouse(tmp_path).sql.tables() == set()  # nothing was written
