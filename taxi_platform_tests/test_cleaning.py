@@ -9,6 +9,8 @@ import pytest
 from taxi_platform.cleaning import MonthCleaner, clean_month, to_clean_columns, trip_key
 from taxi_platform.datasets import DATASETS
 
+pytestmark = pytest.mark.fast
+
 GREEN = DATASETS["green"]
 OCT, NOV = datetime(2020, 10, 1), datetime(2020, 11, 1)
 PINNED_KEY = -1973929671006101875

@@ -11,8 +11,10 @@ import pytest
 
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers import lake as lake_module
-from taxi_platform.io_managers.arrow_data import prefetched
-from taxi_platform.io_managers.lake import LakeIOManager
+from taxi_platform.io_managers.arrow_data import BATCH_ROWS, prefetched
+from taxi_platform.io_managers.lake import BUFFERED_ROWS, LakeIOManager
+
+pytestmark = pytest.mark.fast
 
 MONTHS = dg.MonthlyPartitionsDefinition(start_date="2020-01", fmt="%Y-%m")
 BY_DAY = {PARTITION_COLUMN: "day"}
@@ -186,3 +188,43 @@ def test_temporary_files_of_a_killed_write_are_removed_by_the_next_one(tmp_path)
         "2020-03.parquet",
         "2020-04.parquet.4567ef01.tmp",
     ]
+
+
+def small_batches(count: int, rows: int, *days: date) -> pa.RecordBatchReader:
+    """`count` batches of `rows` rows, each batch's rows spread evenly over `days`."""
+    schema = pa.schema([("n", pa.int64()), ("day", pa.date32())])
+    spread = pa.array([days[i % len(days)] for i in range(rows)], pa.date32())
+    batches = (
+        pa.record_batch([pa.array(range(rows), pa.int64()), spread], schema=schema) for _ in range(count)
+    )
+    return pa.RecordBatchReader.from_batches(schema, batches)
+
+
+def row_groups(file) -> list[int]:
+    metadata = pq.read_metadata(file)
+    return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+
+
+def test_a_file_of_small_batches_is_written_in_row_groups_of_at_least_batch_rows(tmp_path):
+    """Rejected rows come a few thousand at a time: they are gathered into row groups of 131,072 rows or
+    more (a row group is flushed with the batch that reaches BATCH_ROWS), the rest in a last one."""
+    assert BATCH_ROWS == 131_072
+    lake = LakeIOManager(root=str(tmp_path))
+    key = dg.AssetKey(["clean", "rejected"])
+    context = dg.build_output_context(asset_key=key, partition_key="2020-03", asset_partitions_def=MONTHS)
+    lake.handle_output(
+        context, small_batches(300, 1_000, date(2020, 3, 1)).read_all().select(["n"]).to_reader()
+    )
+    assert row_groups(tmp_path / "clean/rejected/2020-03.parquet") == [132_000, 132_000, 36_000]
+
+
+def test_a_partition_buffers_its_days_and_writes_each_as_a_row_group_at_buffered_rows(tmp_path):
+    """Rows are held by day until BUFFERED_ROWS (4 x 131,072) are buffered in all, then each day's rows
+    go to its file as one row group; what is left goes at the end."""
+    assert BUFFERED_ROWS == 524_288
+    lake = LakeIOManager(root=str(tmp_path))
+    write(lake, small_batches(600, 1_000, date(2020, 3, 1), date(2020, 3, 2)), "2020-03")
+    # The 525th batch brings 525,000 rows: 262,500 a day; the last 75 batches, 37,500 a day.
+    for day in ("2020-03-01", "2020-03-02"):
+        assert row_groups(tmp_path / f"clean/trips/day={day}/2020-03.parquet") == [262_500, 37_500]
+    assert read(lake, "2020-03").num_rows == 600_000
