@@ -5,6 +5,7 @@ without them these tests skip, saying so. Each month is materialized from a real
 files, and its figures must equal both the README's table and pandas' count of the same file.
 """
 
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from taxi_platform_tests import real_data as fetching
 from taxi_platform_tests.helpers import course_counts, green_trip_keys, materializations, materialize
-from taxi_platform_tests.real_data import manifest
 from taxi_platform_tests.source_server import SourceServer
 
 README = Path(__file__).parent.parent / "README.md"
@@ -65,12 +66,12 @@ def test_a_real_month_reproduces_the_readme_figures(real_data, real_source, mont
     expected = readme_figures()[month]
     source = real_data / FILES[month]
     assert course_counts(source, month) == expected  # pandas agrees with the README
-    assert int(manifest()[FILES[month]]["rows"]) == expected["raw"]
+    assert int(fetching.manifest()[FILES[month]]["rows"]) == expected["raw"]
 
     result = materialize(*green_trip_keys(), partition=month)
     meta = materializations(result)
     raw, clean = meta[("raw/green_trips", month)], meta[("clean/green_trips", month)]
-    assert raw["source_sha256"] == manifest()[FILES[month]]["sha256"]
+    assert raw["source_sha256"] == fetching.manifest()[FILES[month]]["sha256"]
     assert raw["source_kind"] == ("tlc" if FILES[month].endswith(".parquet") else "releases")
     assert {
         "raw": raw["dagster/row_count"],
@@ -87,7 +88,7 @@ def test_a_real_month_reproduces_the_readme_figures(real_data, real_source, mont
 @pytest.mark.realdata
 def test_the_real_zones_keep_na_and_unknown_as_text(real_source):
     result = materialize("reference/taxi_zones")
-    rows = int(manifest()["misc/taxi_zone_lookup.csv"]["rows"])
+    rows = int(fetching.manifest()["misc/taxi_zone_lookup.csv"]["rows"])
     assert materializations(result)[("reference/taxi_zones", None)]["dagster/row_count"] == rows == 265
     zones = pq.read_table(real_source / "lake/reference/taxi_zones.parquet").to_pylist()
     assert zones[0] == {"location_id": 1, "borough": "EWR", "zone": "Newark Airport", "service_zone": "EWR"}
@@ -95,3 +96,33 @@ def test_the_real_zones_keep_na_and_unknown_as_text(real_source):
         {"location_id": 264, "borough": "Unknown", "zone": "NV", "service_zone": "N/A"},
         {"location_id": 265, "borough": "Unknown", "zone": "NA", "service_zone": "N/A"},
     ]
+
+
+@pytest.mark.fast
+def test_files_missing_or_not_the_manifests_are_refused_naming_the_fetch_command(tmp_path, monkeypatch):
+    """What the realdata tier's skip reason says: each wrong file, and the command that fetches them."""
+    content = b"LocationID,Borough\r\n1,EWR\r\n"
+    digest = hashlib.sha256(content).hexdigest()
+    listing = tmp_path / "manifest.tsv"
+    listing.write_text(
+        f"path\turl\tbytes\tsha256\trows\nmisc/zones.csv\thttps://x/zones.csv\t{len(content)}\t{digest}\t1\n"
+    )
+    monkeypatch.setattr(fetching, "MANIFEST", listing)
+    monkeypatch.setenv("TAXI_SAMPLE_DATA", str(tmp_path / "files"))
+    file = tmp_path / "files/misc/zones.csv"
+    for written, problem in [
+        (None, "zones.csv is missing"),
+        (content[:-1], f"zones.csv has {len(content) - 1} bytes, not {len(content)}"),
+        (
+            content.upper(),
+            f"zones.csv has sha256 {hashlib.sha256(content.upper()).hexdigest()}, not {digest}",
+        ),
+    ]:
+        if written is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_bytes(written)
+        with pytest.raises(fetching.RealDataMissing) as raised:
+            fetching.real_data_folder()
+        assert str(raised.value) == f"{tmp_path / 'files'}: {problem} (fetch them: {fetching.FETCH_COMMAND})"
+    file.write_bytes(content)
+    assert fetching.real_data_folder() == tmp_path / "files"
