@@ -205,7 +205,14 @@ def row_groups(file) -> list[int]:
     return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
 
 
-def test_a_file_of_small_batches_is_written_in_row_groups_of_at_least_batch_rows(tmp_path):
+@pytest.mark.parametrize(
+    ("batches", "rows", "groups"),
+    [(300, 1_000, [132_000, 132_000, 36_000]), (4, 65_536, [131_072, 131_072]), (0, 1_000, [])],
+    ids=["small-batches", "exact-multiple", "no-rows"],
+)
+def test_a_file_of_small_batches_is_written_in_row_groups_of_at_least_batch_rows(
+    tmp_path, batches, rows, groups
+):
     """Rejected rows come a few thousand at a time: they are gathered into row groups of 131,072 rows or
     more (a row group is flushed with the batch that reaches BATCH_ROWS), the rest in a last one."""
     assert BATCH_ROWS == 131_072
@@ -213,9 +220,10 @@ def test_a_file_of_small_batches_is_written_in_row_groups_of_at_least_batch_rows
     key = dg.AssetKey(["clean", "rejected"])
     context = dg.build_output_context(asset_key=key, partition_key="2020-03", asset_partitions_def=MONTHS)
     lake.handle_output(
-        context, small_batches(300, 1_000, date(2020, 3, 1)).read_all().select(["n"]).to_reader()
+        context, small_batches(batches, rows, date(2020, 3, 1)).read_all().select(["n"]).to_reader()
     )
-    assert row_groups(tmp_path / "clean/rejected/2020-03.parquet") == [132_000, 132_000, 36_000]
+    assert row_groups(tmp_path / "clean/rejected/2020-03.parquet") == groups
+    assert pq.read_metadata(tmp_path / "clean/rejected/2020-03.parquet").num_rows == batches * rows
 
 
 def test_a_partition_buffers_its_days_and_writes_each_as_a_row_group_at_buffered_rows(tmp_path):
@@ -228,3 +236,38 @@ def test_a_partition_buffers_its_days_and_writes_each_as_a_row_group_at_buffered
     for day in ("2020-03-01", "2020-03-02"):
         assert row_groups(tmp_path / f"clean/trips/day={day}/2020-03.parquet") == [262_500, 37_500]
     assert read(lake, "2020-03").num_rows == 600_000
+
+
+def test_an_unpartitioned_asset_is_one_file_and_a_file_never_written_is_a_clear_error(tmp_path):
+    lake = LakeIOManager(root=str(tmp_path))
+    key = dg.AssetKey(["reference", "zones"])
+    upstream = dg.build_output_context(asset_key=key)
+    with pytest.raises(
+        FileNotFoundError, match=r"reference/zones\.parquet does not exist; is the partition materialized"
+    ):
+        lake.load_input(dg.build_input_context(asset_key=key, upstream_output=upstream))
+    lake.handle_output(dg.build_output_context(asset_key=key), pa.table({"id": [1, 2]}))
+    assert lake.load_input(
+        dg.build_input_context(asset_key=key, upstream_output=upstream)
+    ).to_table().to_pydict() == {"id": [1, 2]}
+    monthly = dg.AssetKey(["raw", "trips"])
+    context = dg.build_input_context(
+        asset_key=monthly,
+        partition_key="2020-05",
+        asset_partitions_def=MONTHS,
+        upstream_output=dg.build_output_context(asset_key=monthly),
+    )
+    with pytest.raises(FileNotFoundError, match=r"raw/trips/2020-05\.parquet does not exist"):
+        lake.load_input(context)
+
+
+def test_what_lies_beside_the_day_folders_is_neither_read_nor_removed(tmp_path):
+    lake = LakeIOManager(root=str(tmp_path))
+    beside = [tmp_path / "clean/trips/README.txt", tmp_path / "clean/trips/other=2020-03-05/2020-03.parquet"]
+    for file in beside:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text("not the lake's")
+    write(lake, days(date(2020, 3, 5)), "2020-03")
+    write(lake, days(date(2020, 3, 6)), "2020-03")
+    assert read(lake, "2020-03").to_pydict() == {"n": [0], "day": [date(2020, 3, 6)]}
+    assert [file.read_text() for file in beside] == ["not the lake's"] * 2
