@@ -1,9 +1,11 @@
 """The warehouse on BigQuery: the contract of `taxi_platform.io_managers.warehouse`, kept in a module
 of its own so that only the gcp profile imports the Google client libraries."""
 
+import json
 import tempfile
 import uuid
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import dagster as dg
 import pyarrow as pa
@@ -19,6 +21,12 @@ from taxi_platform.io_managers.warehouse import (
     _check_drift,
     _checked_name,
 )
+
+if TYPE_CHECKING:
+    from google.cloud.bigquery import SchemaField
+
+# The tables API answers a table's schema in the legacy type names; `_bq_type` writes the standard ones.
+_STANDARD_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "RECORD": "STRUCT"}
 
 
 class BigQuerySQL(WarehouseSQL):
@@ -126,13 +134,12 @@ class BigQueryWarehouse(WarehouseIOManager):
             table.clustering_fields = cluster_by or None
             client.create_table(table)
             return table_id
-        _check_drift(
-            table_id, {f.name: f.field_type for f in existing.schema}, {f.name: f.field_type for f in schema}
-        )
-        new = [f for f in schema if f.name not in {e.name for e in existing.schema}]
-        if new:
-            existing.schema = [*existing.schema, *new]
-            client.update_table(existing, ["schema"])
+        for field in new_columns(table_id, existing.schema, schema):
+            # DDL, a column a statement: idempotent, and writers adding columns at once lose none.
+            options = f" OPTIONS(description={json.dumps(field.description)})" if field.description else ""
+            client.query(
+                f"ALTER TABLE `{table_id}` ADD COLUMN IF NOT EXISTS `{field.name}` {field.field_type}{options}"
+            ).result()
         return table_id
 
     def _load(self, client, staging_id: str, data: ds.Dataset, schema) -> None:
@@ -179,6 +186,26 @@ def lake_table_definition(table_id: str, prefix: str, partition_column: str | No
     table = bigquery.Table(table_id)
     table.external_data_configuration = external
     return table
+
+
+def new_columns(
+    table_id: str, existing: Sequence["SchemaField"], wanted: Sequence["SchemaField"]
+) -> list["SchemaField"]:
+    """The wanted fields the table lacks; a ValueError naming the columns whose type changed. Legacy
+    and standard names of a type are the same type (INTEGER is INT64, FLOAT FLOAT64, BOOLEAN BOOL)."""
+    _check_drift(
+        table_id,
+        {f.name: standard_type(f.field_type) for f in existing},
+        {f.name: standard_type(f.field_type) for f in wanted},
+    )
+    names = {f.name for f in existing}
+    return [f for f in wanted if f.name not in names]
+
+
+def standard_type(name: str | None) -> str:
+    """A BigQuery type's standard SQL name, whichever name it is given in."""
+    upper = (name or "").upper()
+    return _STANDARD_TYPES.get(upper, upper)
 
 
 def _bq_type(arrow_type: pa.DataType) -> str:
