@@ -1,20 +1,121 @@
-"""The BigQuery warehouse through the real google-cloud-bigquery client, against the emulator."""
+"""The BigQuery warehouse through the real google-cloud-bigquery client, against the emulator; and its
+schema drift check against the exact type names the real tables API answers."""
+
+import uuid
+from datetime import date, datetime
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 from dagster_gcp import BigQueryResource
 from google.cloud import bigquery
 
+from taxi_platform.datasets import DATASETS
 from taxi_platform.definitions import defs
-from taxi_platform.io_managers.bigquery import BigQuerySQL, BigQueryWarehouse, lake_table_definition
+from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers.bigquery import (
+    BigQuerySQL,
+    BigQueryWarehouse,
+    _bq_type,
+    lake_table_definition,
+    new_columns,
+)
 from taxi_platform_tests.helpers import green_trip_keys, materializations
+from taxi_platform_tests.test_lake import MONTHS
+from taxi_platform_tests.test_warehouse import clean_counts
 
-CLEAN_COUNTS = {"2020-10": 49262, "2020-11": 45868, "2020-12": 44228}
+# What the real tables API (tables.get) answers for a column of each type `_bq_type` writes: the legacy
+# names for INT64, FLOAT64 and BOOL, and NULLABLE spelled out.
+API_TYPE = {
+    "INT64": "INTEGER",
+    "FLOAT64": "FLOAT",
+    "BOOL": "BOOLEAN",
+    "STRING": "STRING",
+    "DATE": "DATE",
+    "DATETIME": "DATETIME",
+    "TIMESTAMP": "TIMESTAMP",
+}
+
+
+def as_the_api_answers(schema: pa.Schema) -> list[bigquery.SchemaField]:
+    """The table's schema as `client.get_table` gives it back from real BigQuery's JSON."""
+    return [
+        bigquery.SchemaField.from_api_repr(
+            {"name": f.name, "type": API_TYPE[_bq_type(f.type)], "mode": "NULLABLE"}
+        )
+        for f in schema
+    ]
+
+
+def as_written(schema: pa.Schema) -> list[bigquery.SchemaField]:
+    return [bigquery.SchemaField(f.name, _bq_type(f.type)) for f in schema]
+
+
+@pytest.mark.fast
+def test_the_legacy_type_names_the_api_answers_are_no_drift():
+    green = DATASETS["green"].clean_schema
+    answered = as_the_api_answers(green)
+    assert {f.field_type for f in answered} == {"INTEGER", "FLOAT", "STRING", "DATE", "DATETIME"}
+    assert new_columns("p.taxi.green_trips", answered, as_written(green)) == []
+
+    tipped = as_written(green.append(pa.field("tip_share", pa.float64())))
+    assert new_columns("p.taxi.green_trips", answered, tipped) == [
+        bigquery.SchemaField("tip_share", "FLOAT64")
+    ]
+
+    flags = pa.schema([("flag", pa.bool_()), ("n", pa.int32())])
+    assert new_columns("p.taxi.t", as_the_api_answers(flags), as_written(flags)) == []
+    assert [f.field_type for f in as_the_api_answers(flags)] == ["BOOLEAN", "INTEGER"]
+
+
+@pytest.mark.fast
+def test_a_changed_type_is_drift_whatever_names_the_api_answers():
+    answered = as_the_api_answers(pa.schema([("vendor_id", pa.int64()), ("fare", pa.float64())]))
+    changed = as_written(pa.schema([("vendor_id", pa.string()), ("fare", pa.float64())]))
+    with pytest.raises(
+        ValueError,
+        match=r"^p\.taxi\.green_trips: column types changed \(table, data\): \{'vendor_id': \('INT64', 'STRING'\)\}$",
+    ):
+        new_columns("p.taxi.green_trips", answered, changed)
+    with pytest.raises(ValueError, match=r"\{'fare': \('FLOAT64', 'INT64'\)\}"):
+        new_columns("p.taxi.t", answered, as_written(pa.schema([("fare", pa.int64())])))
+
+
+@pytest.mark.fast
+def test_an_arrow_type_bigquery_has_no_column_for_is_refused():
+    assert [_bq_type(t) for t in (pa.int32(), pa.large_string(), pa.timestamp("us", tz="UTC"))] == [
+        "INT64",
+        "STRING",
+        "TIMESTAMP",
+    ]
+    with pytest.raises(TypeError, match=r"^no BigQuery type for arrow type binary$"):
+        _bq_type(pa.binary())
+
+
+@pytest.mark.fast
+def test_the_lake_external_table_definition():
+    """The emulator accepts an external table but keeps no external configuration: the definition
+    sent is checked as the JSON BigQuery receives."""
+    prefix = "gs://taxi-lake/prod/clean/green_trips"
+    sent = lake_table_definition("p.taxi.green_trips_lake", prefix, "pickup_date")
+    assert sent.to_api_repr()["externalDataConfiguration"] == {
+        "sourceFormat": "PARQUET",
+        "sourceUris": [f"{prefix}/*.parquet"],
+        "hivePartitioningOptions": {"mode": "CUSTOM", "sourceUriPrefix": f"{prefix}/{{pickup_date:DATE}}"},
+    }
+    zones = lake_table_definition("p.taxi.taxi_zones_lake", "gs://taxi-lake/prod/reference/taxi_zones", None)
+    assert zones.to_api_repr()["externalDataConfiguration"] == {
+        "sourceFormat": "PARQUET",
+        "sourceUris": ["gs://taxi-lake/prod/reference/taxi_zones/*.parquet"],
+    }
+
+
+# Against the emulator --------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def dataset(bigquery_emulator, request):
-    name = f"taxi_{request.node.name[-20:].replace('-', '_')}"
+def dataset(bigquery_emulator):
+    name = f"taxi_{uuid.uuid4().hex[:12]}"
     yield name
     bigquery.Client(project=bigquery_emulator).delete_dataset(name, delete_contents=True, not_found_ok=True)
 
@@ -53,19 +154,22 @@ def month_counts(project, dataset) -> dict[str, int]:
     return {r.month: r.n for r in rows}
 
 
-def test_a_backfill_in_one_run_then_reruns_never_duplicate(taxi_env, bigquery_emulator, dataset):
+@pytest.mark.emulators
+def test_a_backfill_in_one_run_then_reruns_never_duplicate(taxi_env, published, bigquery_emulator, dataset):
     project = bigquery_emulator
+    expected = clean_counts(published, "2020-10", "2020-11", "2020-12")
     result = materialize_to_bigquery(project, dataset, months=("2020-10", "2020-12"))
-    assert month_counts(project, dataset) == CLEAN_COUNTS
+    assert month_counts(project, dataset) == expected
     meta = materializations(result)[("warehouse/green_trips", "2020-12")]
     assert meta["dagster/table_name"] == f"{project}.{dataset}.green_trips"
-    assert meta["dagster/row_count"] == CLEAN_COUNTS["2020-12"]
-    for _ in range(2):
+    assert meta["dagster/row_count"] == expected["2020-12"]
+    for _ in range(2):  # the second load into the existing table: the drift check compares its schema
         materialize_to_bigquery(project, dataset, partition="2020-11")
-    assert month_counts(project, dataset) == CLEAN_COUNTS
+    assert month_counts(project, dataset) == expected
 
 
-def test_the_table_is_partitioned_clustered_and_typed(taxi_env, bigquery_emulator, dataset):
+@pytest.mark.emulators
+def test_the_table_is_partitioned_clustered_and_typed(taxi_env, published, bigquery_emulator, dataset):
     project = bigquery_emulator
     materialize_to_bigquery(project, dataset, partition="2020-10")
     table = bigquery.Client(project=project).get_table(f"{project}.{dataset}.green_trips")
@@ -73,9 +177,12 @@ def test_the_table_is_partitioned_clustered_and_typed(taxi_env, bigquery_emulato
     assert table.clustering_fields == ["pu_location_id", "do_location_id"]
     fields = {f.name: f for f in table.schema}
     assert fields["lpep_pickup_datetime"].field_type == "DATETIME"
-    assert "stored as DATETIME" in fields["lpep_pickup_datetime"].description
+    assert fields["lpep_pickup_datetime"].description.endswith(
+        "New York local time, stored as DATETIME (no time zone)."
+    )
     assert fields["pickup_date"].field_type == "DATE"
-    assert fields["vendor_id"].field_type in ("INTEGER", "INT64")  # BigQuery answers the legacy name
+    # The emulator answers the names it was sent (real BigQuery would answer INTEGER: see above).
+    assert fields["vendor_id"].field_type == "INT64"
     rows = list(
         bigquery.Client(project=project)
         .query(
@@ -84,23 +191,156 @@ def test_the_table_is_partitioned_clustered_and_typed(taxi_env, bigquery_emulato
         )
         .result()
     )
-    assert rows[0].n == CLEAN_COUNTS["2020-10"]
-    assert rows[0].first.month == rows[0].last.month == 10
+    assert rows[0].n == clean_counts(published, "2020-10")["2020-10"]
+    assert (rows[0].first.year, rows[0].first.month, rows[0].last.year, rows[0].last.month) == (
+        2020,
+        10,
+        2020,
+        10,
+    )
 
 
-def test_the_lake_external_table(bigquery_emulator, dataset):
-    """The emulator accepts the table but keeps no external configuration and cannot read it: the
-    definition sent is checked as the JSON BigQuery receives, and creating it twice is idempotent."""
-    prefix = "gs://taxi-lake/prod/clean/green_trips"
-    sent = lake_table_definition(f"{bigquery_emulator}.{dataset}.green_trips_lake", prefix, "pickup_date")
-    assert sent.to_api_repr()["externalDataConfiguration"] == {
-        "sourceFormat": "PARQUET",
-        "sourceUris": [f"{prefix}/*.parquet"],
-        "hivePartitioningOptions": {"mode": "CUSTOM", "sourceUriPrefix": f"{prefix}/{{pickup_date:DATE}}"},
-    }
+@pytest.mark.emulators
+def test_the_lake_external_table_is_created_then_updated(bigquery_emulator, dataset):
     sql = BigQuerySQL(bigquery=BigQueryResource(project=bigquery_emulator, location="US"), dataset=dataset)
     warehouse = BigQueryWarehouse(sql=sql, lake_root="gs://taxi-lake/prod")
-    bigquery.Client(project=bigquery_emulator).create_dataset(dataset, exists_ok=True)
-    for _ in range(2):
-        warehouse._create_lake_table("green_trips_lake", prefix, "pickup_date")
-    assert bigquery.Client(project=bigquery_emulator).get_table(f"{dataset}.green_trips_lake")
+    bigquery.Client(project=bigquery_emulator).create_dataset(dataset)
+    assert sql.tables() == set()
+    for _ in range(2):  # the second time the table exists (Conflict): its definition is updated
+        warehouse._create_lake_table(
+            "green_trips_lake", "gs://taxi-lake/prod/clean/green_trips", "pickup_date"
+        )
+    assert sql.tables() == {"green_trips_lake"}
+
+
+# The IO manager on its own, on small tables ------------------------------------------------------------
+
+BY_DAY = {PARTITION_COLUMN: "day"}
+
+
+def trips(*days: date, **extra) -> pa.Table:
+    n = len(days)
+    return pa.table(
+        {
+            "n": pa.array(range(n), pa.int64()),
+            "day": pa.array(days, pa.date32()),
+            "fare": pa.array([2.5 * (i + 1) for i in range(n)]),
+            "paid": pa.array([i % 2 == 0 for i in range(n)]),
+            **extra,
+        }
+    )
+
+
+def store(manager, obj, month=None, key=("warehouse", "trips"), metadata=BY_DAY):
+    context = dg.build_output_context(
+        asset_key=dg.AssetKey(list(key)),
+        partition_key=month,
+        asset_partitions_def=MONTHS if month else None,
+        definition_metadata=metadata,
+    )
+    manager.handle_output(context, obj)
+    return context.get_logged_metadata()
+
+
+def load(manager, month=None, key=("warehouse", "trips"), key_range=None):
+    upstream = dg.build_output_context(asset_key=dg.AssetKey(list(key)), definition_metadata=BY_DAY)
+    context = dg.build_input_context(
+        asset_key=dg.AssetKey(list(key)),
+        partition_key=month,
+        asset_partition_key_range=key_range,
+        asset_partitions_def=MONTHS if month or key_range else None,
+        upstream_output=upstream,
+    )
+    return manager.load_input(context)
+
+
+@pytest.fixture
+def small(bigquery_emulator, dataset):
+    sql = BigQuerySQL(bigquery=BigQueryResource(project=bigquery_emulator, location="US"), dataset=dataset)
+    return BigQueryWarehouse(sql=sql)
+
+
+def by_n(table: pa.Table) -> dict:
+    return table.sort_by("n").to_pydict()
+
+
+@pytest.mark.emulators
+def test_a_table_whose_schema_the_api_answers_in_legacy_names_takes_a_second_month(small, bigquery_emulator):
+    """The table as real BigQuery describes it (INTEGER, FLOAT, BOOLEAN): loading into it is no drift."""
+    client = bigquery.Client(project=bigquery_emulator)
+    client.create_dataset(small.sql.dataset)
+    table = bigquery.Table(
+        small.sql.table_id("trips"), schema=as_the_api_answers(trips(date(2020, 3, 1)).schema)
+    )
+    table.time_partitioning = bigquery.TimePartitioning(field="day")
+    client.create_table(table)
+    answered = [f.field_type for f in client.get_table(small.sql.table_id("trips")).schema]
+    assert answered == ["INTEGER", "DATE", "FLOAT", "BOOLEAN"]
+
+    march, april = trips(date(2020, 3, 1), date(2020, 3, 2)), trips(date(2020, 4, 30))
+    store(small, march, "2020-03")
+    stored = store(small, april, "2020-04")
+    project, name = small.sql.bigquery.project, small.sql.dataset
+    assert stored["console_url"].value == (
+        f"https://console.cloud.google.com/bigquery?project={project}&ws=!1m5!1m4!4m3!1s{project}!2s{name}!3strips"
+    )
+    assert stored["dagster/table_name"].value == f"{project}.{name}.trips"
+    assert by_n(load(small, "2020-03")) == march.to_pydict()
+    assert by_n(load(small, "2020-04")) == april.to_pydict()
+    ranged = load(small, key_range=dg.PartitionKeyRange("2020-03", "2020-04"))
+    assert {month: by_n(t) for month, t in ranged.items()} == {
+        "2020-03": march.to_pydict(),
+        "2020-04": april.to_pydict(),
+    }
+
+
+@pytest.mark.emulators
+def test_a_new_column_is_added_and_a_changed_type_fails_leaving_the_table(small):
+    store(small, trips(date(2020, 3, 1)), "2020-03")
+    paid_at = pa.array([datetime(2020, 4, 1, 12, 30)], pa.timestamp("us"))  # described: DATETIME
+    store(small, trips(date(2020, 4, 1), tip=pa.array([0.5]), paid_at=paid_at), "2020-04")
+    # The column as the table's data has it (the emulator's metadata does not follow ALTER TABLE).
+    stored = small.sql.execute(f"SELECT * FROM {small.sql.ref('trips')} LIMIT 0").schema
+    assert [(f.name, f.type) for f in stored] == [
+        ("n", pa.int64()),
+        ("day", pa.date32()),
+        ("fare", pa.float64()),
+        ("paid", pa.bool_()),
+        ("tip", pa.float64()),
+        ("paid_at", pa.timestamp("us")),
+    ]
+    assert load(small, "2020-03")["tip"].to_pylist() == [None]
+    assert load(small, "2020-04").select(["tip", "paid_at"]).to_pylist() == [
+        {"tip": 0.5, "paid_at": datetime(2020, 4, 1, 12, 30)}
+    ]
+
+    as_text = trips(date(2020, 3, 5)).set_column(0, "n", pa.array(["zero"]))
+    with pytest.raises(
+        ValueError, match=r"trips: column types changed \(table, data\): \{'n': \('INT64', 'STRING'\)\}$"
+    ):
+        store(small, as_text, "2020-03")
+    assert load(small, "2020-03").to_pydict() == {
+        **trips(date(2020, 3, 1)).to_pydict(),
+        "tip": [None],
+        "paid_at": [None],
+    }
+    assert small.sql.tables() == {"trips"}
+
+
+@pytest.mark.emulators
+def test_a_failed_merge_leaves_the_month_and_no_staging_table(small):
+    store(small, trips(date(2020, 3, 1), date(2020, 3, 9)), "2020-03")
+    with pytest.raises(Exception, match="nope"):  # the window on a column the table lacks
+        store(small, trips(date(2020, 3, 2)), "2020-03", metadata={PARTITION_COLUMN: "nope"})
+    assert small.sql.tables() == {"trips"}  # the staging table is gone
+    assert by_n(load(small, "2020-03")) == trips(date(2020, 3, 1), date(2020, 3, 9)).to_pydict()
+
+
+@pytest.mark.emulators
+def test_an_unpartitioned_table_is_replaced_whole_and_a_missing_dataset_has_no_tables(small):
+    assert small.sql.tables() == set()  # the dataset does not exist yet
+    zones = pa.table({"location_id": [1, 2], "zone": ["a", "NA"]})
+    store(small, zones, key=("warehouse", "zones"), metadata={})
+    store(small, zones.slice(1), key=("warehouse", "zones"), metadata={})
+    assert load(small, key=("warehouse", "zones")).to_pydict() == {"location_id": [2], "zone": ["NA"]}
+    assert small.sql.execute(f"SELECT COUNT(*) AS n FROM {small.sql.ref('zones')}").to_pydict() == {"n": [1]}
