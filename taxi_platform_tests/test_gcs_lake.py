@@ -12,8 +12,11 @@ import pytest
 
 from taxi_platform.definitions import defs
 from taxi_platform.io_managers.lake import LakeIOManager
-from taxi_platform_tests.helpers import green_trip_keys, materializations
+from taxi_platform_tests.helpers import course_counts, course_days, green_trip_keys, materializations
 from taxi_platform_tests.test_lake import KEY, MONTHS, days, read, write
+from taxi_platform_tests.test_warehouse import release
+
+pytestmark = pytest.mark.emulators
 
 
 def rows(gcs, name: str) -> int:
@@ -114,7 +117,9 @@ def test_files_without_day_directories_and_an_emulator_host_without_scheme(gcs, 
     assert loaded.to_table().to_pydict() == {"zone": ["a"]} and "reference/zones.parquet" in gcs.objects()
 
 
-def test_a_release_month_lands_raw_and_clean_in_the_bucket(taxi_env, gcs):
+def test_a_release_month_lands_raw_and_clean_in_the_bucket(taxi_env, published, gcs):
+    counts = course_counts(release(published, "2020-10"), "2020-10")
+    by_day = course_days(release(published, "2020-10"), "2020-10")
     definitions = defs()
     result = dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
@@ -123,16 +128,12 @@ def test_a_release_month_lands_raw_and_clean_in_the_bucket(taxi_env, gcs):
         partition_key="2020-10",
     )
     assert all(c.passed for c in result.get_asset_check_evaluations())
-    clean_rows = materializations(result)[("clean/green_trips", "2020-10")]["dagster/row_count"]
-    assert clean_rows == 49262
+    assert materializations(result)[("clean/green_trips", "2020-10")]["dagster/row_count"] == counts["clean"]
 
     assert gcs.objects("raw/green_trips").keys() == {"2020-10.parquet"}
-    assert rows(gcs, "raw/green_trips/2020-10.parquet") == 95120
-    clean = gcs.objects("clean/green_trips")
-    assert len(clean) == 31 and all(
-        name.startswith("pickup_date=2020-10-") and name.endswith("/2020-10.parquet") for name in clean
-    )
-    assert len({name.split("/")[0] for name in clean}) == 31
-    assert sum(rows(gcs, f"clean/green_trips/{name}") for name in clean) == 49262
+    assert rows(gcs, "raw/green_trips/2020-10.parquet") == counts["raw"]
+    stored = {name: rows(gcs, f"clean/green_trips/{name}") for name in gcs.objects("clean/green_trips")}
+    assert stored == {f"pickup_date={day}/2020-10.parquet": n for day, n in by_day.items()}
     assert gcs.objects("clean/green_trips_rejected").keys() == {"2020-10.parquet"}
+    assert rows(gcs, "clean/green_trips_rejected/2020-10.parquet") == counts["raw"] - counts["clean"]
     assert not (taxi_env / "lake").exists()  # nothing of the lake went to the local data folder
