@@ -34,12 +34,6 @@ class FakeGcs:
             blob.name[len(prefix) :]: blob.size for blob in self.client.list_blobs(self.bucket, prefix=prefix)
         }
 
-    def lake(self):
-        """The lake IO manager on this prefix, reaching the emulator."""
-        from taxi_platform.io_managers.lake import LakeIOManager
-
-        return LakeIOManager(root=self.root, gcs_endpoint=self.emulator.url)
-
     def read(self, name: str) -> bytes:
         return self.client.bucket(self.bucket).blob(name).download_as_bytes()
 
