@@ -1,8 +1,11 @@
 """The BigQuery warehouse through the real google-cloud-bigquery client, against the emulator; and its
 schema drift check against the exact type names the real tables API answers."""
 
+import json
+import threading
 import uuid
 from datetime import date, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pyarrow as pa
@@ -344,3 +347,45 @@ def test_an_unpartitioned_table_is_replaced_whole_and_a_missing_dataset_has_no_t
     store(small, zones.slice(1), key=("warehouse", "zones"), metadata={})
     assert load(small, key=("warehouse", "zones")).to_pydict() == {"location_id": [2], "zone": ["NA"]}
     assert small.sql.execute(f"SELECT COUNT(*) AS n FROM {small.sql.ref('zones')}").to_pydict() == {"n": [1]}
+
+
+class _DatasetNotFound(BaseHTTPRequestHandler):
+    """Answers as real BigQuery does for a dataset that does not exist (the emulator lists none)."""
+
+    paths: list[str] = []
+
+    def do_GET(self):
+        self.paths.append(self.path.split("?")[0])
+        body = {
+            "error": {
+                "code": 404,
+                "message": "Not found: Dataset taxi-test-project:missing",
+                "errors": [{"message": "Not found: Dataset taxi-test-project:missing", "reason": "notFound"}],
+                "status": "NOT_FOUND",
+            }
+        }
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.emulators
+def test_a_dataset_the_api_does_not_find_has_no_tables(bigquery_emulator, monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DatasetNotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
+        sql = BigQuerySQL(
+            bigquery=BigQueryResource(project=bigquery_emulator, location="US"), dataset="missing"
+        )
+        assert sql.tables() == set()
+        assert _DatasetNotFound.paths == [
+            f"/bigquery/v2/projects/{bigquery_emulator}/datasets/missing/tables"
+        ]
+    finally:
+        server.shutdown()
+        server.server_close()
