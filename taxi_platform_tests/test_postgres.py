@@ -263,6 +263,19 @@ def test_a_repeated_unique_key_fails_and_leaves_the_month_as_it_was(postgres_url
 
 
 @pytest.mark.postgres
+def test_without_a_unique_key_a_month_may_repeat_a_key(postgres_url, pg_schema):
+    manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema)
+    by_day = {PARTITION_COLUMN: "pickup_date"}
+    twice = pa.concat_tables([trips("2020-03", 2), trips("2020-03", 1)])
+    for _ in range(2):
+        write(manager, "2020-03", twice, metadata=by_day)
+    assert query(postgres_url, f'SELECT count(*), count(DISTINCT trip_key) FROM "{pg_schema}".trips') == [
+        (3, 2)
+    ]
+    assert query(postgres_url, "SELECT indexname FROM pg_indexes WHERE schemaname = %s", [pg_schema]) == []
+
+
+@pytest.mark.postgres
 def test_an_unpartitioned_table_is_replaced_whole_with_its_unique_key(postgres_url, pg_schema):
     manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema)
     zones = pa.table({"location_id": pa.array([1, 2, 3], pa.int64()), "zone": ["a", "b", ""]})
