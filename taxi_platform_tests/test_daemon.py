@@ -1,58 +1,38 @@
 """The platform keeping itself current under the real Dagster daemon: a month published, republished and
-dropped into the landing zone flows through raw, clean, Postgres and the warehouse with nobody clicking."""
+dropped into the landing zone flows through raw, clean, Postgres and the warehouse with nobody clicking.
+
+The months are synthetic (taxi_platform_tests/synthetic.py), written into the test's own source folder
+as it goes; the figures they must reach are counted from those files with pandas (`course_counts`).
+"""
 
 import gzip
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import dagster as dg
 import duckdb
 import psycopg
 import pytest
-import yaml
 
-from taxi_platform_tests.helpers import failed_runs
+from taxi_platform.datasets import DATASETS
+from taxi_platform_tests.helpers import course_counts, failed_runs
 from taxi_platform_tests.source_server import SourceServer
-from taxi_platform_tests.ui import group_alive
+from taxi_platform_tests.synthetic import FREQUENT, write_source_month
+from taxi_platform_tests.ui import BIN, DagsterServices, quiet, wait_for, write_instance
 
-PROJECT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-GREEN = "releases/green/green_tripdata_{}.csv.gz"
+pytestmark = [pytest.mark.daemon, pytest.mark.postgres, pytest.mark.slow]
+
+GREEN = DATASETS["green"]
 KEYS = {layer: dg.AssetKey([layer, "green_trips"]) for layer in ("raw", "clean", "postgres", "warehouse")}
-CLEAN_COUNTS = {"2020-10": 49262, "2020-11": 45868, "2020-12": 44228}
+ROWS = {"2020-10": 2_400, "2020-11": 2_600, "2020-12": 2_800}
+# The sensors that could start a run of a month once it is done.
+SENSORS = ["green_source_sensor", "landing_sensor", "taxi_automation"]
 
 
-def write_instance(home: Path) -> None:
-    """The project's dagster.yaml (its concurrency pools), with storage in the temporary home."""
-    config = yaml.safe_load((PROJECT / "dagster.yaml").read_text())
-    config["local_artifact_storage"]["config"]["base_dir"] = str(home)
-    config["storage"] = {"sqlite": {"base_dir": str(home / "storage")}}
-    config["compute_logs"]["config"]["base_dir"] = str(home / "logs")
-    config["run_coordinator"] = {
-        "module": "dagster._core.run_coordinator",
-        "class": "QueuedRunCoordinator",
-        "config": {"dequeue_interval_seconds": 1},
-    }
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    (home / "workspace.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "load_from": [
-                    {
-                        "python_module": {
-                            "module_name": "taxi_platform.definitions",
-                            "working_directory": str(PROJECT),
-                        }
-                    }
-                ]
-            }
-        )
-    )
+def publish(folder, month: str):
+    """The month's CSV.gz release, written into `folder` laid out like the source; its path."""
+    return write_source_month(folder, GREEN, month, ROWS[month], forms=("csv",), quirks=FREQUENT)["csv"]
 
 
 def materializations(instance, layer: str, month: str) -> list:
@@ -65,17 +45,6 @@ def row_count(record) -> int:
     return record.asset_materialization.metadata["dagster/row_count"].value
 
 
-def wait_for(instance, what: str, condition, timeout: float = 150) -> float:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            pytest.fail(
-                f"after {timeout:.0f} s still waiting for {what}; failed runs:\n{failed_runs(instance) or 'none'}"
-            )
-        time.sleep(0.5)
-    return time.monotonic() - start
-
-
 def postgres_count(url: str, schema: str, month: str) -> int:
     with psycopg.connect(url) as conn:
         return conn.execute(
@@ -84,16 +53,13 @@ def postgres_count(url: str, schema: str, month: str) -> int:
         ).fetchone()[0]
 
 
-def test_published_republished_and_landed_months_flow_to_the_warehouse(
-    sample_data, tmp_path, postgres_url, pg_schema
-):
+def test_published_republished_and_landed_months_flow_to_the_warehouse(tmp_path, postgres_url, pg_schema):
     home, data, published = tmp_path / "home", tmp_path / "data", tmp_path / "source"
     home.mkdir()
     write_instance(home)
-    (published / GREEN.format("2020-10")).parent.mkdir(parents=True)
-    shutil.copy(
-        sample_data / GREEN.format("2020-10"), published / GREEN.format("2020-10")
-    )  # green up to 2020-10
+    clean = {}  # month: its clean rows, counted from its file
+    path = publish(published, "2020-10")  # green up to 2020-10
+    clean["2020-10"] = course_counts(path, "2020-10")["clean"]
 
     with SourceServer(published) as server:
         env = {
@@ -106,96 +72,91 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(
             "TAXI_SOURCE_CHECKS_PER_TICK": "1000",  # every month each tick: 2020-11 is an old month
         }
         env.pop("TAXI_PROFILE", None), env.pop("TAXI_SOURCE", None)
-        workspace = ["-w", str(home / "workspace.yaml")]
         subprocess.run(
-            [BIN / "dagster", "sensor", "start", "green_source_sensor", *workspace],
+            [BIN / "dagster", "sensor", "start", "green_source_sensor", "-w", home / "workspace.yaml"],
             env=env,
             check=True,
             capture_output=True,
         )
-        daemon = subprocess.Popen(
-            [BIN / "dagster-daemon", "run", *workspace],
-            env=env,
-            cwd=tmp_path,
-            stdout=open(tmp_path / "daemon.log", "wb"),  # noqa: SIM115 (the daemon outlives this block)
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            with dg.DagsterInstance.from_config(str(home)) as instance:
-                wait_for(
-                    instance,
-                    "the first sync: 2020-10 in the warehouse",
-                    lambda: materializations(instance, "warehouse", "2020-10"),
+        with (
+            DagsterServices(home, env, webserver=False) as dagster,
+            dg.DagsterInstance.from_config(str(home)) as instance,
+        ):
+
+            def details() -> str:
+                return (
+                    f"failed runs:\n{failed_runs(instance) or 'none'}\ndaemon log:\n{dagster.log('daemon')}"
                 )
 
-                shutil.copy(sample_data / GREEN.format("2020-11"), published / GREEN.format("2020-11"))
-                seconds = wait_for(
-                    instance,
-                    "2020-11 in the warehouse",
-                    lambda: materializations(instance, "warehouse", "2020-11"),
-                )
-                print(f"\ngreen 2020-11: published -> warehouse updated in {seconds:.1f} s")
-                (clean,) = materializations(instance, "clean", "2020-11")
-                (stored,) = materializations(instance, "warehouse", "2020-11")
-                wait_for(
-                    instance, "postgres 2020-11", lambda: materializations(instance, "postgres", "2020-11")
-                )
-                assert row_count(clean) == row_count(stored) == CLEAN_COUNTS["2020-11"]
-                assert postgres_count(postgres_url, pg_schema, "2020-11") == CLEAN_COUNTS["2020-11"]
+            wait_for(
+                "the first sync: 2020-10 in the warehouse",
+                lambda: materializations(instance, "warehouse", "2020-10"),
+                timeout=150,
+                details=details,
+            )
 
-                data_11 = gzip.decompress((published / GREEN.format("2020-11")).read_bytes())
-                (published / GREEN.format("2020-11")).write_bytes(gzip.compress(data_11, mtime=0))
-                seconds = wait_for(
-                    instance,
-                    "2020-11 republished, in the warehouse again",
-                    lambda: all(len(materializations(instance, layer, "2020-11")) == 2 for layer in KEYS),
-                )
-                print(f"green 2020-11: republished -> warehouse updated in {seconds:.1f} s")
-                time.sleep(8)  # several more ticks of every sensor: nothing runs again
-                assert {
-                    layer: len(materializations(instance, layer, "2020-11")) for layer in KEYS
-                } == dict.fromkeys(KEYS, 2)
-                assert postgres_count(postgres_url, pg_schema, "2020-11") == CLEAN_COUNTS["2020-11"]
+            path = publish(published, "2020-11")
+            clean["2020-11"] = course_counts(path, "2020-11")["clean"]
+            wait_for(
+                "2020-11 in Postgres and the warehouse",
+                lambda: all(materializations(instance, layer, "2020-11") for layer in KEYS),
+                timeout=150,
+                details=details,
+            )
+            (cleaned,) = materializations(instance, "clean", "2020-11")
+            (stored,) = materializations(instance, "warehouse", "2020-11")
+            assert row_count(cleaned) == row_count(stored) == clean["2020-11"]
+            assert postgres_count(postgres_url, pg_schema, "2020-11") == clean["2020-11"]
 
-                landing = data / "lake/landing"
-                landing.mkdir(parents=True, exist_ok=True)
-                shutil.copy(
-                    sample_data / GREEN.format("2020-12"), landing / "green_tripdata_2020-12.csv.gz.part"
-                )
-                (landing / "green_tripdata_2020-12.csv.gz.part").rename(
-                    landing / "green_tripdata_2020-12.csv.gz"
-                )
-                seconds = wait_for(
-                    instance,
-                    "the landed 2020-12 in the warehouse and moved",
-                    lambda: (
-                        materializations(instance, "warehouse", "2020-12")
-                        and (landing / "processed/green_tripdata_2020-12.csv.gz").exists()
-                    ),
-                )
-                print(f"green 2020-12: landed -> warehouse updated and file moved in {seconds:.1f} s")
-                assert not (landing / "green_tripdata_2020-12.csv.gz").exists()
-                (raw_12,) = materializations(instance, "raw", "2020-12")
-                assert raw_12.asset_materialization.metadata["source_kind"].value == "landing"
-                assert postgres_count(postgres_url, pg_schema, "2020-12") == CLEAN_COUNTS["2020-12"]
-                assert not instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
-        finally:
-            daemon.send_signal(signal.SIGINT)
-            try:
-                daemon.wait(timeout=60)
-            finally:
-                if daemon.poll() is None:
-                    os.killpg(daemon.pid, signal.SIGKILL)
-    assert daemon.returncode is not None
-    deadline = time.monotonic() + 20  # the daemon's code server and runs end with it
-    while time.monotonic() < deadline and group_alive(daemon.pid):
-        time.sleep(0.5)
-    assert not group_alive(daemon.pid), "processes of the daemon outlived it"
+            # Republished: the same trips, compressed anew (other bytes, so another ETag).
+            path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()), compresslevel=9, mtime=0))
+            wait_for(
+                "2020-11 republished, in every layer again",
+                lambda: all(len(materializations(instance, layer, "2020-11")) == 2 for layer in KEYS),
+                timeout=150,
+                details=details,
+            )
+            # Nothing runs again: every run has ended, and each sensor has since ticked twice, asking
+            # for nothing.
+            wait_for("the sensors to settle", lambda: quiet(instance, SENSORS), timeout=120, details=details)
+            assert {
+                layer: len(materializations(instance, layer, "2020-11")) for layer in KEYS
+            } == dict.fromkeys(KEYS, 2)
+            assert postgres_count(postgres_url, pg_schema, "2020-11") == clean["2020-11"]
+
+            landing = data / "lake/landing"
+            landing.mkdir(parents=True, exist_ok=True)
+            path = publish(tmp_path / "to_land", "2020-12")
+            clean["2020-12"] = course_counts(path, "2020-12")["clean"]
+            part = landing / f"{path.name}.part"
+            shutil.copy(path, part)
+            part.rename(landing / path.name)
+            wait_for(
+                "the landed 2020-12 in the warehouse and moved",
+                lambda: (
+                    materializations(instance, "warehouse", "2020-12")
+                    and (landing / "processed" / path.name).exists()
+                ),
+                timeout=150,
+                details=details,
+            )
+            assert not (landing / path.name).exists()
+            (raw_12,) = materializations(instance, "raw", "2020-12")
+            assert raw_12.asset_materialization.metadata["source_kind"].value == "landing"
+            wait_for(
+                "postgres 2020-12",
+                lambda: materializations(instance, "postgres", "2020-12"),
+                timeout=150,
+                details=details,
+            )
+            assert postgres_count(postgres_url, pg_schema, "2020-12") == clean["2020-12"]
+            wait_for("the sensors to settle", lambda: quiet(instance, SENSORS), timeout=120, details=details)
+            assert not instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
+    assert dagster.exit_codes == {"daemon": 0}, dagster.log("daemon")
+    assert not dagster.outlived, "processes of the daemon outlived it (its code server, run workers)"
 
     with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
         rows = con.execute(
-            "SELECT strftime(pickup_date, '%Y-%m'), count(*) FROM taxi.green_trips"
-            " WHERE pickup_date >= DATE '2020-10-01' GROUP BY 1 ORDER BY 1"
+            "SELECT strftime(pickup_date, '%Y-%m'), count(*) FROM taxi.green_trips GROUP BY 1 ORDER BY 1"
         ).fetchall()
-    assert dict(rows) == CLEAN_COUNTS
+    assert dict(rows) == clean

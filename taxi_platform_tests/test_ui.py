@@ -1,10 +1,15 @@
 """The Dagster UI in a real browser: the real dagster-webserver and dagster-daemon on a temporary home, driven
-by Debian's Chromium through Playwright. The screenshots it takes are the README's (docs/*.png).
+by Debian's Chromium through Playwright, on the synthetic source (conftest's `published`).
 
 What a user sees is checked where they see it: every layer's assets and their edges in the global lineage,
 the months done on clean/green_trips' partitions page, a 2-month backfill launched from the UI that completes
 and lands its rows in PostgreSQL, the sensors on the automation page, the mart's chart; and no page error
 in the browser console from start to end.
+
+The screenshots it takes go to the test's temporary folder. They are the README's pictures (docs/*.png):
+to refresh those, name the folder to write them to, relative to the repository root:
+
+    TAXI_UI_SCREENSHOTS=docs python -m pytest -m browser
 """
 
 import os
@@ -18,11 +23,14 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 
 from taxi_platform.definitions import defs
-from taxi_platform_tests.helpers import failed_runs, materialize_with
-from taxi_platform_tests.ui import PROJECT, DagsterUI, chromium, write_instance
+from taxi_platform_tests.helpers import course_counts, failed_runs, materialize_with
+from taxi_platform_tests.ui import PROJECT, DagsterServices, chromium, quiet, wait_for, write_instance
 
-DOCS = PROJECT / "docs"
-GREEN_CLEAN_ROWS = {"2020-11": 45868, "2020-12": 44228}
+pytestmark = [pytest.mark.browser, pytest.mark.daemon, pytest.mark.postgres, pytest.mark.slow]
+
+BACKFILL_MONTHS = ("2020-11", "2020-12")
+# The sensors on by default that could start a run.
+SENSORS = ["taxi_automation", "landing_sensor"]
 BACKFILL = ("raw/green_trips", "clean/green_trips", "clean/green_trips_rejected", "postgres/green_trips")
 MART = dg.AssetKey(["marts", "monthly_summary"])
 WAREHOUSE_GREEN = dg.AssetKey(["warehouse", "green_trips"])
@@ -33,43 +41,11 @@ def phase(timings: dict, name: str, started: float) -> None:
     timings[name] = round(time.monotonic() - started - sum(timings.values()))
 
 
-def wait_for(what: str, condition, timeout: float, ui: DagsterUI | None = None, interval: float = 1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            logs = f"\ndaemon log:\n{ui.log('daemon')}" if ui else ""
-            pytest.fail(f"after {timeout:.0f} s still waiting for {what}{logs}")
-        time.sleep(interval)
-
-
-def settled(instance, quiet: float = 12) -> bool:
-    """No run in flight, none created in the last `quiet` seconds (two automation ticks), no backfill
-    going on."""
-    runs = instance.get_runs(limit=1)
-    in_flight = instance.get_runs(
-        filters=dg.RunsFilter(
-            statuses=[
-                dg.DagsterRunStatus.QUEUED,
-                dg.DagsterRunStatus.NOT_STARTED,
-                dg.DagsterRunStatus.STARTING,
-                dg.DagsterRunStatus.STARTED,
-                dg.DagsterRunStatus.CANCELING,
-            ]
-        )
-    )
-    backfills = instance.get_backfills(filters=None, limit=None)
-    return (
-        not in_flight
-        and not any(b.status == BulkActionStatus.REQUESTED for b in backfills)
-        and (
-            not runs
-            or time.time() - instance.get_run_record_by_id(runs[0].run_id).create_timestamp.timestamp()
-            > quiet
-        )
-    )
+def screenshots(tmp_path):
+    """Where the screenshots go: TAXI_UI_SCREENSHOTS (a folder, relative to the repository root: `docs`
+    refreshes the README's), else the test's temporary folder."""
+    folder = os.environ.get("TAXI_UI_SCREENSHOTS")
+    return PROJECT / folder if folder else tmp_path / "screenshots"
 
 
 def postgres_rows(schema: str, month: str) -> int:
@@ -111,8 +87,13 @@ def lineage_in_the_browser(page) -> dict[str, list]:
     }""")
 
 
-def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
+def test_the_ui_in_a_real_browser(published, taxi_env, pg_schema, tmp_path, monkeypatch):
     started, timings = time.monotonic(), {}
+    pictures = screenshots(tmp_path)
+    clean_rows = {  # the backfilled months' clean rows, counted from the served files
+        month: course_counts(published / f"releases/green/green_tripdata_{month}.csv.gz", month)["clean"]
+        for month in BACKFILL_MONTHS
+    }
     monkeypatch.setenv("TAXI_SENSOR_INTERVAL_SECONDS", "5")  # the automation sensor ticks every 5 s
     definitions = defs()
     graph = definitions.resolve_asset_graph()
@@ -125,6 +106,13 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
     for layer in ("raw", "clean", "postgres", "warehouse"):
         assert f"{layer}/green_trips" in keys
     assert "reference/taxi_zones" in keys
+    green_lineage = {  # the assets the lineage screenshot selects (below)
+        key
+        for key in keys
+        if "green_trips" in key
+        or "taxi_zones" in key
+        or graph.get(dg.AssetKey.from_user_string(key)).group_name == "marts"
+    }
     sensors = sorted(definitions.sensors or [], key=lambda s: s.name)
     has_mart = MART in graph.get_all_asset_keys()
     green_months = graph.get(dg.AssetKey(["clean", "green_trips"])).partitions_def.get_partition_keys()
@@ -147,7 +135,7 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
 
         errors, ignored, blocked = [], [], []
         with (
-            DagsterUI(home, dict(os.environ)) as ui,
+            DagsterServices(home, dict(os.environ)) as ui,
             chromium(ui.url, failure_screenshot=tmp_path / "failure.png") as browser,
         ):
             page = browser.page
@@ -194,7 +182,7 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
             month_row(page, "2020-10").click()
             details = page.locator("text=Latest materialization").locator("xpath=../..")
             wait_for("2020-10's materialization shown", lambda: "None" not in details.inner_text(), 15)
-            browser.screenshot(DOCS / "partitions.png")
+            browser.screenshot(pictures / "partitions.png")
             month_row(page, "2020-09").click()
             wait_for("2020-09 shown never materialized", lambda: "None" in details.inner_text(), 15)
             phase(timings, "partitions", started)
@@ -214,7 +202,7 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
             (backfill,) = wait_for("the backfill created", instance.get_backfills, timeout=30)
             targets = backfill.asset_backfill_data.target_subset.iterate_asset_partitions()
             assert {(t.asset_key.to_user_string(), t.partition_key) for t in targets} == {
-                (key, month) for key in BACKFILL for month in GREEN_CLEAN_ROWS
+                (key, month) for key in BACKFILL for month in BACKFILL_MONTHS
             }
 
             wait_for(
@@ -224,15 +212,14 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
                     not in (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING)
                 ),
                 timeout=150,
-                ui=ui,
+                details=lambda: ui.log("daemon"),
                 interval=2,
             )
             status = instance.get_backfill(backfill.backfill_id).status
             assert status == BulkActionStatus.COMPLETED_SUCCESS, (
                 f"backfill {status}:\n{failed_runs(instance)}"
             )
-            for month, rows in GREEN_CLEAN_ROWS.items():
-                assert postgres_rows(pg_schema, month) == rows, month
+            assert {month: postgres_rows(pg_schema, month) for month in BACKFILL_MONTHS} == clean_rows
             phase(timings, "backfill", started)
             browser.goto(f"/runs/b/{backfill.backfill_id}")
             page.get_by_text("2020-11...2020-12").wait_for()
@@ -242,7 +229,7 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
                 row = link.locator("xpath=ancestor::*[count(div) >= 5][1]")  # name, progress; 4 counts
                 row.get_by_text("100% completed").wait_for()
                 assert re.search(r"\b2\s+0\s+2\s+0\b", row.inner_text()), row.inner_text()
-            browser.screenshot(DOCS / "backfill.png")
+            browser.screenshot(pictures / "backfill.png")
             phase(timings, "backfill page", started)
 
             # -- The sensors, each on or off as the definitions default it. ---------------------------
@@ -257,19 +244,29 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
                 toggle.wait_for(state="attached")
                 running = sensor.default_status == dg.DefaultSensorStatus.RUNNING
                 assert toggle.is_checked() == running, f"{sensor.name} shown {'off' if running else 'on'}"
-            page.wait_for_timeout(500)
-            browser.screenshot(DOCS / "sensors.png", full_page=True)
+            browser.screenshot(pictures / "sensors.png", full_page=True)
             phase(timings, "sensors", started)
 
-            # -- Every run the UI and the daemon started has ended (the automation's loads too). -----
-            wait_for("the runs to end", lambda: settled(instance), timeout=120, ui=ui, interval=2)
+            # -- Every run the UI and the daemon started has ended (the automation's loads too), and the
+            # sensors have since ticked twice asking for nothing. ----------------------------------------
+            wait_for(
+                "the runs to end and the sensors to settle",
+                lambda: quiet(instance, SENSORS),
+                timeout=180,
+                details=lambda: ui.log("daemon"),
+                interval=1,
+            )
             assert not failed_runs(instance), failed_runs(instance)
             phase(timings, "settle", started)
             lineage = 'key:"*green_trips*" or key:"*taxi_zones*" or group:marts'  # green's, readable
             browser.goto("/asset-groups~" + quote(lineage, safe=""))
-            page.locator("[class*=AssetNode_assetName]").first.wait_for()
-            page.wait_for_timeout(2000)
-            browser.screenshot(DOCS / "lineage.png")
+            green_edges = {(p, k) for p, k in edges if {p, k} <= green_lineage}
+            wait_for(  # zoomed out to fit, the nodes show their names only (truncated): count them
+                f"green's lineage drawn: {len(green_lineage)} nodes, {len(green_edges)} edges",
+                lambda: drawn_counts(page) == (len(green_lineage), len(green_edges)),
+                timeout=30,
+            )
+            browser.screenshot(pictures / "lineage.png")
             phase(timings, "lineage screenshot", started)
 
             # -- The mart's chart, once the marts are in the definitions. -----------------------------
@@ -298,11 +295,12 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
                     lambda: chart.evaluate("i => i.complete && i.naturalWidth > 0"),
                     timeout=15,
                 )
-                browser.screenshot(DOCS / "mart-chart.png")
+                browser.screenshot(pictures / "mart-chart.png")
             phase(timings, "mart", started)
             errors, ignored, blocked = browser.errors, browser.ignored, browser.blocked
         phase(timings, "stop", started)
         assert ui.exit_codes == {"webserver": 0, "daemon": 0}, ui.exit_codes  # shut down cleanly
+        assert not ui.outlived, f"processes outlived {ui.outlived}"
 
     print(f"\nfirst-run community dialog shown and skipped: {first_run_dialog}")
     print(f"UI test: {time.monotonic() - started:.0f} s {timings}")
@@ -311,6 +309,11 @@ def test_the_ui_in_a_real_browser(taxi_env, pg_schema, tmp_path, monkeypatch):
         f"requests blocked: {sorted(set(blocked))}"
     )
     assert not errors, "\n".join(errors)
+
+
+def drawn_counts(page) -> tuple[int, int]:
+    """(asset nodes, edges) the lineage graph draws."""
+    return page.locator("[class*=AssetNode_assetName]").count(), len(lineage_in_the_browser(page)["edges"])
 
 
 def month_row(page, month: str):

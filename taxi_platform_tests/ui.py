@@ -1,5 +1,6 @@
-"""The real Dagster UI for the browser tests: dagster-webserver and dagster-daemon as subprocesses on a
-temporary DAGSTER_HOME, and Debian's Chromium driven by Playwright.
+"""The real Dagster deployment for the daemon and browser tests: dagster-daemon (and dagster-webserver) as
+subprocesses on a temporary DAGSTER_HOME, Debian's Chromium driven by Playwright, and waits on what the
+instance records (run statuses, sensor ticks).
 
 Chromium is Debian's (`/usr/bin/chromium`, `apt-get install chromium`; `.ci/run` installs it), never a
 Playwright download. A missing browser fails the test with that message: it is not skipped.
@@ -19,8 +20,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlparse
 
+import dagster as dg
 import pytest
 import yaml
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,6 +38,14 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 LOCATION = "taxi_platform"
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+BACKFILL_GOING_ON = (BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING)
 
 
 def write_instance(home: Path) -> None:
@@ -52,6 +64,11 @@ def write_instance(home: Path) -> None:
         "config": {"base_dir": str(home / "logs")},
     }
     config["telemetry"] = {"enabled": False}
+    config["run_coordinator"] = {  # the daemon starts a queued run within a second
+        "module": "dagster._core.run_coordinator",
+        "class": "QueuedRunCoordinator",
+        "config": {"dequeue_interval_seconds": 1},
+    }
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     (home / "workspace.yaml").write_text(
         yaml.safe_dump(
@@ -95,16 +112,17 @@ query { workspaceOrError { ... on Workspace { locationEntries { name loadStatus
 """
 
 
-class DagsterUI:
-    """dagster-webserver and dagster-daemon on `home` (a folder holding dagster.yaml and workspace.yaml),
-    with `env`; logs in `home`. `url` once started."""
+class DagsterServices:
+    """dagster-daemon, and dagster-webserver unless `webserver` is off, on `home` (a folder holding
+    dagster.yaml and workspace.yaml), with `env`; logs in `home`. `url`: the webserver's."""
 
-    def __init__(self, home: Path, env: dict[str, str]):
-        self.home, self.env = home, {**env, "DAGSTER_HOME": str(home)}
+    def __init__(self, home: Path, env: dict[str, str], webserver: bool = True):
+        self.home, self.env, self.webserver = home, {**env, "DAGSTER_HOME": str(home)}, webserver
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.processes: dict[str, subprocess.Popen] = {}
         self.exit_codes: dict[str, int] = {}
+        self.outlived: list[str] = []  # those whose process group outlived them (then killed)
 
     def _start(self, name: str, *command) -> None:
         log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 (kept open by the process)
@@ -123,10 +141,14 @@ class DagsterUI:
 
     def __enter__(self):
         workspace = ["-w", self.home / "workspace.yaml"]
-        self._start("webserver", BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", self.port, *workspace)
+        if self.webserver:
+            self._start(
+                "webserver", BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", self.port, *workspace
+            )
         self._start("daemon", BIN / "dagster-daemon", "run", *workspace)
         try:
-            self.wait_until_loaded()
+            if self.webserver:
+                self.wait_until_loaded()
         except BaseException:
             self.stop()
             raise
@@ -158,10 +180,11 @@ class DagsterUI:
             f"{self.log('webserver')}"
         )
 
-    def stop(self, *names: str, timeout: float = 30) -> dict[str, int]:
-        """Stop the named processes (default: both): SIGINT to the daemon, SIGTERM to the webserver, wait,
-        then SIGKILL their process group on timeout, and whatever of the group outlives them (code servers,
-        run workers); returns their exit codes."""
+    def stop(self, *names: str, timeout: float = 30, grace: float = 20) -> dict[str, int]:
+        """Stop the named processes (default: all): SIGINT to the daemon, SIGTERM to the webserver, wait,
+        then SIGKILL their process group on timeout; whatever of a group is still alive `grace` seconds
+        after its leader ended (code servers, run workers) is killed and its name put in `outlived`.
+        Returns their exit codes."""
         processes = {
             name: self.processes.pop(name)
             for name in (names or list(self.processes))
@@ -178,13 +201,62 @@ class DagsterUI:
             except subprocess.TimeoutExpired:
                 _kill_group(process.pid)
                 codes[name] = process.wait(timeout=10)
-        for process in processes.values():
-            group_deadline = time.monotonic() + 10
+        for name, process in processes.items():
+            group_deadline = time.monotonic() + grace
             while group_alive(process.pid) and time.monotonic() < group_deadline:
                 time.sleep(0.2)
-            _kill_group(process.pid)
+            if group_alive(process.pid):
+                self.outlived.append(name)
+                _kill_group(process.pid)
         self.exit_codes.update(codes)
         return codes
+
+
+def wait_for(what: str, condition, timeout: float, details=None, interval: float = 0.5):
+    """Poll `condition` until it returns something true, and return that; fail the test after `timeout`
+    seconds, with `details()` (e.g. the daemon's log) in the message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"after {timeout:.0f} s still waiting for {what}" + (f"\n{details()}" if details else "")
+            )
+        time.sleep(interval)
+
+
+def sensor_ticks(instance, name: str) -> list:
+    """The ticks the daemon recorded of the sensor `name`, newest first ([] before its first)."""
+    ticks = []
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.instigator_name == name:
+            ticks += instance.get_ticks(state.instigator_origin_id, state.selector_id)
+    return sorted(ticks, key=lambda tick: tick.timestamp, reverse=True)
+
+
+def quiet(instance, sensors: list[str], ticks: int = 2) -> bool:
+    """Whether nothing runs and nothing is about to: no run in flight, no backfill going on, and each of
+    `sensors` has completed `ticks` ticks since the last run ended, all of them requesting nothing. A
+    failed tick fails the test."""
+    if instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT), limit=1):
+        return False
+    if any(b.status in BACKFILL_GOING_ON for b in instance.get_backfills()):
+        return False
+    last_end = max((r.end_time or 0 for r in instance.get_run_records()), default=0)
+    for name in sensors:
+        since = [
+            t
+            for t in sensor_ticks(instance, name)
+            if t.timestamp > last_end and t.status != TickStatus.STARTED
+        ]
+        for tick in since:
+            if tick.status == TickStatus.FAILURE:
+                pytest.fail(f"a tick of {name} failed: {tick.error}")
+        if len(since) < ticks or any(t.status != TickStatus.SKIPPED for t in since):
+            return False
+    return True
 
 
 def group_alive(pgid: int) -> bool:
