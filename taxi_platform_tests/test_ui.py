@@ -240,8 +240,8 @@ def test_the_ui_in_a_real_browser(published, taxi_env, pg_schema, tmp_path, monk
                     has=page.locator(f'a[href$="/sensors/{sensor.name}"]')
                 )
                 row.get_by_text(sensor.name, exact=True).wait_for()
+                wait_for(f"{sensor.name}'s status loaded", lambda row=row: status_loaded(row), timeout=30)
                 toggle = row.locator("input[type=checkbox]").nth(1)  # the first selects the row
-                toggle.wait_for(state="attached")
                 running = sensor.default_status == dg.DefaultSensorStatus.RUNNING
                 assert toggle.is_checked() == running, f"{sensor.name} shown {'off' if running else 'on'}"
             browser.screenshot(pictures / "sensors.png", full_page=True)
@@ -314,6 +314,16 @@ def test_the_ui_in_a_real_browser(published, taxi_env, pg_schema, tmp_path, monk
 def drawn_counts(page) -> tuple[int, int]:
     """(asset nodes, edges) the lineage graph draws."""
     return page.locator("[class*=AssetNode_assetName]").count(), len(lineage_in_the_browser(page)["edges"])
+
+
+def status_loaded(row) -> bool:
+    """Whether an automation row shows its sensor's status: while it loads, the row has skeletons, then a
+    spinner, and its on/off toggle is missing or disabled and unchecked."""
+    return row.evaluate("""row => {
+      const boxes = row.querySelectorAll('input[type=checkbox]');
+      return !row.querySelector('[class*=Skeleton_], [class*=Spinner_]') && boxes.length === 2
+        && !boxes[1].disabled;
+    }""")
 
 
 def month_row(page, month: str):
