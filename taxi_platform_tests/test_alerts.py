@@ -121,7 +121,7 @@ def test_a_failed_blocking_check_alerts_with_its_metadata_and_a_warning_does_not
         resources = {"alerter": alerter_for(hook)}
         first = CHECK_FAILURE(dg.build_sensor_context(instance=instance, resources=resources))
         assert isinstance(first, dg.SkipReason) and "started watching" in first.skip_message
-        evaluated = instance.get_event_records(
+        evaluated = instance.event_log_storage.get_event_records(
             dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=1
         )
         assert not evaluated  # nothing yet: the first tick's cursor is 0

@@ -122,7 +122,7 @@ def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefiniti
 
 
 def _check_records(instance: dg.DagsterInstance, after: int | None, limit: int, ascending: bool):
-    records = instance.get_event_records(
+    records = instance.event_log_storage.get_event_records(  # the instance's own call is deprecated
         dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
         limit=limit,
         ascending=ascending,
