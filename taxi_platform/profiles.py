@@ -27,13 +27,15 @@ PROFILES = ("local", "gcp")
 
 @dataclass(frozen=True)
 class SensorSettings:
-    """Minimum intervals of the sensors, and the HEAD requests a source sensor sends per tick."""
+    """Minimum intervals of the sensors, the HEAD requests a source sensor sends per tick, and how long
+    a landed file must hold still (size and modification time) before it is taken."""
 
     source_interval_seconds: int = 600  # the TLC publishes monthly; a tick costs a few HEADs
     landing_interval_seconds: int = 30
     automation_interval_seconds: int = 30
     alert_interval_seconds: int = 30
     source_checks_per_tick: int = 24
+    landing_stable_seconds: int = 30  # longer than a copy into landing/ pauses
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,13 @@ def load_profile(environ: Mapping[str, str] = os.environ) -> Profile:
 
 def sensor_settings(environ: Mapping[str, str]) -> SensorSettings:
     """TAXI_SENSOR_INTERVAL_SECONDS overrides every interval (e.g. 1 in tests);
-    TAXI_SOURCE_CHECKS_PER_TICK bounds a source sensor's HEAD requests."""
+    TAXI_SOURCE_CHECKS_PER_TICK bounds a source sensor's HEAD requests; TAXI_LANDING_STABLE_SECONDS
+    (0 or more) is how long a landed file must hold still before it is taken."""
     defaults = SensorSettings()
     every = environ.get("TAXI_SENSOR_INTERVAL_SECONDS")
+    stable = int(environ.get("TAXI_LANDING_STABLE_SECONDS", defaults.landing_stable_seconds))
+    if stable < 0:
+        raise ValueError(f"TAXI_LANDING_STABLE_SECONDS must be 0 or more, not {stable}")
     return SensorSettings(
         *(
             int(every) if every else default
@@ -67,6 +73,7 @@ def sensor_settings(environ: Mapping[str, str]) -> SensorSettings:
         source_checks_per_tick=int(
             environ.get("TAXI_SOURCE_CHECKS_PER_TICK", defaults.source_checks_per_tick)
         ),
+        landing_stable_seconds=stable,
     )
 
 
