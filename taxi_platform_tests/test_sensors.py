@@ -1,7 +1,9 @@
 """The source and landing-zone sensors, tick by tick, against a real HTTP source and a real lake folder."""
 
 import gzip
+import hashlib
 import json
+import logging
 import os
 import shutil
 from datetime import UTC, datetime
@@ -14,6 +16,7 @@ from taxi_platform.datasets import DATASETS, GREEN
 from taxi_platform.definitions import defs
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.jobs import build_ingest_job
+from taxi_platform.profiles import SensorSettings, sensor_settings
 from taxi_platform.sensors.landing_zone import build_landing_sensor
 from taxi_platform.sensors.new_months import build_source_sensor, months_to_check
 from taxi_platform.sources.landing import LANDED_FILE_TAG, move_to_processed
@@ -192,8 +195,25 @@ def test_the_sweep_takes_the_newest_months_then_continues_where_it_stopped():
     assert months_to_check(months, sweep, 10) == (months, None)
 
 
-def landing_tick(lake, cursor=None):
-    sensor = build_landing_sensor(JOBS, 30)
+NOW = datetime(2024, 7, 1, 12, tzinfo=UTC).timestamp()  # the landing sensor's clock in these tests
+
+
+class Logged(logging.Handler):
+    """What a sensor logged, as (level name, message)."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append((record.levelname, record.getMessage()))
+
+
+def landing_tick(lake: Path, cursor: str | None = None, *, stable_seconds: int = 0, now: float = NOW):
+    """One tick of the landing sensor at `now` over the lake folder `lake`: its result (with the new
+    cursor) and what it logged."""
+    sensor = build_landing_sensor(JOBS, 30, stable_seconds, clock=lambda: now)
+    logged = Logged()
     with dg.instance_for_test() as instance:
         context = dg.build_sensor_context(
             instance=instance,
@@ -201,8 +221,9 @@ def landing_tick(lake, cursor=None):
             definitions=DEFS,
             resources={"lake_io_manager": LakeIOManager(root=str(lake))},
         )
+        context.log.addHandler(logged)
         result = sensor.evaluate_tick(context)
-    return result, result.cursor
+    return result, logged.messages
 
 
 def test_a_landed_file_is_requested_once_and_badly_named_ones_are_reported(tmp_path, published):
@@ -214,12 +235,14 @@ def test_a_landed_file_is_requested_once_and_badly_named_ones_are_reported(tmp_p
         (landing / bad).write_text("x")
     (landing / "processed/green_tripdata_2020-10.csv.gz").write_text("done")
 
-    result, cursor = landing_tick(tmp_path / "lake")
+    result, _ = landing_tick(tmp_path / "lake")
     (run,) = result.run_requests
     assert (run.job_name, run.partition_key) == ("green_ingest", "2020-11")
     assert run.tags[LANDED_FILE_TAG] == good.as_posix()
+    assert run.run_key == f"landing:{good.name}:{hashlib.sha256(good.read_bytes()).hexdigest()}"
 
-    again, cursor = landing_tick(tmp_path / "lake", cursor)
+    os.utime(good, ns=(1, 1))  # touched, the same bytes: not requested again
+    again, logged = landing_tick(tmp_path / "lake", result.cursor)
     assert again.run_requests == []
     assert again.skip_message == (
         "landing/: already requested, running or failed (see their runs): ['green_tripdata_2020-11.csv.gz'] | "
@@ -228,15 +251,22 @@ def test_a_landed_file_is_requested_once_and_badly_named_ones_are_reported(tmp_p
         ".parquet); purple_tripdata_2020-01.parquet: unknown dataset 'purple', not one of "
         "['fhv', 'fhvhv', 'green', 'yellow']"
     )
+    assert [level for level, _ in logged] == ["WARNING"] * 3  # one a badly named file
 
-    os.utime(good, ns=(1, 1))  # dropped again: a new version
-    replaced, _ = landing_tick(tmp_path / "lake", cursor)
-    assert [r.partition_key for r in replaced.run_requests] == ["2020-11"]
-    assert replaced.run_requests[0].run_key != run.run_key
-
-    assert move_to_processed(good.as_posix()) == (landing / "processed" / good.name).as_posix()
+    lake = str(tmp_path / "lake")
+    assert move_to_processed(good.as_posix(), lake) == (landing / "processed" / good.name).as_posix()
     assert not good.exists() and (landing / "processed" / good.name).exists()
-    assert move_to_processed(good.as_posix()) is None  # moving twice is harmless
+    assert move_to_processed(good.as_posix(), lake) is None  # moving twice is harmless
+    gone, _ = landing_tick(tmp_path / "lake", again.cursor)
+    assert "green_tripdata_2020-11.csv.gz" not in json.loads(gone.cursor)  # forgotten once moved
+
+
+def test_the_landing_window_is_a_setting_of_its_own():
+    assert sensor_settings({}).landing_stable_seconds == SensorSettings.landing_stable_seconds == 30
+    settings = sensor_settings({"TAXI_LANDING_STABLE_SECONDS": "0", "TAXI_SENSOR_INTERVAL_SECONDS": "1"})
+    assert (settings.landing_stable_seconds, settings.landing_interval_seconds) == (0, 1)
+    with pytest.raises(ValueError, match="^TAXI_LANDING_STABLE_SECONDS must be 0 or more, not -1$"):
+        sensor_settings({"TAXI_LANDING_STABLE_SECONDS": "-1"})
 
 
 def run_landed(uri: str):
