@@ -6,18 +6,26 @@ whose layout mirrors the public URLs. ETag and Last-Modified are sent as the pub
 
 import email.utils
 import hashlib
+import queue
 import threading
+import time
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HTML_PAGE = b"<!DOCTYPE html><html><body>Rate limit exceeded, sign in</body></html>"
+# A trickle sends this many bytes, then pauses this long: a few hundred bytes a second.
+TRICKLE_BYTES, TRICKLE_PAUSE_SECONDS = 16, 0.05
 
 
 class SourceServer:
     def __init__(self, *roots: Path):
         self.roots = roots
         self.faults: dict[str, list[str]] = defaultdict(list)
+        self.outages: dict[str, tuple[float, int]] = {}  # path: (monotonic end, status)
+        self.stopped = threading.Event()
+        # Each trickle, as it ends (the client gone, the file sent or the server stopped): (path, bytes sent).
+        self.trickles: queue.Queue[tuple[str, int]] = queue.Queue()
         self.requests: list[tuple[str, str]] = []
         handler = type("Handler", (_Handler,), {"source": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -30,6 +38,7 @@ class SourceServer:
         return self
 
     def __exit__(self, *exc):
+        self.stopped.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -39,8 +48,14 @@ class SourceServer:
         - "html": a sign-in page as text/html; "html_as_data": the same page as application/octet-stream;
         - "truncated": the first half of the file, as a whole answer (Content-Length of the half);
         - "cut": the whole file's Content-Length, then half of it, then the connection closes;
-        - "drop": the connection closes before any answer."""
+        - "drop": the connection closes before any answer;
+        - "trickle": the whole file, a few bytes at a time with pauses, until the client goes or the server stops."""
         self.faults[path].extend(faults)
+
+    def outage(self, path: str, seconds: float, status: int = 503) -> None:
+        """Answer every request of `path` with `status` for `seconds` from now, then serve it normally.
+        While the outage lasts, the faults queued by `fail` wait."""
+        self.outages[path] = (time.monotonic() + seconds, status)
 
     def find(self, path: str) -> Path | None:
         for root in self.roots:
@@ -64,6 +79,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, body: bool):
         self.source.requests.append((self.command, self.path))
+        end, status = self.source.outages.get(self.path, (0.0, 0))
+        if time.monotonic() < end:
+            return self._send(status, f"HTTP {status}".encode(), "text/plain", body)
         fault = self.source.faults[self.path].pop(0) if self.source.faults[self.path] else None
         if fault == "drop":
             self.close_connection = True
@@ -88,7 +106,20 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Length"] = str(len(data))
             data = data[: len(data) // 2]
             self.close_connection = True
+        if fault == "trickle" and body:
+            return self._trickle(data, headers)
         self._send(200, data, "application/octet-stream", body, headers)
+
+    def _trickle(self, data: bytes, headers: dict[str, str]) -> None:
+        self._send(200, data, "application/octet-stream", False, headers)
+        self.close_connection = True
+        sent = 0
+        try:
+            while sent < len(data) and not self.source.stopped.wait(TRICKLE_PAUSE_SECONDS):
+                sent += self.wfile.write(data[sent : sent + TRICKLE_BYTES]) or 0
+        except OSError:  # the client cut the connection
+            pass
+        self.source.trickles.put((self.path, sent))
 
     def _send(self, status, data, content_type, body, headers=None):
         headers = {"Content-Length": str(len(data)), **(headers or {})}

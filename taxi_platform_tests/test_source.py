@@ -4,10 +4,13 @@ month, probing its version, downloading it, and every way that can fail."""
 import email.utils
 import hashlib
 import os
+import re
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from taxi_platform.assets import permanent_errors_not_retried
 from taxi_platform.datasets import DATASETS
 from taxi_platform.sources import landing
 from taxi_platform.sources.public import (
@@ -34,9 +37,16 @@ def server(published, tmp_path):
 
 
 def source_for(server, **config) -> TaxiSource:
-    return TaxiSource(
-        releases_url=f"{server.url}/releases", tlc_url=server.url, backoff_seconds=0.01, **config
-    )
+    """The source against `server`, with short waits and limits so that no test takes long."""
+    limits = {"retry_seconds": 5, "backoff_seconds": 0.01, "max_backoff_seconds": 0.1, "deadline_seconds": 10}
+    return TaxiSource(releases_url=f"{server.url}/releases", tlc_url=server.url, **(limits | config))
+
+
+def tries_in(error: SourceUnavailable) -> int:
+    """The number of tries a SourceUnavailable names."""
+    found = re.search(r" failed after ([0-9]+) tries ", str(error))
+    assert found, error
+    return int(found[1])
 
 
 def fetch(source: TaxiSource, month: str, folder: Path):
@@ -93,6 +103,7 @@ def test_download_streams_the_file_and_records_its_identity(server, published, t
     assert server.requests == [("GET", "/releases/green/green_tripdata_2020-10.csv.gz")]
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("status", ["404", "403"])  # CloudFront answers 403 for a missing object
 def test_a_missing_month_is_not_published_and_not_retried(server, tmp_path, status):
     source = source_for(server)
@@ -102,6 +113,12 @@ def test_a_missing_month_is_not_published_and_not_retried(server, tmp_path, stat
     ):
         fetch(source, "2020-10", tmp_path)
     assert len(server.requests) == 1
+    # ... nor by the step: the asset layer fails it without its retry policy.
+    server.fail(path_of(server, source, "2020-10"), status)
+    with pytest.raises(dg.Failure) as raised, permanent_errors_not_retried():
+        fetch(source, "2020-10", tmp_path)
+    assert not raised.value.allow_retries
+    assert len(server.requests) == 2
 
 
 def test_a_month_the_source_lacks_is_not_published(server, tmp_path):
@@ -111,6 +128,7 @@ def test_a_month_the_source_lacks_is_not_published(server, tmp_path):
         fetch(source_for(server), "2019-03", tmp_path)
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     "faults",
     [("500", "503"), ("429",), ("drop", "drop"), ("cut",)],
@@ -125,38 +143,79 @@ def test_passing_faults_are_retried_until_the_whole_file_comes(server, published
     assert len(server.requests) == len(faults) + 1
 
 
+@pytest.mark.faults
+def test_an_outage_shorter_than_the_retry_time_heals_in_the_download(server, published, tmp_path):
+    source = source_for(server, retry_seconds=30)
+    path = path_of(server, source, "2020-11")
+    server.outage(path, 2)
+    download = fetch(source, "2020-11", tmp_path)
+    served = published / "releases/green/green_tripdata_2020-11.csv.gz"
+    assert (download.bytes, download.sha256) == (served.stat().st_size, sha256_of(served))
+    assert download.path.read_bytes() == served.read_bytes()
+    assert len(server.requests) > 1  # the outage was met, and outlasted
+    assert set(server.requests) == {("GET", path)}
+
+
+@pytest.mark.faults
 @pytest.mark.parametrize(
     ("faults", "error"),
     [
-        (("500", "500"), "HTTP 500"),
-        (("drop", "drop"), "Connection aborted"),
-        (("cut", "cut"), "connection broke after [0-9]+ bytes"),
+        (("500",), "HTTP 500"),
+        (("429",), "HTTP 429"),
+        (("drop",), "Connection aborted"),
+        (("cut",), "connection broke after [0-9]+ bytes"),
     ],
-    ids=["server-errors", "connection-dropped", "cut-mid-file"],
+    ids=["server-errors", "rate-limited", "connection-dropped", "cut-mid-file"],
 )
-def test_faults_that_persist_fail_with_url_and_month_after_every_try(server, tmp_path, faults, error):
-    source = source_for(server, attempts=2)
-    server.fail(path_of(server, source, "2020-12"), *faults)
+def test_faults_that_outlast_the_retry_time_fail_with_url_month_and_tries(server, tmp_path, faults, error):
+    # More faults than tries fit in the retry time: each wait is at least half the backoff (0.01 s, doubling
+    # up to 0.1 s), so 0.3 s holds at most 9 waits, and so 10 tries.
+    source = source_for(server, retry_seconds=0.3)
+    server.fail(path_of(server, source, "2020-12"), *faults * 20)
     with pytest.raises(
-        SourceError, match=rf"^green 2020-12: .*2020-12\.csv\.gz failed after 2 tries: .*{error}"
+        SourceUnavailable,
+        match=rf"^green 2020-12: .*2020-12\.csv\.gz failed after [0-9]+ tries over .* \(retry_seconds 0\.3\): .*{error}",
+    ) as raised:
+        fetch(source, "2020-12", tmp_path)
+    assert tries_in(raised.value) == len(server.requests) > 1
+
+
+@pytest.mark.faults
+def test_an_outage_longer_than_the_retry_time_is_left_to_the_step_retry(server, tmp_path):
+    source = source_for(server, retry_seconds=0.5)
+    server.outage(path_of(server, source, "2020-12"), 60)
+    # The asset layer lets SourceUnavailable through to the step's retry policy.
+    with (
+        pytest.raises(
+            SourceUnavailable,
+            match=r"^green 2020-12: http://127\.0\.0\.1:[0-9]+/releases/green/green_tripdata_2020-12\.csv\.gz"
+            r" failed after [0-9]+ tries over .* \(retry_seconds 0\.5\): HTTP 503$",
+        ) as raised,
+        permanent_errors_not_retried(),
     ):
         fetch(source, "2020-12", tmp_path)
-    assert len(server.requests) == 2
+    assert tries_in(raised.value) == len(server.requests) > 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="public.py raises a plain SourceError after the last try, so the raw asset's step retry "
-    "policy never applies to a source that stays unavailable (permanent_errors_not_retried lets only "
-    "SourceUnavailable through); fix in TaxiSource.download",
-)
-def test_a_source_still_unavailable_after_every_try_is_left_to_the_step_retry(server, tmp_path):
-    source = source_for(server, attempts=2)
-    server.fail(path_of(server, source, "2020-12"), "500", "500")
-    with pytest.raises(SourceUnavailable):
-        fetch(source, "2020-12", tmp_path)
+@pytest.mark.faults
+def test_a_trickling_source_is_cut_at_the_deadline_and_left_to_the_step_retry(server, tmp_path):
+    source = source_for(server, deadline_seconds=0.5)
+    path = path_of(server, source, "2020-10")
+    server.fail(path, "trickle")
+    with pytest.raises(
+        SourceUnavailable,
+        match=r"^green 2020-10: .*2020-10\.csv\.gz did not finish within its deadline \(deadline_seconds 0\.5\)$",
+    ):
+        fetch(source, "2020-10", tmp_path)
+    assert len(server.requests) == 1  # not tried again in the download
+    # The download cut the connection: the trickle ended before the whole file was sent.
+    trickled, sent = server.trickles.get(timeout=10)
+    assert trickled == path
+    served = server.find(path)
+    assert served is not None and 0 < sent < served.stat().st_size
 
 
+@pytest.mark.faults
 def test_another_answer_fails_at_once(server, tmp_path):
     source = source_for(server)
     server.fail(path_of(server, source, "2020-10"), "401")
@@ -165,6 +224,7 @@ def test_another_answer_fails_at_once(server, tmp_path):
     assert len(server.requests) == 1
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("fault", ["html", "html_as_data"])
 def test_an_html_page_is_refused_whatever_its_content_type(server, tmp_path, fault):
     source = source_for(server)
@@ -203,6 +263,7 @@ def test_probe_reads_the_version_with_one_head_request(server, published):
     assert server.requests == [("HEAD", "/releases/green/green_tripdata_2020-10.csv.gz")]
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("status", ["404", "403"])
 def test_probe_of_a_month_not_published_is_none(server, status):
     source = source_for(server)
@@ -210,6 +271,7 @@ def test_probe_of_a_month_not_published_is_none(server, status):
     assert source.probe(source.locate(GREEN, "2020-10")) is None
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize(
     ("fault", "error"), [("500", "answered HTTP 500"), ("drop", "failed: .*Connection aborted")]
 )

@@ -3,8 +3,12 @@
 A month comes from the public source `locate` picks, or from a file dropped into the lake's landing zone.
 """
 
+import contextlib
 import hashlib
+import os
 import random
+import socket
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,7 +39,8 @@ class MonthNotPublished(SourceError):
 
 
 class SourceUnavailable(SourceError):
-    """Connection errors or 5xx persisted through every try; worth trying again later."""
+    """Connection errors, 5xx or 429 persisted through the retry time, or the download passed its
+    deadline; worth trying again later."""
 
 
 @dataclass(frozen=True)
@@ -106,9 +111,25 @@ class TaxiSource(dg.ConfigurableResource):
         default="auto",
         description="auto: the releases for the months they hold, the TLC otherwise; or releases|tlc.",
     )
-    attempts: int = Field(default=4, description="Tries per download (connection errors and 5xx).")
-    backoff_seconds: float = Field(default=2.0, description="First wait between tries; doubles.")
-    timeout_seconds: float = 60.0
+    retry_seconds: float = Field(
+        default=330.0,
+        description="How long a download tries again after connection errors, resets, 5xx and 429 "
+        "(a source down for up to 5 minutes heals unattended); then SourceUnavailable, for the step's "
+        "retry policy.",
+    )
+    backoff_seconds: float = Field(
+        default=2.0, description="First wait between tries; doubles each try, with jitter."
+    )
+    max_backoff_seconds: float = Field(default=30.0, description="Longest wait between tries.")
+    timeout_seconds: float = Field(
+        default=60.0, description="Longest wait to connect, or for any one read of the answer."
+    )
+    deadline_seconds: float = Field(
+        default=1800.0,
+        description="Longest a download may take in all, tries included; past it the connection is "
+        "cut and the download fails with SourceUnavailable (for the step's retry policy), so a "
+        "trickling source cannot hold a download slot.",
+    )
     gcs_endpoint: str = Field(
         default="", description="A Cloud Storage emulator's host, for landed files in a bucket."
     )
@@ -169,20 +190,40 @@ class TaxiSource(dg.ConfigurableResource):
         return self.download(file.url, dest, file.label, file.form)
 
     def download(self, url: str, dest: Path, label: str, form: str | None = None) -> Download:
-        """Stream `url` to `dest`, retrying connection errors and 5xx with exponential backoff."""
-        for attempt in range(1, self.attempts + 1):
+        """Stream `url` to `dest`. Connection errors, resets, 5xx and 429 are tried again with
+        exponential backoff and jitter for `retry_seconds`, then raise SourceUnavailable; so does
+        passing `deadline_seconds`. Any other answer, or a file not of `form`, fails at once."""
+        started = time.monotonic()
+        deadline = started + self.deadline_seconds
+        give_up = min(started + self.retry_seconds, deadline)
+        backoff, tries = self.backoff_seconds, 0
+        while True:
+            tries += 1
             try:
-                return self._download_once(url, dest, label, form)
+                return self._download_once(url, dest, label, form, deadline)
             except _Retryable as error:
-                if attempt == self.attempts:
-                    raise SourceError(f"{label}: {url} failed after {attempt} tries: {error}") from error
-                time.sleep(self.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
-        raise AssertionError("unreachable")
+                remaining = give_up - time.monotonic()
+                if remaining <= 0:
+                    raise SourceUnavailable(
+                        f"{label}: {url} failed after {tries} tries over {time.monotonic() - started:.1f} s"
+                        f" (retry_seconds {self.retry_seconds:g}): {error}"
+                    ) from error
+            # The last wait ends with the retry time, so one more try comes at its end.
+            time.sleep(min(backoff * random.uniform(0.5, 1.5), self.max_backoff_seconds, remaining))
+            backoff = min(backoff * 2, self.max_backoff_seconds)
 
-    def _download_once(self, url: str, dest: Path, label: str, form: str | None) -> Download:
+    def _download_once(self, url: str, dest: Path, label: str, form: str | None, deadline: float) -> Download:
+        past_deadline = SourceUnavailable(
+            f"{label}: {url} did not finish within its deadline (deadline_seconds {self.deadline_seconds:g})"
+        )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise past_deadline
         try:
-            response = requests.get(url, stream=True, timeout=self.timeout_seconds)
+            response = requests.get(url, stream=True, timeout=min(self.timeout_seconds, remaining))
         except (requests.ConnectionError, requests.Timeout) as error:
+            if time.monotonic() >= deadline:
+                raise past_deadline from error
             raise _Retryable(error) from error
         with response:
             if response.status_code in (403, 404):
@@ -195,14 +236,19 @@ class TaxiSource(dg.ConfigurableResource):
                 raise SourceError(f"{label}: {url} returned an HTML page, not the data file")
             digest, size = hashlib.sha256(), 0
             dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with open(dest, "wb") as out:
-                    for chunk in response.iter_content(chunk_size=1 << 20):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        out.write(chunk)
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
-                raise _Retryable(f"connection broke after {size} bytes: {error}") from error
+            with _Watchdog(response, deadline - time.monotonic()) as watchdog:
+                try:
+                    with open(dest, "wb") as out:
+                        for chunk in response.iter_content(chunk_size=1 << 20):
+                            digest.update(chunk)
+                            size += len(chunk)
+                            out.write(chunk)
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
+                    if watchdog.fired:
+                        raise past_deadline from error
+                    raise _Retryable(f"connection broke after {size} bytes: {error}") from error
+            if watchdog.fired:  # an answer without Content-Length ends quietly when cut
+                raise past_deadline
             _verify_form(dest, url, label, form)
             return Download(
                 url=url,
@@ -216,6 +262,33 @@ class TaxiSource(dg.ConfigurableResource):
 
 class _Retryable(Exception):
     pass
+
+
+class _Watchdog:
+    """Shuts the answer's socket after `seconds`, which ends a read blocked on it: a source that
+    trickles cannot hold a download past its deadline."""
+
+    def __init__(self, response: requests.Response, seconds: float):
+        self.response = response
+        self.fired = False
+        self.timer = threading.Timer(seconds, self.fire)
+        self.timer.daemon = True
+
+    def __enter__(self) -> "_Watchdog":
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Joined: the answer (and its file descriptor) is closed only once the timer is done with it.
+        self.timer.cancel()
+        self.timer.join()
+
+    def fire(self) -> None:
+        self.fired = True
+        # The descriptor, not the connection's socket: http.client lets go of that once it has the headers
+        # of an answer that ends with the connection. Shutting a duplicate shuts the connection.
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self.response.raw.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _verify_form(path: Path, url: str, label: str, form: str | None) -> None:
