@@ -294,21 +294,24 @@ def test_an_unpartitioned_table_is_replaced_whole_with_its_unique_key(postgres_u
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="postgres.read_query parses PostgreSQL's CSV with pyarrow's default null values, so the text"
-    " 'NA', 'N/A', 'NULL' (zone names of the real lookup) reads back as null; null_values=[''] would fix it",
-)
 def test_text_that_reads_like_a_null_reads_back_as_text(postgres_url, pg_schema):
     manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema)
-    words = pa.table({"location_id": pa.array([1, 2, 3, 4], pa.int64()), "zone": ["NA", "N/A", "NULL", None]})
+    words = pa.table(
+        {
+            "location_id": pa.array([1, 2, 3, 4, 5, 6], pa.int64()),
+            "zone": ["NA", "N/A", "NULL", None, "", "nan"],
+            "fare": pa.array([1.5, None, 0.0, 2.0, None, 3.0]),
+        }
+    )
     write(manager, None, words, metadata={}, key=("postgres", "zones"))
-    assert query(postgres_url, f'SELECT zone FROM "{pg_schema}".zones ORDER BY location_id') == [
-        ("NA",),
-        ("N/A",),
-        ("NULL",),
-        (None,),
-    ]  # stored right: only the read is wrong
+    assert query(postgres_url, f'SELECT zone, fare FROM "{pg_schema}".zones ORDER BY location_id') == [
+        ("NA", 1.5),
+        ("N/A", None),
+        ("NULL", 0.0),
+        (None, 2.0),
+        ("", None),
+        ("nan", 3.0),
+    ]
     assert read(manager, None, metadata={}, key=("postgres", "zones")).sort_by("location_id").equals(words)
 
 

@@ -305,7 +305,12 @@ def read_query(conn: psycopg.Connection, query: sql.Composed, params: list) -> p
     return pacsv.read_csv(
         buffer,
         convert_options=pacsv.ConvertOptions(
-            column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+            column_types=types,
+            # PostgreSQL writes NULL as an empty unquoted field, and '' as "": only the former is
+            # null. Not pyarrow's default null words: the text 'NA', 'N/A', 'NULL' stays text.
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
         ),
     ).select(names)
 
