@@ -1,10 +1,12 @@
 """The BigQuery warehouse through the real google-cloud-bigquery client, against the emulator; and its
 schema drift check against the exact type names the real tables API answers."""
 
+import http.client
 import json
+import os
 import threading
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
@@ -17,6 +19,8 @@ from taxi_platform.datasets import DATASETS
 from taxi_platform.definitions import defs
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.bigquery import (
+    STAGING_LIFETIME,
+    STAGING_PREFIX,
     BigQuerySQL,
     BigQueryWarehouse,
     _bq_type,
@@ -133,7 +137,7 @@ def materialize_to_bigquery(project, dataset, *, partition=None, months=None):
         else {}
     )
     return dg.materialize(
-        [*definitions.assets, *definitions.asset_checks],
+        [*definitions.assets, *(definitions.asset_checks or [])],
         selection=dg.AssetSelection.assets(
             *(dg.AssetKey.from_user_string(k) for k in (*green_trip_keys(), "warehouse/green_trips"))
         ),
@@ -389,3 +393,75 @@ def test_a_dataset_the_api_does_not_find_has_no_tables(bigquery_emulator, monkey
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _Recording(BaseHTTPRequestHandler):
+    """Passes every request on to `upstream` (the emulator) and its answer back, recording
+    (method, path, JSON body) of each."""
+
+    upstream = ""
+    requests: list[tuple[str, str, dict | None]] = []
+
+    def _pass_on(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        content_type = self.headers.get("Content-Type", "")
+        self.requests.append(
+            (self.command, self.path.split("?")[0], json.loads(body) if "json" in content_type else None)
+        )
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+        upstream = http.client.HTTPConnection(self.upstream, timeout=60)
+        upstream.request(self.command, self.path, body, headers)
+        answer = upstream.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        upstream.close()
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _pass_on
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.emulators
+def test_the_staging_table_expires_by_itself_from_its_creation(small, monkeypatch):
+    """A run killed mid-load leaves its staging table behind: BigQuery deletes it STAGING_LIFETIME after
+    its creation. The emulator keeps no expiration, so the table BigQuery is asked to create is read
+    from the requests, passed on to the emulator by a recording proxy: the staging table is created
+    with its expiration before any row is loaded into it, and deleted after the MERGE."""
+    _Recording.upstream = os.environ["BIGQUERY_EMULATOR_HOST"].removeprefix("http://")
+    _Recording.requests = []
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        with monkeypatch.context() as through_the_proxy:
+            through_the_proxy.setenv("BIGQUERY_EMULATOR_HOST", f"http://127.0.0.1:{proxy.server_port}")
+            before = datetime.now(UTC)
+            store(small, trips(date(2020, 3, 1), date(2020, 3, 2)), "2020-03")
+            after = datetime.now(UTC)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    requests = _Recording.requests
+    tables = f"/bigquery/v2/projects/{small.sql.bigquery.project}/datasets/{small.sql.dataset}/tables"
+    [(created, body)] = [
+        (i, body)
+        for i, (method, path, body) in enumerate(requests)
+        if method == "POST"
+        and path == tables
+        and body["tableReference"]["tableId"].startswith(STAGING_PREFIX)
+    ]
+    staging = body["tableReference"]["tableId"]
+    expires = datetime.fromtimestamp(int(body["expirationTime"]) / 1000, UTC)
+    assert before + STAGING_LIFETIME - timedelta(seconds=1) <= expires <= after + STAGING_LIFETIME
+    [loaded] = [i for i, (method, path, _) in enumerate(requests) if path.startswith("/upload/")]
+    [deleted] = [i for i, (method, path, _) in enumerate(requests) if method == "DELETE"]
+    assert created < loaded < deleted
+    assert requests[deleted][1] == f"{tables}/{staging}"
+    assert small.sql.tables() == {"trips"}
+    assert by_n(load(small, "2020-03")) == trips(date(2020, 3, 1), date(2020, 3, 2)).to_pydict()

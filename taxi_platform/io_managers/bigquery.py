@@ -5,6 +5,7 @@ import json
 import tempfile
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
 import dagster as dg
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 # The tables API answers a table's schema in the legacy type names; `_bq_type` writes the standard ones.
 _STANDARD_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "RECORD": "STRUCT"}
+# A staging table is deleted when its load is merged or fails; one a killed run left expires.
+STAGING_LIFETIME = timedelta(days=1)
+STAGING_PREFIX = "_staging_"
 
 
 class BigQuerySQL(WarehouseSQL):
@@ -81,8 +85,9 @@ class BigQueryWarehouse(WarehouseIOManager):
             dataset.location = sql.bigquery.location
             client.create_dataset(dataset, exists_ok=True)
             target = self._ensure_table(client, name, schema, window, cluster_by)
-            staging_id = sql.table_id(f"_staging_{name}_{uuid.uuid4().hex[:12]}")
+            staging_id = sql.table_id(f"{STAGING_PREFIX}{name}_{uuid.uuid4().hex[:12]}")
             try:
+                client.create_table(staging_table_definition(staging_id, schema))
                 self._load(client, staging_id, data, schema)
                 columns = ", ".join(f"`{f.name}`" for f in data.schema)
                 bounds = ""
@@ -148,7 +153,8 @@ class BigQueryWarehouse(WarehouseIOManager):
         config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.PARQUET,
             schema=schema,
-            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+            # Into the staging table as created (its expiration kept): it must still be empty.
+            write_disposition=bigquery.WriteDisposition.WRITE_EMPTY,
         )
         with tempfile.TemporaryFile() as file:  # the parquet to load, written batch by batch, on disk
             with pq.ParquetWriter(file, data.schema) as writer:
@@ -170,6 +176,15 @@ class BigQueryWarehouse(WarehouseIOManager):
         with self.sql.bigquery.get_client() as client:
             job = client.query(query, job_config=bigquery.QueryJobConfig(query_parameters=params))
             return job.result().to_arrow(create_bqstorage_client=False)
+
+
+def staging_table_definition(table_id: str, schema):
+    """A staging table that BigQuery deletes by itself `STAGING_LIFETIME` after its creation."""
+    from google.cloud import bigquery
+
+    table = bigquery.Table(table_id, schema=schema)
+    table.expires = datetime.now(UTC) + STAGING_LIFETIME
+    return table
 
 
 def lake_table_definition(table_id: str, prefix: str, partition_column: str | None):

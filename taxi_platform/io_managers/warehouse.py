@@ -8,8 +8,8 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
 - Column names are kept as they are. Naive timestamps (New York local time in the TLC data) are
   stored as DATETIME (DuckDB: TIMESTAMP without time zone), and their column description says so.
 - Replacing a partition, or a single-run backfill's range, is atomic: DuckDB deletes and inserts in
-  one transaction; BigQuery loads a staging table, then one MERGE deletes the window's rows and
-  inserts the staged ones.
+  one transaction; BigQuery loads a staging table (which expires by itself, should the run die),
+  then one MERGE deletes the window's rows and inserts the staged ones.
 - Schema drift: new columns are added; a changed type fails, naming the columns.
 - SQL in the warehouse (the marts' aggregations) goes through the `warehouse_sql` resource
   (`WarehouseSQL`: DuckDBSQL here, BigQuerySQL), which the IO manager also stores through.
