@@ -18,15 +18,25 @@ Generic: it knows asset keys, arrow schemas and partition time windows, nothing 
   the write fails naming the columns; a column whose type changed always fails. Nothing is dropped.
 - Writers of one partition (or of one unpartitioned table) are serialized by a transaction-scoped
   advisory lock; writers of different months of a table may run at the same time.
+- The swap waits at most `lock_timeout_seconds` for the locks it needs (a reader holding the month, say).
+- A write that meets a transient error (the connection lost or refused, a serialization failure, a
+  deadlock, a lock not available in time) is tried again whole, in a new transaction (it replaces its
+  months: trying it again is safe), up to `max_tries` times with exponential backoff and jitter; each
+  retry is a warning in the run's log. Any other error fails at once, naming the table and months.
+  Rows given as a stream (RecordBatchReader) cannot be read twice: their write is tried once.
+- No error or log carries the URL's password: messages go through `redact`.
 """
 
 import io
+import random
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import LiteralString
+from urllib.parse import unquote
 
 import dagster as dg
 import psycopg
@@ -38,9 +48,13 @@ from pydantic import Field
 
 from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import stream
+from taxi_platform.redaction import redact
 
 TABLE = "postgres/table"
 UNIQUE_KEY = "postgres/unique_key"
+# Tried again: serialization failure, deadlock, lock not available (lock_timeout), and the server
+# ending or refusing the session (admin/crash shutdown, starting up); class 08: connection exceptions.
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03"}
 
 _PG_TYPES: list[tuple[Callable[[pa.DataType], bool], LiteralString]] = [
     (pa.types.is_int64, "bigint"),
@@ -82,18 +96,75 @@ class PostgresIOManager(dg.ConfigurableIOManager):
     embedded_dir: str = Field(default="", description="Data folder of the embedded server.")
     db_schema: str = Field(default="taxi", description="Schema of the asset tables.")
     on_new_column: str = Field(default="add", description="Schema drift policy: add | fail.")
+    max_tries: int = Field(
+        default=5, ge=1, description="Tries of a write meeting transient errors, the first included."
+    )
+    backoff_seconds: float = Field(
+        default=1.0, description="First wait between tries; doubles each try, with jitter."
+    )
+    max_backoff_seconds: float = Field(default=30.0, description="Longest wait between tries.")
+    lock_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest wait of the partition swap for a lock (PostgreSQL's lock_timeout); then "
+        "the write is tried again.",
+    )
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         meta = context.definition_metadata
         name = self.table_name(context.asset_key, meta)
-        with self.connect() as conn, conn.transaction():
+        target = f"{self.db_schema}.{name}"
+        if context.has_asset_partitions:
+            keys = context.asset_partition_keys
+            target += f" {keys[0]}" if len(keys) == 1 else f" {keys[0]}..{keys[-1]}"
+
+        def write(conn: psycopg.Connection) -> int:
             if context.has_asset_partitions:
-                written = self._replace_partitions(conn, context, name, obj)
-            else:
-                written = self._replace_table(conn, name, meta.get(UNIQUE_KEY), stream(obj))
+                return self._replace_partitions(conn, context, name, obj)
+            return self._replace_table(conn, name, meta.get(UNIQUE_KEY), stream(obj))
+
+        written = self._write_with_retries(context.log, target, write, replayable=_replayable(obj))
         context.add_output_metadata(
             {"dagster/table_name": f"{self.db_schema}.{name}", "rows_written": written}
         )
+
+    def _write_with_retries(
+        self, log, target: str, write: Callable[[psycopg.Connection], int], replayable: bool
+    ) -> int:
+        """`write` in a transaction of its own, tried again on transient errors (see the module)."""
+        backoff = self.backoff_seconds
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                with self.connect() as conn, conn.transaction():
+                    return write(conn)
+            except (psycopg.Error, PostgresUnavailable) as error:
+                failure = self._describe(error)
+                if not _transient(error):
+                    raise PostgresWriteError(f"{target}: {failure}") from error
+                if not replayable:
+                    raise PostgresWriteError(
+                        f"{target}: {failure}; not tried again: its rows came as a stream, which"
+                        " cannot be read twice"
+                    ) from error
+                if tries >= self.max_tries:
+                    raise PostgresWriteError(
+                        f"{target}: failed {tries} times (max_tries); the last: {failure}"
+                    ) from error
+                wait = min(backoff * random.uniform(0.5, 1.5), self.max_backoff_seconds)
+                log.warning(
+                    f"{target}: try {tries} of {self.max_tries} failed with {failure}; trying again"
+                    f" in {wait:.2f} s"
+                )
+                time.sleep(wait)
+                backoff = min(backoff * 2, self.max_backoff_seconds)
+
+    def _describe(self, error: Exception) -> str:
+        """The error's class and message, without the URL's secrets."""
+        if isinstance(error, PostgresUnavailable):
+            return str(error)
+        return f"{type(error).__name__}: {redact(str(error).strip(), *_url_secrets(self.url))}"
 
     def _replace_table(self, conn, name: str, unique_key: str | None, rows) -> int:
         target = sql.Identifier(self.db_schema, name)
@@ -120,6 +191,11 @@ class PostgresIOManager(dg.ConfigurableIOManager):
             bounds = (window.start.date(), window.end.date())
             written += self._stage(conn, name, key, stream(part), columns, bounds, meta)
             staged.append((key, bounds))
+        # The swap needs the old partitions' locks: it waits for their readers, but not for ever.
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, true)",
+            [f"{max(1, round(self.lock_timeout_seconds * 1000))}ms"],
+        )
         for key, bounds in staged:
             self._swap_in(conn, name, key, bounds, meta.get(UNIQUE_KEY))
         return written
@@ -206,7 +282,18 @@ class PostgresIOManager(dg.ConfigurableIOManager):
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
-        with psycopg.connect(self.url or _embedded_url(self.embedded_dir)) as conn:
+        """A connection; PostgresUnavailable, without the URL's secrets, if none can be made."""
+        url = self.url or _embedded_url(self.embedded_dir)
+        try:
+            conn = psycopg.connect(url)
+        except psycopg.Error as error:
+            # Raised from None: the driver's own message may quote the password (a malformed URL).
+            raise PostgresUnavailable(
+                f"cannot connect to PostgreSQL: {type(error).__name__}:"
+                f" {redact(str(error).strip(), *_url_secrets(url))}",
+                transient=isinstance(error, psycopg.OperationalError),
+            ) from None
+        with conn:
             yield conn
 
     def _columns(self, conn, table_name: str) -> dict[str, str]:
@@ -264,6 +351,44 @@ class PostgresIOManager(dg.ConfigurableIOManager):
                 )
             )
         return {**existing, **{name: wanted[name] for name in new}}
+
+
+class PostgresUnavailable(Exception):
+    """No connection could be made; `transient` if trying again may help (the server unreachable,
+    starting, or refusing more sessions; psycopg gives such failures no SQLSTATE to tell them from a
+    refused login), not for a malformed URL."""
+
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient
+
+
+class PostgresWriteError(Exception):
+    """A write that failed, named by its table and months."""
+
+
+def _transient(error: Exception) -> bool:
+    """Whether trying the write again, in a new transaction, may succeed."""
+    if isinstance(error, PostgresUnavailable):
+        return error.transient
+    if isinstance(error, psycopg.Error) and error.sqlstate:
+        return error.sqlstate in _TRANSIENT_SQLSTATES or error.sqlstate.startswith("08")
+    # No SQLSTATE: the client lost the connection (the server gone, the session terminated).
+    return isinstance(error, psycopg.OperationalError)
+
+
+def _replayable(data) -> bool:
+    """Whether the data can be read again for another try: a stream cannot."""
+    if isinstance(data, dict):
+        return all(map(_replayable, data.values()))
+    return not isinstance(data, pa.RecordBatchReader)
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The password of a URL or key=value connection string, as written and decoded, found even when
+    the rest of it is malformed."""
+    found = re.findall(r"://[^:/@\s]*:([^@\s]+)@", url) + re.findall(r"\bpassword\s*=\s*'?([^\s'&]+)", url)
+    return found + [unquote(secret) for secret in found]
 
 
 def copy_rows(conn: psycopg.Connection, target: sql.Composable, rows: pa.RecordBatchReader) -> int:
