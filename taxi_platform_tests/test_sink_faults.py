@@ -1,8 +1,8 @@
 """Faults injected into the sinks, each with real components: a PostgreSQL backend terminated in its
-COPY, a lock held on the month being swapped, a deadlock, a writer killed, a malformed URL. Every test
-checks the outcome, and that the month published before is unchanged (its row count and the md5 of
-its rows). The tests wait on what the servers show (pg_stat_activity, pg_locks) and on the warnings
-the writers log, never on time.
+COPY, a lock held on the month being swapped, a deadlock, a writer killed, a malformed URL, a DuckDB
+file held by another process. Every test checks the outcome, and that the month published before is
+unchanged (its row count and the md5 of its rows). The tests wait on what the servers show
+(pg_stat_activity, pg_locks) and on the warnings the writers log, never on time.
 
 A serialization failure (40001) is not provoked: the writer runs at READ COMMITTED and reads no rows a
 concurrent transaction could make it serialize on; it is retried like the deadlock (see `_transient`).
@@ -16,9 +16,11 @@ import sys
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import psycopg
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -28,8 +30,10 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from taxi_platform.io_managers.postgres import PostgresIOManager, PostgresWriteError
+from taxi_platform.io_managers.warehouse import DuckDBSQL, DuckDBWarehouse, WarehouseLocked
 from taxi_platform.profiles import resources_for
 from taxi_platform_tests.helpers import failure_message
+from taxi_platform_tests.test_lake import days
 from taxi_platform_tests.test_postgres import (
     MONTHS,
     TRIPS_META,
@@ -44,6 +48,7 @@ from taxi_platform_tests.test_postgres import (
     wait_for,
     write,
 )
+from taxi_platform_tests.test_warehouse import load, store
 
 pytestmark = [pytest.mark.faults, pytest.mark.filterwarnings("ignore:XDG_RUNTIME_DIR is not set")]
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -403,3 +408,117 @@ def test_a_refused_connection_is_tried_again_then_fails_naming_the_month():
     [warning] = warnings.messages
     assert warning.startswith("taxi.trips 2020-03: try 1 of 2 failed with cannot connect to PostgreSQL")
     assert "s3cretpw" not in "".join(traceback.format_exception(raised.value)) + warning
+
+
+# f. A DuckDB file held by another process ---------------------------------------------------------
+
+HOLDER = """
+import sys
+import duckdb
+con = duckdb.connect(sys.argv[1])
+print("held", flush=True)
+sys.stdin.readline()
+con.close()
+print("released", flush=True)
+"""
+
+
+class LockHolder:
+    """Another process holding the DuckDB file until `release()`."""
+
+    def __init__(self, path: Path):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout.readline() == "held\n"
+
+    def release(self) -> None:
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline() == "released\n"
+        assert self.process.wait(timeout=60) == 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def duckdb_retries():
+    """The warnings the DuckDB warehouse logs before it tries the file again."""
+    warnings, logger = RetryWarnings(), logging.getLogger("taxi_platform.io_managers.warehouse")
+    logger.addHandler(warnings)
+    yield warnings
+    logger.removeHandler(warnings)
+
+
+def month_of_days(first: date) -> pa.Table:
+    return days(*(first + timedelta(days=d) for d in range(28)))
+
+
+def duckdb_fingerprint(path: Path, month: str) -> tuple[int, str]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(
+            "SELECT count(*), md5(coalesce(string_agg(CAST(t AS VARCHAR), '|' ORDER BY n), ''))"
+            " FROM taxi.trips t WHERE strftime(day, '%Y-%m') = ?",
+            [month],
+        ).fetchone()
+
+
+@pytest.fixture
+def duckdb_published(tmp_path) -> dict[str, tuple[int, str]]:
+    """March and April in the DuckDB warehouse at tmp_path/w.duckdb; their fingerprints."""
+    manager = DuckDBWarehouse(sql=DuckDBSQL(path=str(tmp_path / "w.duckdb")))
+    store(manager, month_of_days(date(2020, 3, 1)), "2020-03")
+    store(manager, month_of_days(date(2020, 4, 1)), "2020-04")
+    return {m: duckdb_fingerprint(tmp_path / "w.duckdb", m) for m in ("2020-03", "2020-04")}
+
+
+@pytest.mark.fast
+def test_a_duckdb_file_held_for_a_while_is_tried_again_then_written(
+    tmp_path, duckdb_published, duckdb_retries
+):
+    path = tmp_path / "w.duckdb"
+    manager = DuckDBWarehouse(sql=DuckDBSQL(path=str(path), max_tries=10, backoff_seconds=0.05))
+    replacement = days(date(2020, 3, 7), date(2020, 3, 9))
+    with ThreadPoolExecutor(max_workers=1) as pool, LockHolder(path) as holder:
+        done = pool.submit(store, manager, replacement, "2020-03")
+        assert duckdb_retries.first.wait(timeout=120), "the writer never found the file locked"
+        assert not done.done()  # it waits while the file is held
+        holder.release()
+        done.result(timeout=120)
+    first = duckdb_retries.messages[0]
+    assert first.startswith(
+        f"taxi.trips rows with day in [2020-03-01, 2020-04-01): the warehouse {path} is locked by another"
+        " process: try 1 of 10 failed with IOException; trying again in"
+    )
+    assert f"(PID {holder.process.pid})" in first  # the holder named
+    assert load(manager, "2020-03").to_pydict() == replacement.to_pydict()
+    assert duckdb_fingerprint(path, "2020-04") == duckdb_published["2020-04"]
+
+
+@pytest.mark.fast
+def test_a_duckdb_file_never_released_fails_clearly_after_the_tries_leaving_the_months(
+    tmp_path, duckdb_published, duckdb_retries
+):
+    path = tmp_path / "w.duckdb"
+    manager = DuckDBWarehouse(sql=DuckDBSQL(path=str(path), max_tries=3, backoff_seconds=0.01))
+    with LockHolder(path) as holder:
+        with pytest.raises(WarehouseLocked) as raised:
+            store(manager, days(date(2020, 3, 7)), "2020-03")
+        holder.release()
+    assert str(raised.value).startswith(
+        f"taxi.trips rows with day in [2020-03-01, 2020-04-01): the warehouse {path} stayed locked by"
+        " another process through 3 tries (max_tries): IO Error: Could not set lock on file"
+    )
+    assert f"(PID {holder.process.pid})" in str(raised.value)
+    assert isinstance(raised.value, TimeoutError) and isinstance(raised.value.__cause__, duckdb.IOException)
+    assert len(duckdb_retries.messages) == 2
+    assert {m: duckdb_fingerprint(path, m) for m in duckdb_published} == duckdb_published

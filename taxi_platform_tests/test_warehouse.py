@@ -1,10 +1,7 @@
 """The local warehouse (embedded DuckDB): the synthetic green months end to end, and the IO manager on
-its own (schema drift, the file lock another process holds, its errors)."""
+its own (schema drift, its errors). A file locked by another process: test_sink_faults."""
 
 import logging
-import subprocess
-import sys
-import threading
 from datetime import date
 from pathlib import Path
 
@@ -239,111 +236,12 @@ def test_a_table_name_that_is_not_an_identifier_is_refused(tmp_path):
     assert manager.sql.tables() == set()
 
 
-def test_a_file_that_is_not_a_duckdb_database_fails_at_once(tmp_path):
+def test_a_file_that_is_not_a_duckdb_database_fails_at_once(tmp_path, caplog):
     (tmp_path / "w.duckdb").write_bytes(b"not a database" * 1000)
-    manager = duckdb_warehouse(tmp_path, lock_timeout_seconds=3600)  # no lock: it would not wait anyway
-    with pytest.raises(duckdb.IOException, match="not a valid DuckDB database file"):
+    manager = duckdb_warehouse(tmp_path, max_tries=100, backoff_seconds=3600)  # a retry would hang
+    with (
+        caplog.at_level(logging.WARNING, logger="taxi_platform.io_managers.warehouse"),
+        pytest.raises(duckdb.IOException, match="not a valid DuckDB database file"),
+    ):
         store(manager, days(date(2020, 3, 1)), "2020-03")
-
-
-HOLDER = """
-import sys
-import duckdb
-con = duckdb.connect(sys.argv[1])
-print("held", flush=True)
-sys.stdin.readline()
-con.close()
-print("released", flush=True)
-"""
-
-
-class LockHolder:
-    """Another process holding the DuckDB file until `release()`."""
-
-    def __init__(self, path: Path):
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout.readline() == "held\n"
-
-    def release(self) -> None:
-        self.process.stdin.write("\n")
-        self.process.stdin.flush()
-        assert self.process.stdout.readline() == "released\n"
-        assert self.process.wait(timeout=60) == 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-class Waiting(logging.Handler):
-    """Sets `event` when the warehouse logs that it waits for the file."""
-
-    def __init__(self):
-        super().__init__()
-        self.event, self.messages = threading.Event(), []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-        if record.getMessage().startswith("waiting for the warehouse"):
-            self.event.set()
-
-
-@pytest.fixture
-def waiting():
-    handler, logger = Waiting(), logging.getLogger("taxi_platform.io_managers.warehouse")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
-def test_a_writer_waits_for_the_file_another_process_holds_then_writes(tmp_path, waiting):
-    manager = duckdb_warehouse(tmp_path, lock_timeout_seconds=300)
-    outcome = {}
-
-    def writer():
-        try:
-            store(manager, days(date(2020, 3, 7)), "2020-03")
-            outcome["done"] = True
-        except Exception as error:  # reported by the assertion below
-            outcome["error"] = error
-
-    with LockHolder(tmp_path / "w.duckdb") as holder:
-        thread = threading.Thread(target=writer)
-        thread.start()
-        assert waiting.event.wait(timeout=120), "the writer never found the file locked"
-        assert "done" not in outcome and "error" not in outcome  # it waits while the file is held
-        pid = holder.process.pid
-        assert f"(PID {pid})" in waiting.messages[0]  # the holder named
-        holder.release()
-    thread.join(timeout=120)
-    assert outcome == {"done": True}
-    assert waiting.messages[-1] == f"the warehouse {tmp_path / 'w.duckdb'} is free: connected"
-    assert load(manager, "2020-03").to_pydict() == {"n": [0], "day": [date(2020, 3, 7)]}
-
-
-def test_a_file_held_longer_than_the_lock_timeout_fails_naming_it(tmp_path, waiting):
-    manager = duckdb_warehouse(tmp_path, lock_timeout_seconds=1)
-    with LockHolder(tmp_path / "w.duckdb") as holder:
-        with pytest.raises(TimeoutError) as raised:
-            store(manager, days(date(2020, 3, 7)), "2020-03")
-        assert str(raised.value).startswith(
-            f"the warehouse {tmp_path / 'w.duckdb'} stayed locked by another process for more than 1 s"
-            " (lock_timeout_seconds): IO Error: Could not set lock on file"
-        )
-        assert f"(PID {holder.process.pid})" in str(raised.value)
-        assert isinstance(raised.value.__cause__, duckdb.IOException)
-        holder.release()
-    assert waiting.event.is_set()
-    assert duckdb_warehouse(tmp_path).sql.tables() == set()  # nothing was written
+    assert caplog.records == []  # not tried again

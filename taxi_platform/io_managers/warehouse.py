@@ -10,6 +10,9 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
 - Replacing a partition, or a single-run backfill's range, is atomic: DuckDB deletes and inserts in
   one transaction; BigQuery loads a staging table (which expires by itself, should the run die),
   then one MERGE deletes the window's rows and inserts the staged ones.
+- DuckDB's file has one writing process at a time: a file locked by another process is tried again,
+  up to `max_tries` times with exponential backoff and jitter (a warning each time); any other error
+  fails at once.
 - Schema drift: new columns are added; a changed type fails, naming the columns.
 - SQL in the warehouse (the marts' aggregations) goes through the `warehouse_sql` resource
   (`WarehouseSQL`: DuckDBSQL here, BigQuerySQL), which the IO manager also stores through.
@@ -20,6 +23,7 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
 """
 
 import logging
+import random
 import re
 import time
 from abc import ABC, abstractmethod
@@ -48,6 +52,9 @@ class Window:
 
     def __init__(self, column: str, start: datetime, end: datetime):
         self.column, self.start, self.end = column, start.date(), end.date()
+
+    def __str__(self) -> str:
+        return f"{self.column} in [{self.start}, {self.end})"
 
 
 class WarehouseSQL(dg.ConfigurableResource, ABC):
@@ -134,9 +141,15 @@ class DuckDBSQL(WarehouseSQL):
     """The local warehouse: an embedded DuckDB file."""
 
     path: str = Field(description="The DuckDB database file.")
-    lock_timeout_seconds: float = Field(
-        default=120.0, description="How long to wait for another process's lock on the file."
+    max_tries: int = Field(
+        default=8,
+        ge=1,
+        description="Tries to open the file while another process holds its lock, the first included.",
     )
+    backoff_seconds: float = Field(
+        default=1.0, description="First wait between tries; doubles each try, with jitter."
+    )
+    max_backoff_seconds: float = Field(default=30.0, description="Longest wait between tries.")
     memory_limit: str = Field(
         default="1GB", description="DuckDB's memory; beyond it, sorts spill to <path>.tmp on disk."
     )
@@ -159,36 +172,53 @@ class DuckDBSQL(WarehouseSQL):
         return {name for (name,) in rows}
 
     @contextmanager
-    def connect(self):
-        """One process at a time may hold the file; others wait for it, up to `lock_timeout_seconds`
-        (the warehouse pool keeps a deployment's own runs in turn)."""
+    def connect(self, purpose: str = ""):
+        """One process at a time may hold the file (the warehouse pool keeps a deployment's own runs
+        in turn): another process's lock is waited out, up to `max_tries` tries with exponential
+        backoff and jitter, then WarehouseLocked; any other error fails at once. `purpose` (a table
+        and its rows) is named in the warnings and the error."""
         import duckdb
 
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.lock_timeout_seconds
-        waiting = False
+        prefix = f"{purpose}: " if purpose else ""
+        backoff, tries = self.backoff_seconds, 0
         while True:
+            tries += 1
             try:
                 con = duckdb.connect(self.path, config={"memory_limit": self.memory_limit})
                 break
             except duckdb.IOException as error:
                 if "lock" not in str(error).lower():
                     raise
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"the warehouse {self.path} stayed locked by another process for more than"
-                        f" {self.lock_timeout_seconds:g} s (lock_timeout_seconds): {error}"
+                if tries >= self.max_tries:
+                    raise WarehouseLocked(
+                        f"{prefix}the warehouse {self.path} stayed locked by another process through"
+                        f" {tries} tries (max_tries): {error}"
                     ) from error
-                if not waiting:
-                    log.info("waiting for the warehouse %s, locked by another process: %s", self.path, error)
-                    waiting = True
-                time.sleep(0.5)
-        if waiting:
-            log.info("the warehouse %s is free: connected", self.path)
+                wait = min(backoff * random.uniform(0.5, 1.5), self.max_backoff_seconds)
+                log.warning(
+                    "%sthe warehouse %s is locked by another process: try %d of %d failed with %s;"
+                    " trying again in %.2f s: %s",
+                    prefix,
+                    self.path,
+                    tries,
+                    self.max_tries,
+                    type(error).__name__,
+                    wait,
+                    error,
+                )
+                time.sleep(wait)
+                backoff = min(backoff * 2, self.max_backoff_seconds)
+        if tries > 1:
+            log.info("the warehouse %s is free: connected on try %d", self.path, tries)
         try:
             yield con
         finally:
             con.close()
+
+
+class WarehouseLocked(TimeoutError):
+    """The DuckDB file stayed locked by another process through every try."""
 
 
 class DuckDBWarehouse(WarehouseIOManager):
@@ -204,7 +234,8 @@ class DuckDBWarehouse(WarehouseIOManager):
         target = self.sql.ref(name)
         dataset = self.sql.dataset
         order = f" ORDER BY {', '.join(map(_quote, cluster_by))}" if cluster_by else ""
-        with self.sql.connect() as con:
+        purpose = self.sql.table_id(name) + (f" rows with {window}" if window else "")
+        with self.sql.connect(purpose) as con:
             con.register("incoming", data)  # scanned by DuckDB in batches
             con.begin()
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(dataset)}")
