@@ -373,8 +373,7 @@ def test_a_malformed_taxi_postgres_url_fails_the_run_with_no_password_in_its_eve
     def trips_asset() -> pa.Table:
         return trips("2020-03", 3)
 
-    instance = dg.DagsterInstance.ephemeral()
-    with caplog.at_level(logging.DEBUG):
+    with dg.DagsterInstance.ephemeral() as instance, caplog.at_level(logging.DEBUG):
         result = dg.materialize(
             [trips_asset],
             partition_key="2020-03",
@@ -382,12 +381,12 @@ def test_a_malformed_taxi_postgres_url_fails_the_run_with_no_password_in_its_eve
             instance=instance,
             raise_on_error=False,
         )
+        events = [dg.serialize_value(record) for record in instance.all_logs(result.run_id)]
     assert not result.success
     assert (
         "taxi.trips 2020-03: cannot connect to PostgreSQL: ProgrammingError: invalid percent-encoded token: ***"
         in failure_message(result)
     )
-    events = [dg.serialize_value(record) for record in instance.all_logs(result.run_id)]
     assert any("cannot connect to PostgreSQL" in event for event in events)
     out, err = capfd.readouterr()
     assert_no_password(*events, caplog.text, out, err)
