@@ -10,17 +10,13 @@ A raw row is rejected for the first rule it breaks, in this order:
    both kept (and the trip_key_unique check then fails).
 """
 
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from taxi_platform.datasets import PICKUP_DATE, TRIP_KEY, DatasetSpec
 
@@ -52,15 +48,14 @@ class CleanMonth:
 
 
 class MonthCleaner:
-    """Cleans one month's raw batches in order; remembers the month's kept rows to find duplicates,
-    and writes its rejected rows to `rejected_file` as they come."""
+    """Splits one month's raw batches, in order, into clean and rejected rows; remembers the month's
+    kept rows to find duplicates across batches."""
 
     def __init__(
         self,
         spec: DatasetSpec,
         month_start: datetime,
         month_end: datetime,
-        rejected_file: Path,
         relaxed: frozenset[str] = frozenset(),
     ):
         unknown = relaxed - set(spec.positive_columns)
@@ -71,13 +66,11 @@ class MonthCleaner:
         self.spec, self.start, self.end, self.relaxed = spec, month_start, month_end, relaxed
         self.raw_rows = self.clean_rows = 0
         self.rejected_counts = dict.fromkeys(reject_reasons(spec), 0)
-        self.rejected_file = rejected_file
-        self._rejected = pq.ParquetWriter(rejected_file, rejected_schema(spec))
         self._seen_keys = np.empty(0, dtype=np.int64)  # sorted; _seen_checks in the same order
         self._seen_checks = np.empty(0, dtype=np.uint64)
 
-    def clean(self, raw: pa.RecordBatch) -> pa.RecordBatch:
-        """The batch's clean rows; its rejected rows go to the rejected file."""
+    def split(self, raw: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        """The batch's clean rows, and its rejected rows with their reject_reason."""
         table = to_clean_columns(raw, self.spec)
         keys, checks = _hashes(table)
         pickup = table[self.spec.pickup]
@@ -100,26 +93,14 @@ class MonthCleaner:
         reasons = pa.array(reason[rejected_mask], type=pa.string())
         for count in reasons.value_counts().to_pylist():
             self.rejected_counts[count["values"]] += count["counts"]
-        self._rejected.write_batch(
-            table.filter(pa.array(rejected_mask)).append_column("reject_reason", reasons)
-        )
+        rejected = table.filter(pa.array(rejected_mask)).append_column("reject_reason", reasons)
         clean = table.filter(pa.array(~rejected_mask))
         self.clean_rows += clean.num_rows
-        return clean
-
-    def clean_stream(self, raw: pa.RecordBatchReader) -> pa.RecordBatchReader:
-        """The clean rows of a stream of raw batches, cleaned as they are read."""
-        return pa.RecordBatchReader.from_batches(self.spec.clean_schema, map(self.clean, raw))
+        return clean, rejected
 
     @property
     def rejected_rows(self) -> int:
         return sum(self.rejected_counts.values())
-
-    def rejected(self) -> ds.Dataset:
-        """The month's rejected rows, once every raw batch is cleaned (closes the rejected file)."""
-        if self._rejected.is_open:
-            self._rejected.close()
-        return ds.dataset(self.rejected_file, format="parquet")
 
     def _duplicated(self, keys: np.ndarray, checks: np.ndarray, passing: np.ndarray) -> np.ndarray:
         """Passing rows equal to a passing row seen before (in this batch or an earlier one)."""
@@ -186,10 +167,11 @@ def clean_month(
     relaxed: frozenset[str] = frozenset(),
 ) -> CleanMonth:
     """Apply the rules to a whole month held in memory (the assets stream it through MonthCleaner)."""
-    with tempfile.TemporaryDirectory(prefix="taxi-rejected-") as folder:
-        cleaner = MonthCleaner(spec, month_start, month_end, Path(folder) / "rejected.parquet", relaxed)
-        clean = cleaner.clean_stream(pa.RecordBatchReader.from_batches(raw.schema, raw.to_batches()))
-        return CleanMonth(clean.read_all(), cleaner.rejected().to_table(), cleaner.rejected_counts)
+    cleaner = MonthCleaner(spec, month_start, month_end, relaxed)
+    parts = [cleaner.split(batch) for batch in raw.to_batches()]
+    clean = pa.Table.from_batches([c for c, _ in parts], spec.clean_schema)
+    rejected = pa.Table.from_batches([r for _, r in parts], rejected_schema(spec))
+    return CleanMonth(clean, rejected, cleaner.rejected_counts)
 
 
 def _in_month(pickup: pa.ChunkedArray, start: datetime, end: datetime) -> np.ndarray:

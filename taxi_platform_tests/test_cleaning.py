@@ -3,10 +3,9 @@
 from datetime import datetime
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from taxi_platform.cleaning import MonthCleaner, clean_month, to_clean_columns, trip_key
+from taxi_platform.cleaning import MonthCleaner, clean_month, rejected_schema, to_clean_columns, trip_key
 from taxi_platform.datasets import DATASETS
 
 pytestmark = pytest.mark.fast
@@ -107,24 +106,24 @@ def test_trip_key_values_are_pinned():
     assert trip_key(to_clean_columns(raw, GREEN)).to_pylist() == [PINNED_KEY]
 
 
-def test_duplicates_are_found_across_batches_and_rejected_rows_go_to_their_file(tmp_path):
-    cleaner = MonthCleaner(GREEN, OCT, NOV, tmp_path / "rejected.parquet")
+def test_duplicates_are_found_across_batches_and_rejected_rows_come_with_their_reason():
+    cleaner = MonthCleaner(GREEN, OCT, NOV)
     first = green_rows({"fare_amount": 7.0}, {"fare_amount": 8.0}).to_batches()[0]
     second = green_rows({"fare_amount": 8.0}, {"fare_amount": 9.0}, {"fare_amount": 9.0}).to_batches()[0]
-    kept = [cleaner.clean(first), cleaner.clean(second)]
-    assert [batch["fare_amount"].to_pylist() for batch in kept] == [[7.0, 8.0], [9.0]]
-    rejected = cleaner.rejected().to_table()
-    assert rejected["reject_reason"].to_pylist() == ["duplicate_row"] * 2
-    assert rejected["fare_amount"].to_pylist() == [8.0, 9.0]
-    assert pq.read_metadata(tmp_path / "rejected.parquet").num_rows == 2
+    (kept_first, rejected_first), (kept_second, rejected_second) = map(cleaner.split, (first, second))
+    assert [t["fare_amount"].to_pylist() for t in (kept_first, kept_second)] == [[7.0, 8.0], [9.0]]
+    assert rejected_first.num_rows == 0
+    assert rejected_second["reject_reason"].to_pylist() == ["duplicate_row"] * 2
+    assert rejected_second["fare_amount"].to_pylist() == [8.0, 9.0]
+    assert rejected_second.schema.equals(rejected_schema(GREEN))
     assert (cleaner.raw_rows, cleaner.clean_rows, cleaner.rejected_counts["duplicate_row"]) == (5, 3, 2)
 
 
-def test_a_trip_key_shared_by_different_rows_keeps_both_and_still_finds_their_copies(tmp_path):
+def test_a_trip_key_shared_by_different_rows_keeps_both_and_still_finds_their_copies():
     """Rows are told apart by trip_key and a check hash: a key collision loses no trip."""
     import numpy as np
 
-    cleaner = MonthCleaner(GREEN, OCT, NOV, tmp_path / "rejected.parquet")
+    cleaner = MonthCleaner(GREEN, OCT, NOV)
     passing = np.ones(3, dtype=bool)
     keys = np.array([5, 5, 7], dtype=np.int64)
     first = cleaner._duplicated(keys, np.array([1, 2, 3], dtype=np.uint64), passing)
