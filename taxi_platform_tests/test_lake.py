@@ -1,7 +1,8 @@
 """The lake IO manager on its own: partition-exact replacement in a real folder."""
 
+import os
 import threading
-from datetime import date
+from datetime import date, datetime, timedelta
 
 import dagster as dg
 import pyarrow as pa
@@ -12,7 +13,7 @@ import pytest
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers import lake as lake_module
 from taxi_platform.io_managers.arrow_data import BATCH_ROWS, prefetched
-from taxi_platform.io_managers.lake import BUFFERED_ROWS, LakeIOManager
+from taxi_platform.io_managers.lake import BUFFERED_ROWS, STAGING_MAX_AGE, LakeIOManager
 
 pytestmark = pytest.mark.fast
 
@@ -176,18 +177,45 @@ def test_a_range_moves_into_place_only_when_every_month_is_complete(tmp_path):
     assert {day: (tmp_path / "clean/trips" / day).read_bytes() for day in stored_days(tmp_path)} == before
 
 
-def test_temporary_files_of_a_killed_write_are_removed_by_the_next_one(tmp_path):
+def test_a_failed_write_leaves_no_staging_and_abandoned_areas_are_swept_but_live_ones_kept(tmp_path):
     lake = LakeIOManager(root=str(tmp_path))
-    key = dg.AssetKey(["raw", "trips"])
-    context = dg.build_output_context(asset_key=key, partition_key="2020-03", asset_partitions_def=MONTHS)
-    (tmp_path / "raw/trips").mkdir(parents=True)
-    (tmp_path / "raw/trips/2020-03.parquet.0123abcd.tmp").write_bytes(b"half a file")
-    (tmp_path / "raw/trips/2020-04.parquet.4567ef01.tmp").write_bytes(b"another month's")
-    lake.handle_output(context, pa.table({"n": [1, 2]}))
-    assert sorted(p.name for p in (tmp_path / "raw/trips").iterdir()) == [
-        "2020-03.parquet",
-        "2020-04.parquet.4567ef01.tmp",
-    ]
+    write(lake, days(date(2020, 3, 9)), partition="2020-03")
+
+    def broken():
+        yield days(date(2020, 3, 1)).to_batches()[0]
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write(lake, pa.RecordBatchReader.from_batches(days().schema, broken()), partition="2020-03")
+    assert not list((tmp_path / "_staging").rglob("*.parquet"))
+    killed = tmp_path / "_staging/killed-run/0123abcd/clean/trips/day=2020-03-02/2020-03.parquet"
+    live = tmp_path / "_staging/live-run/4567ef01/clean/trips/day=2020-03-03/2020-03.parquet"
+    for file in (killed, live):
+        file.parent.mkdir(parents=True)
+        file.write_bytes(b"half a file")
+    old = (datetime.now() - STAGING_MAX_AGE - timedelta(minutes=1)).timestamp()
+    os.utime(killed, (old, old))
+    write(lake, days(date(2020, 3, 10)), partition="2020-03")
+    assert not (tmp_path / "_staging/killed-run").exists()
+    assert live.read_bytes() == b"half a file"
+    assert read(lake, "2020-03")["n"].to_pylist() == [0]
+
+
+def test_staged_data_is_invisible_until_published(tmp_path):
+    lake = LakeIOManager(root=str(tmp_path))
+    write(lake, days(date(2020, 3, 9)), partition="2020-03")
+    with lake.staging("a-run") as staging:
+        staged = staging.asset(KEY, MONTHS, "day")
+        staged.write("2020-03", days(date(2020, 3, 1), date(2020, 3, 2)))
+        assert staged.dataset("2020-03").count_rows() == 2
+        assert lake.published_rows(KEY, MONTHS, "day", "2020-03") == 1
+        assert stored_days(tmp_path) == ["day=2020-03-09/2020-03.parquet"]
+        with pytest.raises(ValueError, match=r"not partitions \['2020-04'\]"):
+            staged.publish(KEY, ["2020-04"])
+        staged.publish(KEY, ["2020-03"])
+    assert lake.published_rows(KEY, MONTHS, "day", "2020-03") == 2
+    assert lake.published_rows(KEY, MONTHS, "day", "2020-04") is None
+    assert not list((tmp_path / "_staging").rglob("*.parquet"))
 
 
 def small_batches(count: int, rows: int, *days: date) -> pa.RecordBatchReader:

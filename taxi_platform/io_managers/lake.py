@@ -1,4 +1,4 @@
-"""A lake of parquet files in a local folder or a bucket: partition-exact, rerun-safe writes.
+"""A lake of parquet files in a local folder or a bucket: partition-exact, rerun-safe, audited writes.
 
 Layout under `root`, from the asset key (`clean/green_trips` -> `clean/green_trips`):
 - unpartitioned: `<key>.parquet`;
@@ -9,12 +9,16 @@ Layout under `root`, from the asset key (`clean/green_trips` -> `clean/green_tri
   back as the last column. A partition without rows is stored as one empty file in the directory of
   its window's first day, so it loads back as an empty table, not as "not materialized".
 
-An output is a pyarrow Table or a RecordBatchReader (a stream: it is written batch by batch and never
-held whole). Writing a partition replaces exactly its files: all files of the run's partitions are
-staged under temporary names and moved into place only when every one is complete (see
-`_StagedFiles`), then files of the partitions that the new data no longer has (and temporary files of
-killed writes) are removed. A run over a range of partitions (a single-run backfill) takes and gives a
-dict of partition key -> data.
+Write, audit, publish. Every write is first staged in a private area of its run,
+`<root>/_staging/<run_id>/<id>/`, laid out as the published files are; nothing reads there (the
+published layout, the DuckDB view and the BigQuery lake table never look under `_staging`). Publishing
+moves the staged files of the partitions into place and removes the partitions' files the new data no
+longer has. An output that is a Table or a RecordBatchReader (a stream: written batch by batch, never
+held whole) is staged and published at once; an asset that audits its data before publishing stages it
+itself (`LakeIOManager.staging`) and outputs the `Staged` data, which this IO manager then publishes.
+A failed write, or a staging area left unpublished, is removed when its block ends; areas left by
+killed runs are swept by later writes once they are older than STAGING_MAX_AGE. A run over a range of
+partitions (a single-run backfill) takes and gives a dict of partition key -> data.
 
 Loading gives a `pyarrow.dataset.Dataset` (per partition): it reads nothing until scanned, in
 batches or only the columns needed, so no consumer has to hold a month in memory.
@@ -25,12 +29,14 @@ the hive directories from the paths of the files (pyarrow's non-recursive listin
 only marker objects, not prefixes). Credentials are Application Default Credentials; when
 STORAGE_EMULATOR_HOST names a Cloud Storage emulator (the convention of Google's client libraries,
 which pyarrow does not read), the profile passes it as `gcs_endpoint` and the bucket is reached
-there, without credentials.
+there, without credentials. Moving a file is a rename in a folder, a copy and a delete in a bucket: a
+process killed among the moves of a publish leaves some files new and some old, which the next write
+of the partition replaces.
 """
 
 import posixpath
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,10 +52,13 @@ from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_me
 from taxi_platform.io_managers.arrow_data import BATCH_ROWS, prefetched, stream
 
 BUFFERED_ROWS = 4 * BATCH_ROWS
+STAGING = "_staging"  # under the root: outside every asset's files, and a name readers skip
+STAGING_MAX_AGE = timedelta(hours=6)
 
 
 class LakeIOManager(dg.ConfigurableIOManager):
-    """Stores pyarrow Tables or streams of batches as parquet files under a folder or a bucket."""
+    """Stores pyarrow Tables or streams of batches as parquet files under a folder or a bucket, and
+    publishes what an asset staged and audited itself (`Staged`)."""
 
     root: str = Field(description="A local folder, or a URI such as gs://bucket/prefix.")
     gcs_endpoint: str = Field(
@@ -57,26 +66,22 @@ class LakeIOManager(dg.ConfigurableIOManager):
     )
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
-        fs, path = self._asset_path(context.asset_key)
         partitioned = context.has_asset_partitions
-        column = context.definition_metadata.get(PARTITION_COLUMN) if partitioned else None
-        if column:  # hive directories
-            parts = _by_partition(context, obj)
-            windows = {key: time_window(context.asset_partitions_def, key) for key in parts}
-            with _StagedFiles(fs) as staged:  # every partition of the run moves into place together
-                for key, data in parts.items():
-                    _write_hive(staged, path, key, data, column, windows[key])
-            for key in parts:
-                _remove_stale_days(fs, path, key, column, windows[key], set(staged.files))
-        else:  # a file per partition, or one file
-            parts = _by_partition(context, obj) if partitioned else {None: obj}
-            files = {_file(path, key): data for key, data in parts.items()}
-            with _StagedFiles(fs) as staged:
-                for file, data in files.items():
-                    _write_file(staged, file, data)
-            for file in files:
-                _remove_stale_temps(fs, file)
-        context.add_output_metadata(_location_metadata(fs, path, list(staged.files.values())))
+        keys: list[str | None] = list(context.asset_partition_keys) if partitioned else [None]
+        if isinstance(obj, Staged):  # staged and audited by the asset
+            obj.publish(context.asset_key, keys)
+            staged = obj
+        else:
+            with self.staging(context.run_id) as staging:
+                staged = staging.asset(
+                    context.asset_key,
+                    context.asset_partitions_def if partitioned else None,
+                    context.definition_metadata.get(PARTITION_COLUMN) if partitioned else None,
+                )
+                for key, data in (_by_partition(context, obj) if partitioned else {None: obj}).items():
+                    staged.write(key, data)
+                staged.publish(context.asset_key, keys)
+        context.add_output_metadata(_location_metadata(staged))
 
     def load_input(self, context: dg.InputContext):
         fs, path = self._asset_path(context.asset_key)
@@ -93,9 +98,127 @@ class LakeIOManager(dg.ConfigurableIOManager):
             loaded[key] = dataset
         return loaded if len(loaded) > 1 else next(iter(loaded.values()))
 
+    def staging(self, run_id: str) -> "Staging":
+        """A new private staging area of the run; areas abandoned by killed runs are swept first."""
+        fs, base = filesystem(self.root, self.gcs_endpoint)
+        base = base.rstrip("/")
+        _sweep_abandoned(fs, f"{base}/{STAGING}", datetime.now(UTC) - STAGING_MAX_AGE)
+        return Staging(fs, base, f"{base}/{STAGING}/{run_id}/{uuid.uuid4().hex[:12]}")
+
+    def published_rows(
+        self, key: dg.AssetKey, partitions_def: dg.PartitionsDefinition, column: str | None, month: str
+    ) -> int | None:
+        """The row count of a published partition; None when it was never published."""
+        fs, path = self._asset_path(key)
+        try:
+            if column:
+                window = time_window(partitions_def, month)
+                return _hive_dataset(fs, path, month, column, window).count_rows()
+            return _dataset(fs, _file(path, month)).count_rows()
+        except FileNotFoundError:
+            return None
+
     def _asset_path(self, asset_key: dg.AssetKey) -> tuple[pafs.FileSystem, str]:
         fs, base = filesystem(self.root, self.gcs_endpoint)
         return fs, posixpath.join(base.rstrip("/"), *asset_key.path)
+
+
+class Staging:
+    """A run's private area, laid out as the published lake, for assets' data not yet published.
+
+    Used as a context manager: when the block ends, the writers still open are closed and the area
+    is removed with whatever in it was not published."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, area: str):
+        self.fs, self.root, self.area = fs, root, area
+        self.writers: list[pq.ParquetWriter] = []
+
+    def asset(
+        self,
+        key: dg.AssetKey,
+        partitions_def: dg.PartitionsDefinition | None = None,
+        column: str | None = None,
+    ) -> "Staged":
+        """An asset's data to stage here; `column`: its PARTITION_COLUMN, if any."""
+        return Staged(self, posixpath.join(self.root, *key.path), partitions_def, column)
+
+    def writer(self, published: str, schema: pa.Schema) -> tuple[str, pq.ParquetWriter]:
+        """A parquet writer of the staged copy of the `published` file, and that copy's path."""
+        path = f"{self.area}/{published[len(self.root) + 1 :]}"
+        if isinstance(self.fs, pafs.LocalFileSystem):  # a bucket has no folders to create
+            self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        writer = pq.ParquetWriter(path, schema, filesystem=self.fs)
+        self.writers.append(writer)
+        return path, writer
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, *error) -> None:
+        for writer in self.writers:
+            try:
+                if writer.is_open:
+                    writer.close()
+            except OSError:
+                pass  # the area is removed; an error that stopped the write is the one to report
+        _delete_dir(self.fs, self.area)
+        run_folder = posixpath.dirname(self.area)
+        if not self.fs.get_file_info(pafs.FileSelector(run_folder, allow_not_found=True)):
+            _delete_dir(self.fs, run_folder)  # a local folder left empty (a bucket has none)
+
+
+class Staged:
+    """One asset's partitions (or its one file), staged and not yet visible to any reader."""
+
+    def __init__(self, staging: Staging, path: str, partitions_def, column: str | None):
+        self.staging, self.fs, self.path = staging, staging.fs, path
+        self.partitions_def, self.column = partitions_def, column
+        self.files: dict[str | None, dict[str, str]] = {}  # partition -> {published path: staged path}
+        self.published: dict[str, int] = {}  # published path -> bytes
+
+    def writer(self, key: str | None, schema: pa.Schema) -> "_DayWriters | _FileWriter":
+        """A writer of partition `key`'s batches (`add(batch)`, then `close()`)."""
+        files = self.files.setdefault(key, {})
+        if self.column and key is not None:
+            window = time_window(self.partitions_def, key)
+            return _DayWriters(self, files, key, window.start.date(), window.end.date(), schema)
+        return _FileWriter(self, files, _file(self.path, key), schema)
+
+    def write(self, key: str | None, data) -> None:
+        """Stage partition `key` (None: the one file) from a Table, Dataset or stream of batches."""
+        rows = stream(data)
+        writer = self.writer(key, rows.schema)
+        for batch in prefetched(rows):
+            writer.add(batch)
+        writer.close()
+
+    def dataset(self, key: str) -> ds.Dataset:
+        """The staged partition, to audit before publishing."""
+        staged_path = f"{self.staging.area}/{self.path[len(self.staging.root) + 1 :]}"
+        if self.column:
+            window = time_window(self.partitions_def, key)
+            return _hive_dataset(self.fs, staged_path, key, self.column, window)
+        return _dataset(self.fs, _file(staged_path, key))
+
+    def publish(self, asset_key: dg.AssetKey, keys: list[str | None]) -> None:
+        """Move every staged partition into place, then remove the files of those partitions that
+        the new data no longer has (days without rows)."""
+        expected = posixpath.join(self.staging.root, *asset_key.path)
+        if expected != self.path or sorted(map(str, keys)) != sorted(map(str, self.files)):
+            raise ValueError(
+                f"{asset_key.to_user_string()}: the staged data is {self.path} {sorted(map(str, self.files))}, "
+                f"not partitions {keys}"
+            )
+        for files in self.files.values():
+            for published, staged in files.items():
+                if isinstance(self.fs, pafs.LocalFileSystem):
+                    self.fs.create_dir(posixpath.dirname(published), recursive=True)
+                self.fs.move(staged, published)
+                self.published[published] = self.fs.get_file_info(published).size
+        if self.column:
+            for key in filter(None, keys):
+                window = time_window(self.partitions_def, key)
+                _remove_stale_days(self.fs, self.path, key, self.column, window, set(self.published))
 
 
 def filesystem(root: str, gcs_endpoint: str = "") -> tuple[pafs.FileSystem, str]:
@@ -110,8 +233,9 @@ def filesystem(root: str, gcs_endpoint: str = "") -> tuple[pafs.FileSystem, str]
     return fs, base
 
 
-def _location_metadata(fs, path: str, written: list[int]) -> dict:
-    """Where the asset lives (with a console link in a bucket), and what this run wrote."""
+def _location_metadata(staged: "Staged") -> dict:
+    """Where the asset lives (with a console link in a bucket), and what this run published."""
+    fs, path, written = staged.fs, staged.path, list(staged.published.values())
     metadata: dict[str, Any] = {"lake_files_written": len(written), "lake_bytes_written": sum(written)}
     if fs.type_name == "gcs":
         metadata["lake_uri"] = f"gs://{path}"
@@ -139,14 +263,6 @@ def _by_partition(context: dg.OutputContext, obj) -> dict[str, pa.Table]:
     return tables
 
 
-def _write_hive(staged, path: str, key: str, data, column: str, window) -> None:
-    """Stage a partition's hive files, a file a day."""
-    days = _DayWriters(staged, path, key, column, window.start.date(), window.end.date(), data.schema)
-    for batch in prefetched(stream(data)):
-        days.add(batch)
-    days.flush()
-
-
 def _remove_stale_days(fs, path: str, key: str, column: str, window, written: set[str]) -> None:
     """Remove the partition's files that this write did not produce (days it no longer has, and
     temporary files a killed write left behind)."""
@@ -159,24 +275,15 @@ def _remove_stale_days(fs, path: str, key: str, column: str, window, written: se
             fs.delete_dir(directory)  # a folder, or a marker object: a bucket's prefix needs nothing
 
 
-def _remove_stale_temps(fs, file: str) -> None:
-    """Remove the temporary files that killed writes of `file` left behind."""
-    folder, name = posixpath.split(file)
-    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-        base = posixpath.basename(info.path)
-        if base.startswith(f"{name}.") and base.endswith(".tmp"):
-            fs.delete_file(info.path)
-
-
 class _DayWriters:
     """One parquet file per day of the partition, written as the batches come: rows are buffered
     by day and written as row groups whenever BUFFERED_ROWS are held, so memory holds a few batches,
     not the month."""
 
-    def __init__(self, staged, path, key, column, start: date, end: date, schema: pa.Schema):
-        self.staged, self.path, self.key, self.column = staged, path, key, column
+    def __init__(self, staged: Staged, files: dict[str, str], key: str, start: date, end: date, schema):
+        self.staged, self.files, self.key, self.column = staged, files, key, staged.column or ""
         self.start, self.end = start, end
-        self.schema = schema.remove(schema.get_field_index(column))
+        self.schema = schema.remove(schema.get_field_index(self.column))
         self.buffered: dict[date, list[pa.RecordBatch]] = {}
         self.buffered_rows = 0
         self.writers: dict[date, pq.ParquetWriter] = {}
@@ -191,7 +298,7 @@ class _DayWriters:
         ]
         if outside:
             raise ValueError(
-                f"{self.path}: partition {self.key} holds rows with {self.column} outside "
+                f"{self.staged.path}: partition {self.key} holds rows with {self.column} outside "
                 f"[{self.start}, {self.end}): {outside[:5]}"
             )
         data, offset = batch.drop_columns([self.column]), 0
@@ -205,18 +312,48 @@ class _DayWriters:
                 self._write_day(day)
             self.buffered_rows = 0
 
-    def flush(self) -> None:
-        """Write what is buffered (the staged files close the writers)."""
+    def close(self) -> None:
+        """Write what is buffered and close the day files."""
         if not self.writers and not self.buffered:  # an empty partition: one empty file
             self.buffered[self.start] = []
         for day in list(self.buffered):
             self._write_day(day)
+        for writer in self.writers.values():
+            writer.close()
 
     def _write_day(self, day: date) -> None:
         if day not in self.writers:
-            file = f"{self.path}/{self.column}={day.isoformat()}/{self.key}.parquet"
-            self.writers[day] = self.staged.writer(file, self.schema)
+            published = f"{self.staged.path}/{self.column}={day.isoformat()}/{self.key}.parquet"
+            self.files[published], self.writers[day] = self.staged.staging.writer(published, self.schema)
         self.writers[day].write_table(pa.Table.from_batches(self.buffered.pop(day), self.schema))
+
+
+class _FileWriter:
+    """One whole parquet file, in row groups of at least BATCH_ROWS rows however small the batches
+    (rejected rows come a few thousand at a time)."""
+
+    def __init__(self, staged: Staged, files: dict[str, str], published: str, schema: pa.Schema):
+        self.schema = schema
+        files[published], self.writer = staged.staging.writer(published, schema)
+        self.pending: list[pa.RecordBatch] = []
+        self.rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.pending.append(batch)
+        self.rows += batch.num_rows
+        if self.rows >= BATCH_ROWS:
+            self._write()
+
+    def close(self) -> None:
+        if self.pending:
+            self._write()
+        self.writer.close()
+
+    def _write(self) -> None:
+        self.writer.write_table(
+            pa.Table.from_batches(self.pending, self.schema), row_group_size=2 * BATCH_ROWS
+        )
+        self.pending, self.rows = [], 0
 
 
 def _hive_dataset(fs, path: str, key: str, column: str, window) -> ds.Dataset:
@@ -258,66 +395,28 @@ def _partition_files(fs, path: str, column: str, start: date, end: date):
     return dict(sorted(files.items())), entries
 
 
-class _StagedFiles:
-    """Files written under temporary names, moved into place only when every one is complete.
-
-    A failure while writing (bad rows, a broken stream, a full disk) leaves the stored files as they
-    were and removes the staged ones. The moves at the end are one rename a file (a copy and a
-    delete in a bucket): a process killed among them leaves some files new and some old, which the
-    next write of the partition replaces.
-    """
-
-    def __init__(self, fs):
-        self.fs, self.files, self._staged, self._writers = fs, {}, {}, []
-
-    def writer(self, path: str, schema: pa.Schema) -> pq.ParquetWriter:
-        target = f"{path}.{uuid.uuid4().hex}.tmp"
-        if isinstance(self.fs, pafs.LocalFileSystem):  # a bucket has no folders to create
-            self.fs.create_dir(posixpath.dirname(path), recursive=True)
-        self._staged[path] = target
-        writer = pq.ParquetWriter(target, schema, filesystem=self.fs)
-        self._writers.append(writer)
-        return writer
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, error_type, error, traceback) -> None:
-        closing_error = None
-        for writer in self._writers:
-            try:
-                if writer.is_open:
-                    writer.close()
-            except Exception as failure:  # noqa: BLE001 (the first one is raised below)
-                closing_error = closing_error or failure
-        if error_type is not None or closing_error is not None:
-            for target in self._staged.values():
-                try:
-                    if self.fs.get_file_info(target).type == pafs.FileType.File:
-                        self.fs.delete_file(target)
-                except OSError:
-                    pass  # the error that stopped the write is the one to report
-            if closing_error is not None and error_type is None:
-                raise closing_error
-            return
-        for path, target in self._staged.items():
-            self.fs.move(target, path)
-            self.files[path] = self.fs.get_file_info(path).size
+def _sweep_abandoned(fs, staging_root: str, before: datetime) -> None:
+    """Remove the staging areas of runs whose newest file is older than `before`: those runs were
+    killed (a live area is written to at least every few minutes, and removed when its step ends)."""
+    newest: dict[str, datetime] = {}
+    for info in fs.get_file_info(pafs.FileSelector(staging_root, recursive=True, allow_not_found=True)):
+        area = info.path[len(staging_root) + 1 :].split("/")[0]  # a run's areas
+        mtime = info.mtime
+        if info.type == pafs.FileType.File and mtime is not None:
+            mtime = mtime if mtime.tzinfo else mtime.replace(tzinfo=UTC)
+            newest[area] = max(newest[area], mtime) if area in newest else mtime
+    for area, mtime in newest.items():
+        if mtime < before:
+            _delete_dir(fs, f"{staging_root}/{area}")
 
 
-def _write_file(staged, path: str, data) -> None:
-    """Stage one whole parquet file from a table or a stream of batches, in row groups of at least
-    BATCH_ROWS rows however small the batches (rejected rows come a few thousand at a time)."""
-    writer = staged.writer(path, data.schema)
-    pending, rows = [], 0
-    for batch in prefetched(stream(data)):
-        pending.append(batch)
-        rows += batch.num_rows
-        if rows >= BATCH_ROWS:
-            writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * BATCH_ROWS)
-            pending, rows = [], 0
-    if pending:
-        writer.write_table(pa.Table.from_batches(pending))
+def _delete_dir(fs, path: str) -> None:
+    """Remove a folder and what it holds, if it is there; in a bucket, the objects under the prefix
+    (a bucket has no folder objects to remove)."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        fs.delete_dir_contents(path, missing_dir_ok=True)
+    elif fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
 
 
 def _dataset(fs, path: str) -> ds.Dataset:
