@@ -49,16 +49,15 @@ def month_asset_keys(spec: DatasetSpec) -> list[str]:
     ]
 
 
-def month_selection(spec: DatasetSpec, checks: bool = True):
-    """`month_asset_keys` as an asset selection, with the clean asset's checks unless `checks` is off."""
+def month_selection(spec: DatasetSpec):
+    """`month_asset_keys` as an asset selection (the ingest step runs the clean asset's checks)."""
     import dagster as dg
 
-    selection = dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in month_asset_keys(spec)))
-    return selection if checks else selection.without_checks()
+    return dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in month_asset_keys(spec)))
 
 
 def month_job():
-    """`month_selection` of the dataset BENCH_DATASET (checks unless BENCH_CHECKS=0) as one job, run by
+    """`month_selection` of the dataset BENCH_DATASET as one job, run by
     the executor BENCH_EXECUTOR names (in_process | multiprocess). A module-level function, so that
     `dagster.reconstructable` rebuilds it in every step process of the multiprocess executor."""
     import dagster as dg
@@ -81,12 +80,11 @@ def month_job():
     )
     job = dg.define_asset_job(
         "benchmark_months",
-        selection=month_selection(spec, os.environ.get("BENCH_CHECKS", "1") != "0"),
+        selection=month_selection(spec),
         executor_def=executor,
     )
     return dg.Definitions(
         assets=definitions.assets,
-        asset_checks=definitions.asset_checks,
         jobs=[job],
         resources=definitions.resources,
     ).get_job_def("benchmark_months")

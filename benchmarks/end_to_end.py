@@ -1,7 +1,7 @@
 """End-to-end benchmark: one month from its source file to PostgreSQL, the platform's way and the course's.
 
     python -m benchmarks.end_to_end [--rows 1400000] [--dataset yellow] [--month 2021-01]
-                                    [--ways platform,course] [--no-checks] [--profile FILE.svg]
+                                    [--ways platform,course] [--profile FILE.svg]
                                     [--url postgresql://postgres@127.0.0.1:5432/postgres] [--seed S]
 
 A synthetic month (taxi_platform_tests/synthetic.py, cached) is served by a local HTTP server laid out like the
@@ -9,8 +9,8 @@ sources (taxi_platform_tests/source_server.py). Each way then runs in its own su
 time (process start and imports included) and its peak RSS (`os.wait4` rusage of that child) are its own:
 
 - platform: `dagster.materialize` of raw/<ds>_trips, clean/<ds>_trips, clean/<ds>_trips_rejected,
-  postgres/<ds>_trips, warehouse/<ds>_trips for the month (plus the clean asset's blocking checks, as the
-  platform runs them; `--no-checks` leaves them out), with the local profile's resources from
+  postgres/<ds>_trips, warehouse/<ds>_trips for the month (the ingest step runs the clean asset's
+  blocking checks before it publishes), with the local profile's resources from
   `taxi_platform.definitions.defs()`: TAXI_RELEASES_URL / TAXI_TLC_URL at the local server, TAXI_DATA_DIR
   a temp folder (lake + DuckDB warehouse), TAXI_POSTGRES_URL and a throwaway TAXI_POSTGRES_SCHEMA.
 - course: download the CSV.gz, `pd.read_csv` with the course's dtypes (nullable Int64, float64, string,
@@ -63,7 +63,7 @@ SMALL_MONTH_ROWS = 2_000_000  # up to this size the 1 GB goal applies, above it 
 # The two ways (each runs in its own process: `python -m benchmarks.end_to_end --worker <way> ...`)
 
 
-def platform_way(spec: DatasetSpec, month: str, checks: bool, runner: str = "materialize") -> dict:
+def platform_way(spec: DatasetSpec, month: str, runner: str = "materialize") -> dict:
     """The platform's run of the month: `dagster.materialize` (which keeps every output for its result:
     streams and lazy datasets, so little memory), or with runner="execute_job" `dagster.execute_job` of
     the same selection as a job, as a launched run or `dagster asset materialize` executes it."""
@@ -77,14 +77,14 @@ def platform_way(spec: DatasetSpec, month: str, checks: bool, runner: str = "mat
         definitions = defs()
         instance = dg.DagsterInstance.ephemeral()
         result = dg.materialize(
-            [*definitions.assets, *definitions.asset_checks],
-            selection=month_selection(spec, checks),
+            list(definitions.assets),
+            selection=month_selection(spec),
             resources=definitions.resources,
             partition_key=month,
             instance=instance,
         )
         return _platform_figures(result, instance, sampler, start)
-    os.environ.update(BENCH_DATASET=spec.name, BENCH_EXECUTOR="in_process", BENCH_CHECKS=str(int(checks)))
+    os.environ.update(BENCH_DATASET=spec.name, BENCH_EXECUTOR="in_process")
     with (
         dg.DagsterInstance.ephemeral() as instance,
         dg.execute_job(dg.reconstructable(month_job), instance, tags={"dagster/partition": month}) as result,
@@ -208,7 +208,7 @@ def _worker(argv) -> None:
     args = json.loads(argv[0])
     spec = DATASETS[args["dataset"]]
     if args["way"] == "platform":
-        result = platform_way(spec, args["month"], args["checks"], args["runner"])
+        result = platform_way(spec, args["month"], args["runner"])
     else:
         result = course_way(
             spec, args["month"], args["url"], args["schema"], args["source_url"], args["folder"]
@@ -250,7 +250,6 @@ def _parse(argv) -> argparse.Namespace:
     parser.add_argument("--dataset", default="yellow", choices=sorted(DATASETS))
     parser.add_argument("--month", default="2021-01", help="YYYY-MM (2019-01..2021-07: the CSV.gz release)")
     parser.add_argument("--ways", default="platform,course", help="comma-separated: platform, course")
-    parser.add_argument("--no-checks", action="store_true", help="run the platform without its asset checks")
     parser.add_argument(
         "--runner",
         default="materialize",
@@ -299,7 +298,6 @@ def main(argv=None) -> dict:
                     "way": way,
                     "dataset": spec.name,
                     "month": month,
-                    "checks": not args.no_checks,
                     "runner": args.runner,
                     "url": url,
                     "schema": schema,
@@ -354,7 +352,6 @@ def main(argv=None) -> dict:
         "server_version": server_version,
         "generate_seconds": generate_seconds,
         "source_bytes": (source / "releases" / spec.name / spec.file_name(month, "csv")).stat().st_size,
-        "checks": not args.no_checks,
         "ways": results,
         "goals": {},
         "profiled": bool(args.profile),
@@ -377,7 +374,7 @@ def main(argv=None) -> dict:
 
 def _report(f: dict) -> None:
     names = {
-        "platform": f"platform (dagster.{f['runner']}, 5 assets" + (" + checks)" if f["checks"] else ")"),
+        "platform": f"platform (dagster.{f['runner']}, 5 assets + checks)",
         "course": "course (pandas read_csv .. to_parquet .. to_sql)",
     }
     width = max(len(names[w]) for w in f["ways"])

@@ -1,8 +1,9 @@
-"""Checks of each stored clean month, read back through the lake, with logic of their own.
+"""The blocking checks of each clean month, judged on the staged files before they are published.
 
-They run after `clean/<dataset>_trips` (blocking: a failure stops the month going downstream) and
-judge what was stored, not the cleaning's in-memory result. In a single-run backfill of several
-months they judge every month and report one result for the run.
+The ingest step stages a month's raw, clean and rejected files, runs these checks on what was
+written (read back through the lake, with logic of their own), and publishes the month only if
+every one passes (write, audit, publish): a month that fails leaves the published month as it was.
+In a single-run backfill of several months every month is judged and one result is reported per check.
 """
 
 import dagster as dg
@@ -14,67 +15,15 @@ from taxi_platform.datasets import TRIP_KEY, DatasetSpec
 RELAXED_RULES = "relaxed_rules"  # clean materialization metadata: the positive rules switched off
 
 CHECKS = {
+    "has_rows": "The month has at least one clean row.",
+    "no_sharp_shrink": "The month keeps at least the dataset's min_share_of_published of the clean rows "
+    "of the month it replaces (run config allow_shrink lets one smaller month through).",
     "rows_balance": "Stored raw rows = stored clean rows + stored rejected rows: nothing is lost.",
     "rules_hold": "No stored clean row breaks a 'must be > 0' rule that was in force for its month.",
     "trip_key_unique": "trip_key is unique within each stored month.",
     "pickups_in_month": "Every stored clean pickup lies inside the partition's month.",
     "schema_as_declared": "The stored clean columns and types are exactly the dataset spec's.",
 }
-
-
-def build_clean_checks(spec: DatasetSpec) -> dg.AssetChecksDefinition:
-    clean_key = dg.AssetKey(["clean", spec.table])
-    raw_key = dg.AssetKey(["raw", spec.table])
-    rejected_key = dg.AssetKey(["clean", f"{spec.table}_rejected"])
-
-    @dg.multi_asset_check(
-        name=f"check_clean_{spec.table}",
-        specs=[
-            dg.AssetCheckSpec(
-                name,
-                asset=clean_key,
-                description=text,
-                blocking=True,
-                partitions_def=spec.partitions_def,
-                additional_deps=[raw_key, rejected_key],
-            )
-            for name, text in CHECKS.items()
-        ],
-        ins={  # datasets: the checks read only the columns and counts they need
-            "clean": dg.AssetIn(key=clean_key),
-            "raw": dg.AssetIn(key=raw_key),
-            "rejected": dg.AssetIn(key=rejected_key),
-        },
-    )
-    def check_clean(context: dg.AssetCheckExecutionContext, clean, raw, rejected):
-        months = context.partition_keys if context.has_partition_key_range else [context.partition_key]
-        stored = {
-            name: value if isinstance(value, dict) else {months[0]: value}
-            for name, value in (("clean", clean), ("raw", raw), ("rejected", rejected))
-        }
-        failures: dict[str, dict[str, str]] = {name: {} for name in CHECKS}
-        for month in months:
-            window = spec.partitions_def.time_window_for_partition_key(month)
-            relaxed = _relaxed_rules(context.instance, clean_key, month)
-            findings = month_findings(
-                spec,
-                stored["clean"][month],
-                stored["raw"][month].count_rows(),
-                stored["rejected"][month].count_rows(),
-                window,
-                relaxed,
-            )
-            for name, finding in findings.items():
-                failures[name][month] = finding
-        for name, by_month in failures.items():
-            yield dg.AssetCheckResult(
-                asset_key=clean_key,
-                check_name=name,
-                passed=not by_month,
-                metadata={"months": ", ".join(months), **by_month},
-            )
-
-    return check_clean
 
 
 def month_findings(
@@ -85,12 +34,13 @@ def month_findings(
     window: dg.TimeWindow,
     relaxed: set[str] | frozenset[str],
 ) -> dict[str, str]:
-    """{check: what is wrong} for one stored month; empty when every check passes. A month without
-    a clean row (every row rejected) passes when it is empty and balanced.
+    """{check: what is wrong} for one stored month's data; empty when every check passes.
 
     Counted by the dataset with filters, so only the judged columns are read; a null fails "> 0"."""
     findings = {}
     clean_rows = stored.count_rows()
+    if not clean_rows:
+        findings["has_rows"] = f"no clean row (of {raw_rows} raw rows)"
     if raw_rows != clean_rows + rejected_rows:
         findings["rows_balance"] = f"raw {raw_rows} != clean {clean_rows} + rejected {rejected_rows}"
     if not stored.schema.equals(spec.clean_schema):
@@ -115,11 +65,12 @@ def month_findings(
     return findings
 
 
-def _relaxed_rules(instance: dg.DagsterInstance, key: dg.AssetKey, month: str) -> set[str]:
-    """The rules the month's latest clean materialization switched off."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[month]), limit=1
-    ).records
-    materialization = records[0].asset_materialization if records else None
-    value = materialization.metadata.get(RELAXED_RULES) if materialization else None
-    return set(filter(None, value.value.split(","))) if isinstance(value, dg.TextMetadataValue) else set()
+def volume_findings(clean_rows: int, published_rows: int | None, min_share: float) -> dict[str, str]:
+    """{"no_sharp_shrink": what is wrong} when a month would replace a published one with fewer than
+    `min_share` of its clean rows; empty otherwise (or when nothing is published yet)."""
+    if published_rows and clean_rows < min_share * published_rows:
+        return {
+            "no_sharp_shrink": f"{clean_rows} clean rows would replace {published_rows} "
+            f"({clean_rows / published_rows:.0%}, below {min_share:.0%})"
+        }
+    return {}

@@ -78,6 +78,9 @@ class DatasetSpec:
     positive_columns: tuple[str, ...] = ()  # cleaning rule: each must be > 0 (null fails)
     releases: MonthRange | None = None  # months the course's CSV.gz releases hold
     months_per_run: int = 3  # a backfill runs this many months per run (memory grows with it)
+    # Volume guard: a republished month with fewer clean rows than this share of the published
+    # month's is refused (run config `allow_shrink` lets one through).
+    min_share_of_published: float = 0.5
 
     @property
     def table(self) -> str:

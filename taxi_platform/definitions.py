@@ -2,13 +2,11 @@
 
 import dagster as dg
 
-from taxi_platform.assets.clean_trips import build_clean_assets
+from taxi_platform.assets.ingest import build_ingest_asset
 from taxi_platform.assets.marts import daily_zone_trips, monthly_summary
 from taxi_platform.assets.postgres_tables import build_postgres_asset, postgres_taxi_zones
-from taxi_platform.assets.raw_trips import build_raw_asset
 from taxi_platform.assets.warehouse_tables import build_warehouse_asset, warehouse_taxi_zones
 from taxi_platform.assets.zones import taxi_zones
-from taxi_platform.checks import build_clean_checks
 from taxi_platform.datasets import DATASETS
 from taxi_platform.jobs import build_ingest_job
 from taxi_platform.profiles import load_profile
@@ -20,8 +18,7 @@ def build_assets() -> list[dg.AssetsDefinition]:
     assets = [taxi_zones, postgres_taxi_zones, warehouse_taxi_zones, daily_zone_trips, monthly_summary]
     for spec in DATASETS.values():
         assets += [
-            build_raw_asset(spec),
-            build_clean_assets(spec),
+            build_ingest_asset(spec),
             build_postgres_asset(spec),
             build_warehouse_asset(spec),
         ]
@@ -34,7 +31,6 @@ def defs() -> dg.Definitions:
     jobs = {name: build_ingest_job(spec) for name, spec in DATASETS.items()}
     return dg.Definitions(
         assets=build_assets(),
-        asset_checks=[build_clean_checks(spec) for spec in DATASETS.values()],
         jobs=list(jobs.values()),
         schedules=[build_monthly_schedule(spec, jobs[name]) for name, spec in DATASETS.items()],
         sensors=build_sensors(jobs, profile.sensors),

@@ -1,4 +1,5 @@
-"""Per dataset, the ingest job: a month's raw and clean assets (with their checks). Sensors and the
+"""Per dataset, the ingest job: a month's ingest step (raw, clean and rejected, audited by the blocking
+checks before they are published). Sensors and the
 schedule request it; the postgres/ and warehouse/ assets follow by their automation condition. The job's
 partitions are those of the assets it selects (the dataset's months)."""
 

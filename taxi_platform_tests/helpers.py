@@ -37,7 +37,7 @@ def materialize_with(
             "dagster/asset_partition_range_end": months[1],
         }
     return dg.materialize(
-        [*definitions.assets, *definitions.asset_checks],
+        list(definitions.assets),
         selection=dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in keys)),
         resources={**definitions.resources, **(resources or {})},
         partition_key=partition,

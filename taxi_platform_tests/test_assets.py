@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from taxi_platform.checks import CHECKS
 from taxi_platform.datasets import DATASETS
-from taxi_platform.definitions import defs
 from taxi_platform_tests.helpers import (
     course_counts,
     course_days,
@@ -34,7 +34,7 @@ from taxi_platform_tests.helpers import (
 from taxi_platform_tests.synthetic import Quirks, source_table
 
 GREEN = DATASETS["green"]
-CLEAN_CHECKS = {"rows_balance", "rules_hold", "trip_key_unique", "pickups_in_month", "schema_as_declared"}
+CLEAN_CHECKS = set(CHECKS)
 REASONS = [
     "pickup_outside_month",
     "passenger_count_not_positive",
@@ -168,7 +168,7 @@ def test_a_tlc_parquet_month(taxi_env, published):
 
 @pytest.mark.fast
 def test_the_rules_can_be_relaxed_by_run_config(taxi_env, published):
-    config = {"ops": {"clean_green_trips": {"config": {"relax_positive": ["passenger_count"]}}}}
+    config = {"ops": {"ingest_green_trips": {"config": {"relax_positive": ["passenger_count"]}}}}
     result = materialize(*green_trip_keys(), partition="2020-10", run_config=config)
     clean = materializations(result)[("clean/green_trips", "2020-10")]
     # Kept: in the month, a positive distance, no copy; passenger_count anything, blank too.
@@ -287,73 +287,24 @@ def test_definitions_validate(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def run_clean_checks(month: str) -> dict[str, bool]:
-    """Run only the checks of clean/green_trips for a month, as the UI's "Execute checks" does."""
-    definitions = defs()
-    job = dg.define_asset_job(
-        "green_checks",
-        selection=dg.AssetSelection.checks_for_assets(dg.AssetKey(["clean", "green_trips"])),
-    )  # partitioned as the checks are
-    definitions = dg.Definitions.merge(definitions, dg.Definitions(jobs=[job]))
-    result = definitions.resolve_job_def("green_checks").execute_in_process(
-        tags={"dagster/partition": month}, raise_on_error=False
-    )
-    return {e.check_name: e.passed for e in result.get_asset_check_evaluations() if e.partition == month}
-
-
-def with_value(table: pa.Table, row: int, column: str, value) -> pa.Table:
-    """The table with one cell replaced."""
-    values = table[column].to_pylist()
-    values[row] = value
-    index = table.schema.get_field_index(column)
-    return table.set_column(index, column, pa.array(values, table.schema.field(column).type))
-
-
 @pytest.mark.fast
-def test_the_checks_judge_what_is_stored(taxi_env):
-    materialize(*green_trip_keys(), partition="2020-10")
-    assert run_clean_checks("2020-10") == dict.fromkeys(CLEAN_CHECKS, True)
-    day = taxi_env / "lake/clean/green_trips/pickup_date=2020-10-05/2020-10.parquet"
-    stored = pq.read_table(day)
-
-    # A pickup at the month's end (the window is half open), in a day file of the month.
-    end = GREEN.partitions_def.time_window_for_partition_key("2020-10").end.replace(tzinfo=None)
-    pq.write_table(with_value(stored, 0, "lpep_pickup_datetime", end), day)
-    assert run_clean_checks("2020-10") == dict.fromkeys(CLEAN_CHECKS, True) | {"pickups_in_month": False}
-
-    # A copy of a stored row, and a row breaking a rule.
-    bad_row = with_value(stored.slice(1, 1), 0, "passenger_count", 0)
-    pq.write_table(pa.concat_tables([stored, stored.slice(0, 1), bad_row]), day)
-    assert run_clean_checks("2020-10") == dict.fromkeys(CLEAN_CHECKS, True) | {
-        "rows_balance": False,
-        "rules_hold": False,
-        "trip_key_unique": False,
-    }
-
-    pq.write_table(stored, day)
-    for file in day.parent.parent.glob("pickup_date=2020-10-*/2020-10.parquet"):
-        pq.write_table(pq.read_table(file).drop_columns(["tip_amount"]), file)
-    assert run_clean_checks("2020-10") == dict.fromkeys(CLEAN_CHECKS, True) | {"schema_as_declared": False}
-
-
-@pytest.mark.fast
-def test_a_month_without_a_clean_row_is_stored_empty_and_passes_its_checks(taxi_env, publish):
-    """Every row breaks a rule: the clean month is empty, and the checks judge it as such."""
+def test_a_month_without_a_clean_row_fails_has_rows_and_is_not_published(taxi_env, publish):
+    """Every row breaks a rule: the month is reported with its figures and nothing is published."""
     table = source_table(GREEN, "2019-06", 40, form="csv", quirks=Quirks(out_of_month=0, duplicates=0))
     table = table.set_column(
         table.schema.get_field_index("passenger_count"), "passenger_count", pa.array([0] * 40, pa.int64())
     )
     publish("releases/green/green_tripdata_2019-06.csv.gz", release_csv_gz(table))
 
-    result = materialize(*green_trip_keys(), partition="2019-06")
-    meta = materializations(result)
-    assert meta[("clean/green_trips", "2019-06")]["dagster/row_count"] == 0
-    assert meta[("clean/green_trips", "2019-06")]["rejected_passenger_count_not_positive"] == 40
-    assert lake_files(taxi_env, "clean/green_trips") == {"pickup_date=2019-06-01/2019-06.parquet": 0}
-    assert lake_files(taxi_env, "clean/green_trips_rejected") == {"2019-06.parquet": 40}
-    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()} == dict.fromkeys(
-        CLEAN_CHECKS, True
-    )
+    result = materialize(*green_trip_keys(), partition="2019-06", raise_on_error=False)
+    assert not result.success and materializations(result) == {}
+    assert "green 2019-06 failed has_rows: no clean row (of 40 raw rows)" in failure_message(result)
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert {name: c.passed for name, c in checks.items()} == dict.fromkeys(CLEAN_CHECKS, True) | {
+        "has_rows": False
+    }
+    assert checks["has_rows"].metadata["2019-06"].value == "no clean row (of 40 raw rows)"
+    assert not list((taxi_env / "lake").rglob("*.parquet"))
 
 
 @pytest.mark.fast
@@ -369,7 +320,7 @@ def test_a_bad_row_deep_in_a_file_fails_without_retries_and_the_stored_month_sur
     assert len(text) > 10 * (16 << 10)  # many batches
     name = "releases/green/green_tripdata_2019-08.csv.gz"
     publish(name, gzip_csv("\n".join([header, *rows]) + "\n"))
-    materialize("raw/green_trips", partition="2019-08")
+    materialize(*green_trip_keys(), partition="2019-08")
     before = lake_files(taxi_env, "raw/green_trips")
     assert before == {"2019-08.parquet": len(rows)}
 
@@ -377,10 +328,10 @@ def test_a_bad_row_deep_in_a_file_fails_without_retries_and_the_stored_month_sur
     bad = rows[-1].split(",")
     bad[column] = "1.5"
     publish(name, gzip_csv("\n".join([header, *rows[:-1], ",".join(bad)]) + "\n"))
-    result = materialize("raw/green_trips", partition="2019-08", raise_on_error=False)
+    result = materialize(*green_trip_keys(), partition="2019-08", raise_on_error=False)
     message = failure_message(result)
     assert not result.success
     assert len(result.get_step_failure_events()) == 1 and retries(result) == []  # the policy waits 30 s
     assert "green 2019-08" in message and "green_tripdata_2019-08.csv.gz" in message and "1.5" in message
     assert lake_files(taxi_env, "raw/green_trips") == before
-    assert not list((taxi_env / "lake/raw/green_trips").glob("*.tmp"))
+    assert not list((taxi_env / "lake/_staging").rglob("*.parquet"))

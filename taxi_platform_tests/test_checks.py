@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from taxi_platform.checks import month_findings
+from taxi_platform.checks import month_findings, volume_findings
 from taxi_platform.cleaning import clean_month
 from taxi_platform.datasets import DATASETS
 from taxi_platform_tests.synthetic import Quirks, source_table
@@ -48,12 +48,28 @@ def test_a_month_as_cleaned_passes_every_check(cleaned):
     assert findings(clean, rejected) == {}
 
 
-def test_a_month_without_a_clean_row_passes_when_balanced(cleaned):
+def test_a_month_without_a_clean_row_fails_has_rows_even_when_balanced(cleaned):
     empty = cleaned[0].slice(0, 0)
-    assert findings(empty, rejected=RAW_ROWS) == {}
+    assert findings(empty, rejected=RAW_ROWS) == {"has_rows": f"no clean row (of {RAW_ROWS} raw rows)"}
     assert findings(empty, rejected=RAW_ROWS - 1) == {
-        "rows_balance": f"raw {RAW_ROWS} != clean 0 + rejected 199"
+        "has_rows": f"no clean row (of {RAW_ROWS} raw rows)",
+        "rows_balance": f"raw {RAW_ROWS} != clean 0 + rejected 199",
     }
+
+
+@pytest.mark.parametrize(
+    ("clean_rows", "published_rows", "min_share", "finding"),
+    [
+        (100, None, 0.5, None),  # nothing published yet
+        (50, 100, 0.5, None),  # exactly half is kept
+        (49, 100, 0.5, "49 clean rows would replace 100 (49%, below 50%)"),
+        (10, 100, 0.0, None),  # allow_shrink
+        (0, 100, 0.5, "0 clean rows would replace 100 (0%, below 50%)"),
+    ],
+)
+def test_a_sharp_shrink_of_the_published_month_is_found(clean_rows, published_rows, min_share, finding):
+    expected = {"no_sharp_shrink": finding} if finding else {}
+    assert volume_findings(clean_rows, published_rows, min_share) == expected
 
 
 def test_rows_lost_or_added_break_the_balance(cleaned):

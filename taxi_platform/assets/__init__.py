@@ -1,15 +1,21 @@
 """Asset factories, one module per layer; each builds a dataset's assets from its spec."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any, TypedDict, Unpack
 
 import dagster as dg
-import pyarrow as pa
 
 from taxi_platform.datasets import DatasetSpec
+from taxi_platform.sources.landing import OutsideLanding
 from taxi_platform.sources.public import SourceError, SourceUnavailable
 from taxi_platform.sources.reading import UnreadableFile
+
+# A source still unavailable after the download's own tries (minutes of them) is tried again by the
+# step, after 30 s, 60 s and 120 s (each +/- half).
+SOURCE_RETRY = dg.RetryPolicy(
+    max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
 
 
 class AssetOptions(TypedDict, total=False):
@@ -36,29 +42,14 @@ def by_month(context: dg.AssetExecutionContext, value) -> dict:
 @contextmanager
 def permanent_errors_not_retried():
     """Fail the step without the retry policy when retrying cannot help: a month not published, an
-    HTML page or a file that cannot be read as declared. A source still unavailable after the
+    HTML page, a file that cannot be read as declared, or a landed path outside the landing folder. A source still unavailable after the
     download's own tries is left to the step's retry policy."""
     try:
         yield
     except SourceUnavailable:
         raise
-    except (SourceError, UnreadableFile) as error:
+    except (SourceError, UnreadableFile, OutsideLanding) as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
-
-
-def streamed(rows: pa.RecordBatchReader, when_read: Callable[[int], None]) -> pa.RecordBatchReader:
-    """The same batches, for an IO manager to write as they are read: a file that turns out
-    unreadable fails the step without retries, and `when_read(row_count)` runs after the last batch."""
-
-    def batches():
-        count = 0
-        with permanent_errors_not_retried():
-            for batch in rows:
-                count += batch.num_rows
-                yield batch
-        when_read(count)
-
-    return pa.RecordBatchReader.from_batches(rows.schema, batches())
 
 
 def build_sink_asset(

@@ -6,8 +6,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
-from taxi_platform.assets import permanent_errors_not_retried
-from taxi_platform.assets.raw_trips import DOWNLOAD_RETRY
+from taxi_platform.assets import SOURCE_RETRY, permanent_errors_not_retried
 from taxi_platform.metadata import column_schema
 from taxi_platform.sources.public import TaxiSource
 from taxi_platform.sources.reading import read_zones
@@ -22,7 +21,7 @@ from taxi_platform.sources.reading import read_zones
     kinds={"parquet"},
     owners=["team:data-platform"],
     code_version="1",
-    retry_policy=DOWNLOAD_RETRY,
+    retry_policy=SOURCE_RETRY,
 )
 def taxi_zones(context: dg.AssetExecutionContext, taxi_source: TaxiSource) -> pa.Table:
     url = taxi_source.zones_url()
