@@ -69,6 +69,7 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(tmp_path,
             "TAXI_TLC_URL": server.url,
             "TAXI_DATA_DIR": str(data),
             "TAXI_SENSOR_INTERVAL_SECONDS": "2",
+            "TAXI_LANDING_STABLE_SECONDS": "0",  # the landed file is complete when dropped
             "TAXI_SOURCE_CHECKS_PER_TICK": "1000",  # every month each tick: 2020-11 is an old month
         }
         env.pop("TAXI_PROFILE", None), env.pop("TAXI_SOURCE", None)

@@ -269,10 +269,14 @@ def test_the_landing_window_is_a_setting_of_its_own():
         sensor_settings({"TAXI_LANDING_STABLE_SECONDS": "-1"})
 
 
+def retries_of(result) -> list:
+    return [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+
+
 def run_landed(uri: str):
     definitions = defs()
     return dg.materialize(
-        [*definitions.assets, *definitions.asset_checks],
+        list(definitions.assets),
         selection=dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in green_trip_keys())),
         resources=definitions.resources,
         partition_key="2020-11",
@@ -301,7 +305,7 @@ def test_the_raw_asset_reads_the_landed_file_and_an_unreadable_one_fails_naming_
     broken.write_bytes(b"\x1f\x8b not really gzip")
     failed = dg.materialize(
         [*defs().assets],
-        selection=dg.AssetSelection.assets(["raw", "green_trips"]),
+        selection=dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in green_trip_keys())),
         resources=defs().resources,
         partition_key="2020-12",
         tags={LANDED_FILE_TAG: broken.as_posix()},
@@ -311,9 +315,14 @@ def test_the_raw_asset_reads_the_landed_file_and_an_unreadable_one_fails_naming_
     message = failure_message(failed)
     assert "green 2020-12 (landed)" in message and broken.as_posix() in message
     assert len(failed.get_step_failure_events()) == 1
-    retried = [e for e in failed.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
-    assert retried == []  # retrying cannot help
+    assert retries_of(failed) == []  # retrying cannot help
 
     wrong_month = run_landed(broken.as_posix())
     assert not wrong_month.success
     assert f"landed file {broken.as_posix()} is not green 2020-11" in failure_message(wrong_month)
+
+    elsewhere = taxi_env / "green_tripdata_2020-11.csv.gz"  # a good file, outside landing/
+    shutil.copy(good, elsewhere)
+    outside = run_landed(elsewhere.as_posix())
+    assert not outside.success and materializations(outside) == {}
+    assert str(elsewhere) in failure_message(outside) and retries_of(outside) == []

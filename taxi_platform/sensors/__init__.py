@@ -31,7 +31,7 @@ def build_sensors(jobs: Mapping, settings: SensorSettings) -> list[dg.SensorDefi
             )
             for name, spec in DATASETS.items()
         ),
-        build_landing_sensor(jobs, settings.landing_interval_seconds),
+        build_landing_sensor(jobs, settings.landing_interval_seconds, settings.landing_stable_seconds),
         build_landed_file_mover(jobs, settings.landing_interval_seconds),
         build_automation_sensor(settings.automation_interval_seconds),
         *build_alert_sensors(settings.alert_interval_seconds),
