@@ -241,6 +241,7 @@ FHVHV = DatasetSpec(
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (YELLOW, GREEN, FHV, FHVHV)}
 
+MIN_ZONES = 250  # the TLC lists 265 zones; fewer than this is a broken file, not a smaller city
 # The taxi zone lookup (misc/taxi_zone_lookup.csv): (source name, snake_case name, type).
 ZONE_COLUMNS = (
     ("LocationID", "location_id", I64),

@@ -167,17 +167,40 @@ def test_a_repeated_column_is_schema_drift(tmp_path):
 ZONES_HEADER = '"LocationID","Borough","Zone","service_zone"\r\n'
 
 
+def zone_rows(ids) -> str:
+    return "".join(f'{i},"Queens","Zone {i}","Boro Zone"\r\n' for i in ids)
+
+
 def test_zones_keep_na_and_unknown_as_text(tmp_path):
     path = tmp_path / "zones.csv"
     path.write_text(
         ZONES_HEADER
-        + '1,"EWR","Newark Airport","EWR"\r\n264,"Unknown","NV","N/A"\r\n265,"N/A","NA","N/A"\r\n'
+        + '1,"EWR","Newark Airport","EWR"\r\n'
+        + zone_rows(range(2, 264))
+        + '264,"Unknown","NV","N/A"\r\n265,"N/A","NA","N/A"\r\n'
     )
-    assert read_zones(path, "taxi zones").to_pylist() == [
-        {"location_id": 1, "borough": "EWR", "zone": "Newark Airport", "service_zone": "EWR"},
+    zones = read_zones(path, "taxi zones").to_pylist()
+    assert len(zones) == 265
+    assert zones[0] == {"location_id": 1, "borough": "EWR", "zone": "Newark Airport", "service_zone": "EWR"}
+    assert zones[-2:] == [
         {"location_id": 264, "borough": "Unknown", "zone": "NV", "service_zone": "N/A"},
         {"location_id": 265, "borough": "N/A", "zone": "NA", "service_zone": "N/A"},
     ]
+
+
+@pytest.mark.parametrize(
+    ("ids", "problem"),
+    [
+        ([*range(1, 266), 7, 12], r"LocationID repeated: \[7, 12\]"),
+        (range(1, 250), "only 249 zones, expected at least 250"),
+    ],
+    ids=["repeated-id", "too-few"],
+)
+def test_a_zone_file_with_a_repeated_id_or_too_few_zones_is_refused(tmp_path, ids, problem):
+    path = tmp_path / "zones.csv"
+    path.write_text(ZONES_HEADER + zone_rows(ids))
+    with pytest.raises(UnreadableFile, match=rf"^taxi zones \(x\): {problem}$"):
+        read_zones(path, "taxi zones (x)")
 
 
 def test_a_zone_file_that_cannot_be_read_is_a_clear_error(tmp_path):

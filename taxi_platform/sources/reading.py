@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from taxi_platform.datasets import ZONE_COLUMNS, DatasetSpec
+from taxi_platform.datasets import MIN_ZONES, ZONE_COLUMNS, DatasetSpec
 from taxi_platform.io_managers.arrow_data import BATCH_ROWS
 
 
@@ -49,7 +49,8 @@ def _explained(batches, form: str, origin: str):
 
 
 def read_zones(path: Path, origin: str) -> pa.Table:
-    """The taxi zone lookup; "NA" and "N/A" are zone names here, not missing values."""
+    """The taxi zone lookup; "NA" and "N/A" are zone names here, not missing values. A file with
+    other columns, a LocationID given twice or implausibly few zones is refused."""
     try:
         table = pacsv.read_csv(
             path,
@@ -64,6 +65,11 @@ def read_zones(path: Path, origin: str) -> pa.Table:
     expected = [source for source, _, _ in ZONE_COLUMNS]
     if table.column_names != expected:
         raise SchemaDriftError(f"{origin}: columns {table.column_names}, expected {expected}")
+    repeated = [c["values"] for c in table[expected[0]].value_counts().to_pylist() if c["counts"] > 1]
+    if repeated:
+        raise UnreadableFile(f"{origin}: {expected[0]} repeated: {repeated[:10]}")
+    if table.num_rows < MIN_ZONES:
+        raise UnreadableFile(f"{origin}: only {table.num_rows} zones, expected at least {MIN_ZONES}")
     return table.rename_columns([name for _, name, _ in ZONE_COLUMNS])
 
 
