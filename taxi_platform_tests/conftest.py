@@ -56,6 +56,23 @@ def source_server(published, overlay):
 
 
 @pytest.fixture
+def publish(overlay):
+    """Publish a file at the test source for one test: publish("releases/green/...", bytes)."""
+    written = []
+
+    def write(path: str, data: bytes) -> Path:
+        file = overlay / path
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(data)
+        written.append(file)
+        return file
+
+    yield write
+    for file in written:
+        file.unlink(missing_ok=True)
+
+
+@pytest.fixture
 def taxi_env(source_server, tmp_path, monkeypatch) -> Path:
     """The environment of a local-profile deployment against the test source; returns the data dir."""
     monkeypatch.setenv("TAXI_RELEASES_URL", f"{source_server.url}/releases")
@@ -90,3 +107,23 @@ def pg_schema(postgres_url, monkeypatch) -> str:
     yield schema
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+# The fault-injection suite (tests marked `faults`): each test (each case of a parametrized one) is a
+# fault; it survived when every phase of its test passed. The tally closes the run's output.
+_FAULTS_SURVIVED: dict[str, bool] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "faults" not in report.keywords:
+        return
+    if report.passed:
+        _FAULTS_SURVIVED.setdefault(report.nodeid, True)
+    else:  # failed, or skipped: not shown to survive
+        _FAULTS_SURVIVED[report.nodeid] = False
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _FAULTS_SURVIVED and not hasattr(config, "workerinput"):  # the xdist controller, or a plain run
+        survived = sum(_FAULTS_SURVIVED.values())
+        config.get_terminal_writer().line(f"faults survived: {survived}/{len(_FAULTS_SURVIVED)}")

@@ -62,6 +62,11 @@ def materializations(result) -> dict[tuple[str, str | None], dict]:
     }
 
 
+def retries(result) -> list:
+    """The run's STEP_UP_FOR_RETRY events."""
+    return [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+
+
 def failure_message(result) -> str:
     """Every message of the run's step failure, causes included."""
     messages = []

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,6 +28,7 @@ from taxi_platform_tests.helpers import (
     materializations,
     materialize,
     release_csv_gz,
+    retries,
     sha256_of,
 )
 from taxi_platform_tests.synthetic import Quirks, source_table
@@ -59,27 +59,6 @@ def lake_files(data_dir: Path, key: str) -> dict[str, int]:
 def day_files(source: Path, month: str) -> dict[str, int]:
     """The clean lake files the month must have: one a pickup day, with the course's row counts."""
     return {f"pickup_date={day}/{month}.parquet": rows for day, rows in course_days(source, month).items()}
-
-
-def retries(result) -> list:
-    return [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
-
-
-@pytest.fixture
-def publish(overlay):
-    """Publish a file at the test source for one test: publish("releases/green/...", bytes)."""
-    written = []
-
-    def write(path: str, data: bytes) -> Path:
-        file = overlay / path
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_bytes(data)
-        written.append(file)
-        return file
-
-    yield write
-    for file in written:
-        file.unlink(missing_ok=True)
 
 
 @pytest.mark.fast

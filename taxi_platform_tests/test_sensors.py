@@ -21,7 +21,13 @@ from taxi_platform.sensors.landing_zone import build_landing_sensor
 from taxi_platform.sensors.new_months import build_source_sensor, months_to_check
 from taxi_platform.sources.landing import LANDED_FILE_TAG, move_to_processed
 from taxi_platform.sources.public import TaxiSource
-from taxi_platform_tests.helpers import course_counts, failure_message, green_trip_keys, materializations
+from taxi_platform_tests.helpers import (
+    course_counts,
+    failure_message,
+    green_trip_keys,
+    materializations,
+    retries,
+)
 from taxi_platform_tests.source_server import SourceServer
 
 pytestmark = pytest.mark.fast
@@ -269,10 +275,6 @@ def test_the_landing_window_is_a_setting_of_its_own():
         sensor_settings({"TAXI_LANDING_STABLE_SECONDS": "-1"})
 
 
-def retries_of(result) -> list:
-    return [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
-
-
 def run_landed(uri: str):
     definitions = defs()
     return dg.materialize(
@@ -315,7 +317,7 @@ def test_the_raw_asset_reads_the_landed_file_and_an_unreadable_one_fails_naming_
     message = failure_message(failed)
     assert "green 2020-12 (landed)" in message and broken.as_posix() in message
     assert len(failed.get_step_failure_events()) == 1
-    assert retries_of(failed) == []  # retrying cannot help
+    assert retries(failed) == []  # retrying cannot help
 
     wrong_month = run_landed(broken.as_posix())
     assert not wrong_month.success
@@ -325,4 +327,4 @@ def test_the_raw_asset_reads_the_landed_file_and_an_unreadable_one_fails_naming_
     shutil.copy(good, elsewhere)
     outside = run_landed(elsewhere.as_posix())
     assert not outside.success and materializations(outside) == {}
-    assert str(elsewhere) in failure_message(outside) and retries_of(outside) == []
+    assert str(elsewhere) in failure_message(outside) and retries(outside) == []
