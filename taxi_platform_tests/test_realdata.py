@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from taxi_platform.checks import CHECKS
 from taxi_platform_tests import real_data as fetching
 from taxi_platform_tests.helpers import course_counts, green_trip_keys, materializations, materialize
 from taxi_platform_tests.source_server import SourceServer
@@ -82,7 +83,7 @@ def test_a_real_month_reproduces_the_readme_figures(real_data, real_source, mont
         meta[("clean/green_trips_rejected", month)]["dagster/row_count"]
         == expected["raw"] - expected["clean"]
     )
-    assert [c.passed for c in result.get_asset_check_evaluations()] == [True] * 5
+    assert [c.passed for c in result.get_asset_check_evaluations()] == [True] * len(CHECKS)
 
 
 @pytest.mark.realdata
