@@ -88,6 +88,8 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             )
             for name, text in CHECKS.items()
         ],
+        # The lineage shows clean and rejected made from raw, as they are (in the same pass).
+        internal_asset_deps={"clean": {raw_key}, "rejected": {raw_key}},
         partitions_def=spec.partitions_def,
         backfill_policy=dg.BackfillPolicy.multi_run(spec.months_per_run),
         retry_policy=SOURCE_RETRY,
