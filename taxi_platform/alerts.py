@@ -1,13 +1,15 @@
 """What an alert says and where it goes: Apprise URLs (TAXI_ALERT_URLS), never failing a run or a sensor.
 
 An alert is a title and a few lines a person reads: what failed (run, asset, month or check), the first
-line of the error, a check's metadata, and a link to the run in the UI. With no URL configured an
+line of the error, a check's metadata, and a link to the run in the UI; or which dataset's month is
+overdue since when, with a link to the asset. With no URL configured an
 alert is only logged. A notifier that fails is logged; the caller goes on.
 """
 
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import dagster as dg
 from pydantic import Field
@@ -45,6 +47,10 @@ class Alerter(dg.ConfigurableResource):
 
     def run_link(self, run_id: str) -> str:
         return f"{self.ui_url.rstrip('/')}/runs/{run_id}"
+
+    def asset_checks_link(self, asset_key: dg.AssetKey) -> str:
+        """The asset's page in the UI, on its checks."""
+        return f"{self.ui_url.rstrip('/')}/assets/{'/'.join(asset_key.path)}?view=checks"
 
     def send(self, alert: Alert, log) -> bool:
         """Log the alert and deliver it; True when every notifier took it. Never raises."""
@@ -99,6 +105,24 @@ def check_failed(
         facts["Month"] = partition
     facts.update({name: redact(str(value)) for name, value in metadata.items()})
     return Alert(f"taxi_platform: check failed: {check_name} on {subject}", facts, link)
+
+
+def dataset_overdue(
+    dataset: str,
+    asset_key: dg.AssetKey,
+    due_month: str,
+    due_since: datetime,
+    newest_month: str | None,
+    link: str,
+) -> Alert:
+    facts = {
+        "Dataset": dataset,
+        "Due month": due_month,
+        "Due since": f"{due_since:%Y-%m-%d %H:%M %Z}",
+        "Newest month loaded": newest_month or "none",
+        "Asset": asset_key.to_user_string(),
+    }
+    return Alert(f"taxi_platform: {dataset} is overdue: {due_month} is not loaded", facts, link)
 
 
 def tick_failed(kind: str, name: str, error: str | None) -> Alert:

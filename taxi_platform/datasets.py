@@ -81,6 +81,10 @@ class DatasetSpec:
     # Volume guard: a republished month with fewer clean rows than this share of the published
     # month's is refused (run config `allow_shrink` lets one through).
     min_share_of_published: float = 0.5
+    # Freshness: True, the TLC keeps publishing the dataset, each month about two months after it ends
+    # (taxi_platform.freshness); False, its months come from the course releases only (which never
+    # change), so no month after `releases.last` is ever due.
+    continues_on_tlc: bool = True
 
     @property
     def table(self) -> str:

@@ -1,4 +1,5 @@
-"""The taxi_platform code location: every dataset's assets, jobs, sensors and schedules, from the specs."""
+"""The taxi_platform code location: every dataset's assets, checks, jobs, sensors and schedules, from the
+specs."""
 
 import dagster as dg
 
@@ -8,6 +9,7 @@ from taxi_platform.assets.postgres_tables import build_postgres_asset, postgres_
 from taxi_platform.assets.warehouse_tables import build_warehouse_asset, warehouse_taxi_zones
 from taxi_platform.assets.zones import taxi_zones
 from taxi_platform.datasets import DATASETS
+from taxi_platform.freshness import build_freshness_check
 from taxi_platform.jobs import build_ingest_job
 from taxi_platform.profiles import load_profile
 from taxi_platform.schedules import build_monthly_schedule
@@ -31,6 +33,7 @@ def defs() -> dg.Definitions:
     jobs = {name: build_ingest_job(spec) for name, spec in DATASETS.items()}
     return dg.Definitions(
         assets=build_assets(),
+        asset_checks=[build_freshness_check(spec) for spec in DATASETS.values()],
         jobs=list(jobs.values()),
         schedules=[build_monthly_schedule(spec, jobs[name]) for name, spec in DATASETS.items()],
         sensors=build_sensors(jobs, profile.sensors),

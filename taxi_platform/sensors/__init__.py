@@ -5,7 +5,8 @@
   republished.
 - `landing_sensor` and `landed_file_mover` (on): files dropped into the lake's `landing/`.
 - `taxi_automation` (on): postgres/, warehouse/ and the marts follow their upstream month.
-- `run_failure_alerts`, `check_failure_alerts`, `tick_failure_alerts` (on): tell the operator.
+- `run_failure_alerts`, `check_failure_alerts`, `tick_failure_alerts`, `freshness_alerts` (on): tell
+  the operator.
 
 Their intervals and the source sensors' HEADs per tick come from `profiles.SensorSettings`.
 """
@@ -16,7 +17,7 @@ import dagster as dg
 
 from taxi_platform.datasets import DATASETS
 from taxi_platform.profiles import SensorSettings
-from taxi_platform.sensors.alerts import build_alert_sensors
+from taxi_platform.sensors.alerts import build_alert_sensors, build_freshness_sensor
 from taxi_platform.sensors.automation import build_automation_sensor
 from taxi_platform.sensors.landing_zone import build_landed_file_mover, build_landing_sensor
 from taxi_platform.sensors.new_months import build_source_sensor
@@ -35,4 +36,5 @@ def build_sensors(jobs: Mapping, settings: SensorSettings) -> list[dg.SensorDefi
         build_landed_file_mover(jobs, settings.landing_interval_seconds),
         build_automation_sensor(settings.automation_interval_seconds),
         *build_alert_sensors(settings.alert_interval_seconds),
+        build_freshness_sensor(settings.alert_interval_seconds),
     ]

@@ -2,8 +2,12 @@
 
 - `run_failure_alerts`: one alert per failed run, whatever launched it (UI, sensor, schedule, backfill);
   step retries are not failures of the run.
-- `check_failure_alerts`: a failed blocking or ERROR check (freshness checks included: a stale dataset).
+- `check_failure_alerts`: a failed blocking or ERROR check.
 - `tick_failure_alerts`: a sensor or schedule tick of this code location that errored.
+- `freshness_alerts`: evaluates each dataset's `freshness` check (taxi_platform.freshness) and alerts
+  once when a dataset's due month is missing. Its cursor holds each dataset's last recorded evaluation
+  (due month, fresh or not): an evaluation is recorded, and a stale one alerted, only when it changes, so
+  a dataset stays alerted until it is fresh again or the next month falls due missing too.
 
 Alerts go through the `alerter` resource (taxi_platform.alerts), which never raises.
 """
@@ -13,9 +17,11 @@ import json
 import dagster as dg
 from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
 from dagster._core.scheduler.instigation import TickStatus
+from dagster._time import get_current_datetime
 
-from taxi_platform import alerts
+from taxi_platform import alerts, freshness
 from taxi_platform.alerts import Alerter
+from taxi_platform.datasets import DATASETS
 
 BATCH = 200  # events or ticks read per tick of a sensor
 
@@ -43,7 +49,7 @@ def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefiniti
         name="check_failure_alerts",
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=minimum_interval_seconds,
-        description="Alerts on every failed blocking or ERROR asset check, freshness included.",
+        description="Alerts on every failed blocking or ERROR asset check.",
     )
     def check_failure_alerts(context: dg.SensorEvaluationContext, alerter: Alerter):
         cursor = context.cursor or ""
@@ -119,6 +125,46 @@ def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefiniti
             return dg.SkipReason("no failed sensor or schedule tick since the last look")
 
     return [run_failure_alerts, check_failure_alerts, tick_failure_alerts]
+
+
+def build_freshness_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="freshness_alerts",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=minimum_interval_seconds,
+        description="Evaluates each dataset's freshness check; alerts once when its due month is missing.",
+    )
+    def freshness_alerts(context: dg.SensorEvaluationContext, alerter: Alerter):
+        cursor = context.cursor or ""
+        recorded: dict[str, dict] = json.loads(cursor) if _is_json(cursor) else {}
+        now = get_current_datetime()
+        evaluations = []
+        for spec in DATASETS.values():
+            state = freshness.evaluate(context.instance, spec, now)
+            if state is None:
+                continue
+            seen = {"due_month": state.due_month, "fresh": state.fresh}
+            if recorded.get(spec.name) == seen:
+                continue
+            evaluations.append(state.evaluation())
+            recorded[spec.name] = seen
+            if not state.fresh:
+                alert = alerts.dataset_overdue(
+                    spec.name,
+                    state.asset_key,
+                    state.due_month,
+                    state.due_since,
+                    state.newest_month,
+                    alerter.asset_checks_link(state.asset_key),
+                )
+                alerter.send(alert, context.log)
+        return dg.SensorResult(
+            asset_events=evaluations,
+            cursor=json.dumps(recorded, sort_keys=True),
+            skip_reason=None if evaluations else "no dataset's freshness changed",
+        )
+
+    return freshness_alerts
 
 
 def _check_records(instance: dg.DagsterInstance, after: int | None, limit: int, ascending: bool):
