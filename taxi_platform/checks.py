@@ -13,6 +13,7 @@ import pyarrow.dataset as ds
 from taxi_platform.datasets import TRIP_KEY, DatasetSpec
 
 RELAXED_RULES = "relaxed_rules"  # clean materialization metadata: the positive rules switched off
+CHECK_OUTCOMES = "checks"  # clean materialization metadata: "<check>=passed, ..." (the load ledger's)
 
 CHECKS = {
     "has_rows": "The month has at least one clean row.",

@@ -6,12 +6,18 @@ Read when the definitions load (`load_profile`), never at import time.
   Default Credentials (or GOOGLE_APPLICATION_CREDENTIALS), never from files in the repository.
 PostgreSQL is TAXI_POSTGRES_URL in both, or an embedded server under TAXI_DATA_DIR. Alerts go to the
 Apprise URLs of TAXI_ALERT_URLS (commas or spaces between them), with links to TAXI_UI_URL.
+The load ledger's code version is the package's version plus TAXI_GIT_COMMIT (set by the image build),
+or the checkout's git commit when the code runs from one.
 """
 
+import importlib.metadata
 import os
 import re
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import dagster as dg
 
@@ -49,6 +55,25 @@ def load_profile(environ: Mapping[str, str] = os.environ) -> Profile:
     if "ARROW_DEFAULT_MEMORY_POOL" not in environ:
         use_jemalloc()
     return Profile(resources_for(environ), sensor_settings(environ))
+
+
+@cache
+def code_version() -> str:
+    """`<package version>+<git commit>`, or the version alone when no commit is known."""
+    version = importlib.metadata.version("taxi_platform")
+    commit = os.environ.get("TAXI_GIT_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short=12", "HEAD"],
+                cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        except OSError:  # no git here (the runtime image)
+            commit = ""
+    return f"{version}+{commit}" if commit else version
 
 
 def sensor_settings(environ: Mapping[str, str]) -> SensorSettings:

@@ -27,9 +27,9 @@ from taxi_platform.io_managers.bigquery import (
     lake_table_definition,
     new_columns,
 )
-from taxi_platform_tests.helpers import green_trip_keys, materializations
+from taxi_platform_tests.helpers import green_trip_keys, materializations, sha256_of
 from taxi_platform_tests.test_lake import MONTHS
-from taxi_platform_tests.test_warehouse import clean_counts
+from taxi_platform_tests.test_warehouse import clean_counts, release
 
 # What the real tables API (tables.get) answers for a column of each type `_bq_type` writes: the legacy
 # names for INT64, FLOAT64 and BOOL, and NULLABLE spelled out.
@@ -173,6 +173,13 @@ def test_a_backfill_in_one_run_then_reruns_never_duplicate(taxi_env, published, 
     for _ in range(2):  # the second load into the existing table: the drift check compares its schema
         materialize_to_bigquery(project, dataset, partition="2020-11")
     assert month_counts(project, dataset) == expected
+    ledger = bigquery.Client(project=project).query(
+        f"SELECT partition_key, source_sha256, rows_loaded, outcome FROM `{project}.{dataset}.load_audit`"
+    )
+    assert sorted(tuple(row.values()) for row in ledger.result()) == sorted(
+        [(m, sha256_of(release(published, m)), n, "published") for m, n in expected.items()]
+        + [("2020-11", sha256_of(release(published, "2020-11")), expected["2020-11"], "published")] * 2
+    )
 
 
 @pytest.mark.emulators

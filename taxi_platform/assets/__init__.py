@@ -2,11 +2,15 @@
 
 from collections.abc import Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, TypedDict, Unpack
 
 import dagster as dg
 
+from taxi_platform.checks import CHECK_OUTCOMES
 from taxi_platform.datasets import DatasetSpec
+from taxi_platform.io_managers.ledger import Audited
+from taxi_platform.profiles import code_version
 from taxi_platform.sources.landing import OutsideLanding
 from taxi_platform.sources.public import SourceError, SourceUnavailable
 from taxi_platform.sources.reading import UnreadableFile
@@ -52,6 +56,39 @@ def permanent_errors_not_retried():
         raise dg.Failure(description=str(error), allow_retries=False) from error
 
 
+def provenance(
+    instance: dg.DagsterInstance,
+    source_key: dg.AssetKey,
+    counts_key: dg.AssetKey,
+    partition: str | None,
+    started_at: datetime,
+) -> dict:
+    """What the load ledger says of a sink's rows: the source file (from `source_key`'s latest
+    materialization), the row counts and checks (from `counts_key`'s), the code, when it started."""
+    source, counts = (_latest_metadata(instance, key, partition) for key in (source_key, counts_key))
+    clean_rows = counts.get("dagster/row_count")
+    return {
+        "source_url": source.get("source_url"),
+        "source_sha256": source.get("source_sha256"),
+        "source_etag": source.get("source_etag") or None,
+        "source_last_modified": source.get("source_last_modified") or None,
+        "rows_raw": counts.get("raw_rows", clean_rows),
+        "rows_clean": clean_rows,
+        "rows_rejected": counts.get("rejected_rows", 0),
+        "checks": counts.get(CHECK_OUTCOMES),
+        "code_version": code_version(),
+        "started_at": started_at,
+    }
+
+
+def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None) -> dict:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    return {name: value.value for name, value in materialization.metadata.items()} if materialization else {}
+
+
 def build_sink_asset(
     spec: DatasetSpec, layer: str, description: str, **options: Unpack[AssetOptions]
 ) -> dg.AssetsDefinition:
@@ -71,10 +108,14 @@ def build_sink_asset(
         ),
     )
     def sink(context: dg.AssetExecutionContext, clean) -> dict:
-        """The stored months, read by the IO manager as it writes them."""
-        months = by_month(context, clean)
-        for month, rows in months.items():
+        """The stored months, read by the IO manager as it writes them, with their provenance for
+        the load ledger."""
+        started_at, audited = datetime.now(UTC), {}
+        raw_key, clean_key = dg.AssetKey(["raw", spec.table]), dg.AssetKey(["clean", spec.table])
+        for month, rows in by_month(context, clean).items():
             context.add_asset_metadata({"dagster/row_count": rows.count_rows()}, partition_key=month)
-        return months
+            known = provenance(context.instance, raw_key, clean_key, month, started_at)
+            audited[month] = Audited(rows, known)
+        return audited
 
     return sink

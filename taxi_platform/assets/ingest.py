@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from taxi_platform.assets import SOURCE_RETRY, permanent_errors_not_retried
-from taxi_platform.checks import CHECKS, RELAXED_RULES, month_findings, volume_findings
+from taxi_platform.checks import CHECK_OUTCOMES, CHECKS, RELAXED_RULES, month_findings, volume_findings
 from taxi_platform.cleaning import MonthCleaner, reject_reasons, rejected_schema
 from taxi_platform.datasets import PICKUP_DATE, DatasetSpec
 from taxi_platform.io_managers import PARTITION_COLUMN
@@ -217,6 +217,7 @@ def _add_clean_metadata(context, spec, month, cleaner: MonthCleaner, clean_key, 
             "rejected_rows": cleaner.rejected_rows,
             **{f"rejected_{r}": n for r, n in cleaner.rejected_counts.items()},
             RELAXED_RULES: ",".join(sorted(cleaner.relaxed)),
+            CHECK_OUTCOMES: ", ".join(f"{name}=passed" for name in CHECKS),  # published only if so
         },
         asset_key=clean_key,
         partition_key=month,

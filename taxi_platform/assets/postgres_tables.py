@@ -1,12 +1,16 @@
 """postgres/<dataset>_trips and postgres/taxi_zones: the clean months and the zones in PostgreSQL."""
 
+from datetime import UTC, datetime
+
 import dagster as dg
 import pyarrow.dataset as ds
 
-from taxi_platform.assets import AssetOptions, build_sink_asset
+from taxi_platform.assets import AssetOptions, build_sink_asset, provenance
+from taxi_platform.assets.zones import ZONES
 from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import PICKUP_DATE, TRIP_KEY, DatasetSpec
 from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers.ledger import Audited
 from taxi_platform.io_managers.postgres import UNIQUE_KEY
 
 COMMON = AssetOptions(
@@ -40,10 +44,10 @@ def build_postgres_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
 
 @dg.asset(
     key=["postgres", "taxi_zones"],
-    ins={"zones": dg.AssetIn(key=["reference", "taxi_zones"])},
+    ins={"zones": dg.AssetIn(key=ZONES)},
     description="The taxi zones in PostgreSQL, replaced whole on each run.",
     **(COMMON | AssetOptions(pool=writer_pool("taxi_zones"))),
 )
-def postgres_taxi_zones(context: dg.AssetExecutionContext, zones: ds.Dataset) -> ds.Dataset:
+def postgres_taxi_zones(context: dg.AssetExecutionContext, zones: ds.Dataset) -> Audited:
     context.add_output_metadata({"dagster/row_count": zones.count_rows()})
-    return zones
+    return Audited(zones, provenance(context.instance, ZONES, ZONES, None, datetime.now(UTC)))

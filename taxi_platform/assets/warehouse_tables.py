@@ -1,12 +1,16 @@
 """warehouse/<dataset>_trips and warehouse/taxi_zones: the clean months in DuckDB or BigQuery."""
 
+from datetime import UTC, datetime
+
 import dagster as dg
 import pyarrow.dataset as ds
 
-from taxi_platform.assets import AssetOptions, build_sink_asset
+from taxi_platform.assets import AssetOptions, build_sink_asset, provenance
+from taxi_platform.assets.zones import ZONES
 from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import PICKUP_DATE, DatasetSpec
 from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers.ledger import Audited
 from taxi_platform.io_managers.warehouse import CLUSTER_BY, LAKE_TABLE
 from taxi_platform.metadata import CLEAN_DESCRIPTIONS, column_schema
 
@@ -41,10 +45,10 @@ def build_warehouse_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
 
 @dg.asset(
     key=["warehouse", "taxi_zones"],
-    ins={"zones": dg.AssetIn(key=["reference", "taxi_zones"])},
+    ins={"zones": dg.AssetIn(key=ZONES)},
     description="The taxi zones in the warehouse, for joins in the marts.",
     **COMMON,
 )
-def warehouse_taxi_zones(context: dg.AssetExecutionContext, zones: ds.Dataset) -> ds.Dataset:
+def warehouse_taxi_zones(context: dg.AssetExecutionContext, zones: ds.Dataset) -> Audited:
     context.add_output_metadata({"dagster/row_count": zones.count_rows()})
-    return zones
+    return Audited(zones, provenance(context.instance, ZONES, ZONES, None, datetime.now(UTC)))

@@ -11,9 +11,11 @@ from taxi_platform.metadata import column_schema
 from taxi_platform.sources.public import TaxiSource
 from taxi_platform.sources.reading import read_zones
 
+ZONES = dg.AssetKey(["reference", "taxi_zones"])
+
 
 @dg.asset(
-    key=["reference", "taxi_zones"],
+    key=ZONES,
     description="The 265 TLC taxi zones: location_id, borough, zone, service_zone. "
     '"NA" and "N/A" are kept as the source writes them.',
     group_name="reference",

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from dagster_gcp import BigQueryResource
 
 from taxi_platform.io_managers.arrow_data import stream
+from taxi_platform.io_managers.ledger import LEDGER_TABLE
 from taxi_platform.io_managers.warehouse import (
     WarehouseIOManager,
     WarehouseSQL,
@@ -72,7 +73,7 @@ class BigQueryWarehouse(WarehouseIOManager):
     def warehouse(self) -> BigQuerySQL:
         return self.sql
 
-    def _replace(self, name, data, window, cluster_by, descriptions) -> dict:
+    def _replace(self, name, data, window, cluster_by, descriptions, ledger) -> dict:
         from google.cloud import bigquery
 
         sql = self.sql
@@ -104,6 +105,8 @@ class BigQueryWarehouse(WarehouseIOManager):
             finally:
                 client.delete_table(staging_id, not_found_ok=True)
             stored = client.get_table(target)
+        if ledger is not None:  # BigQuery has no transaction spanning the MERGE and this load
+            self._append_ledger(ledger)
         project = sql.bigquery.project
         url = (
             f"https://console.cloud.google.com/bigquery?project={project}"
@@ -146,6 +149,19 @@ class BigQueryWarehouse(WarehouseIOManager):
                 f"ALTER TABLE `{table_id}` ADD COLUMN IF NOT EXISTS `{field.name}` {field.field_type}{options}"
             ).result()
         return table_id
+
+    def _append_ledger(self, rows: pa.Table) -> None:
+        from google.cloud import bigquery
+
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.PARQUET,
+            schema=[bigquery.SchemaField(f.name, _bq_type(f.type)) for f in rows.schema],
+            write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+        )
+        with self.sql.bigquery.get_client() as client, tempfile.TemporaryFile() as file:
+            pq.write_table(rows, file)
+            file.seek(0)
+            client.load_table_from_file(file, self.sql.table_id(LEDGER_TABLE), job_config=config).result()
 
     def _load(self, client, staging_id: str, data: ds.Dataset, schema) -> None:
         from google.cloud import bigquery

@@ -48,6 +48,7 @@ from pydantic import Field
 
 from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import stream
+from taxi_platform.io_managers.ledger import LEDGER_SCHEMA, LEDGER_TABLE, ledger_rows, record_failure, unwrap
 from taxi_platform.redaction import redact
 
 TABLE = "postgres/table"
@@ -114,19 +115,40 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         meta = context.definition_metadata
         name = self.table_name(context.asset_key, meta)
         target = f"{self.db_schema}.{name}"
+        keys: list[str | None] = (
+            list(context.asset_partition_keys) if context.has_asset_partitions else [None]
+        )
         if context.has_asset_partitions:
-            keys = context.asset_partition_keys
             target += f" {keys[0]}" if len(keys) == 1 else f" {keys[0]}..{keys[-1]}"
+        obj, provenance = unwrap(obj, keys)
 
         def write(conn: psycopg.Connection) -> int:
+            loaded: dict[str | None, int] = {}
             if context.has_asset_partitions:
-                return self._replace_partitions(conn, context, name, obj)
-            return self._replace_table(conn, name, meta.get(UNIQUE_KEY), stream(obj))
+                self._replace_partitions(conn, context, name, obj, loaded)
+            else:
+                loaded[None] = self._replace_table(conn, name, meta.get(UNIQUE_KEY), stream(obj))
+            if provenance is not None:  # in the same transaction: a ledger row iff its data is visible
+                self._write_ledger(conn, ledger_rows(context, provenance, loaded))
+            return sum(loaded.values())
 
-        written = self._write_with_retries(context.log, target, write, replayable=_replayable(obj))
+        try:
+            written = self._write_with_retries(context.log, target, write, replayable=_replayable(obj))
+        except Exception as error:
+            if provenance is not None:
+                record_failure(context, provenance, error, self._write_ledger_alone)
+            raise
         context.add_output_metadata(
             {"dagster/table_name": f"{self.db_schema}.{name}", "rows_written": written}
         )
+
+    def _write_ledger(self, conn: psycopg.Connection, rows: pa.Table) -> None:
+        self._ensure_table(conn, LEDGER_TABLE, LEDGER_SCHEMA, None)
+        copy_rows(conn, sql.Identifier(self.db_schema, LEDGER_TABLE), rows.to_reader())
+
+    def _write_ledger_alone(self, rows: pa.Table) -> None:
+        with self.connect() as conn, conn.transaction():
+            self._write_ledger(conn, rows)
 
     def _write_with_retries(
         self, log, target: str, write: Callable[[psycopg.Connection], int], replayable: bool
@@ -176,8 +198,9 @@ class PostgresIOManager(dg.ConfigurableIOManager):
             _unique_index(conn, self.db_schema, name, unique_key, f"{name}_{unique_key}_key")
         return written
 
-    def _replace_partitions(self, conn, context: dg.OutputContext, name: str, obj) -> int:
-        """Stage each partition in a table of its own, then swap them all in at the end."""
+    def _replace_partitions(self, conn, context: dg.OutputContext, name: str, obj, loaded: dict) -> None:
+        """Stage each partition in a table of its own, then swap them all in at the end; the rows
+        of each partition go into `loaded`."""
         meta = context.definition_metadata
         keys = list(context.asset_partition_keys)
         parts = obj if isinstance(obj, dict) else {keys[0]: obj} if len(keys) == 1 else {}
@@ -185,11 +208,11 @@ class PostgresIOManager(dg.ConfigurableIOManager):
             raise ValueError(f"{self.db_schema}.{name}: a run over {keys} must output one value a partition")
         schema = next(iter(parts.values())).schema  # read from the data without reading a row
         columns = self._ensure_table(conn, name, schema, meta[PARTITION_COLUMN])
-        written, staged = 0, []
+        staged = []
         for key, part in parts.items():
             window = time_window(context.asset_partitions_def, key)
             bounds = (window.start.date(), window.end.date())
-            written += self._stage(conn, name, key, stream(part), columns, bounds, meta)
+            loaded[key] = self._stage(conn, name, key, stream(part), columns, bounds, meta)
             staged.append((key, bounds))
         # The swap needs the old partitions' locks: it waits for their readers, but not for ever.
         conn.execute(
@@ -198,7 +221,6 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         )
         for key, bounds in staged:
             self._swap_in(conn, name, key, bounds, meta.get(UNIQUE_KEY))
-        return written
 
     def _stage(self, conn, name: str, key: str, rows, columns: dict, bounds, meta) -> int:
         """COPY a partition's rows into `<partition>_new`, index it and check its bounds."""

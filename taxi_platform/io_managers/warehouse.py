@@ -39,6 +39,7 @@ from pydantic import Field
 
 from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import as_dataset
+from taxi_platform.io_managers.ledger import LEDGER_TABLE, ledger_rows, record_failure, unwrap
 
 CLUSTER_BY = "warehouse/cluster_by"
 LAKE_TABLE = "warehouse/lake_table"
@@ -96,6 +97,15 @@ class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
         """The SQL resource the IO manager stores through."""
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
+        keys: list[str | None] = (
+            list(context.asset_partition_keys) if context.has_asset_partitions else [None]
+        )
+        obj, provenance = unwrap(obj, keys)
+        ledger = None
+        if provenance is not None:
+            parts = obj if isinstance(obj, dict) else {keys[0]: obj}
+            loaded = {key: as_dataset(rows).count_rows() for key, rows in parts.items()}
+            ledger = ledger_rows(context, provenance, loaded)
         data = as_dataset(obj)
         meta = context.definition_metadata
         name = _checked_name(context.asset_key.path[-1])
@@ -104,7 +114,12 @@ class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
             span = context.asset_partitions_time_window
             window = Window(meta[PARTITION_COLUMN], span.start, span.end)
         descriptions = _descriptions(data.schema, meta)
-        stored = self._replace(name, data, window, list(meta.get(CLUSTER_BY) or []), descriptions)
+        try:
+            stored = self._replace(name, data, window, list(meta.get(CLUSTER_BY) or []), descriptions, ledger)
+        except Exception as error:
+            if provenance is not None:
+                record_failure(context, provenance, error, self._append_ledger)
+            raise
         if meta.get(LAKE_TABLE) and self.lake_root:
             prefix = f"{self.lake_root.rstrip('/')}/{meta[LAKE_TABLE]}"
             self._create_lake_table(f"{name}_lake", prefix, window.column if window else None)
@@ -125,8 +140,13 @@ class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
         return tables if len(tables) > 1 else next(iter(tables.values()))
 
     @abstractmethod
-    def _replace(self, name, data: ds.Dataset, window, cluster_by, descriptions) -> dict:
-        """Replace the window's rows (all rows if None) by `data`; metadata about the table."""
+    def _replace(self, name, data: ds.Dataset, window, cluster_by, descriptions, ledger) -> dict:
+        """Replace the window's rows (all rows if None) by `data`, and append the `ledger` rows (if
+        any) to LEDGER_TABLE; metadata about the table."""
+
+    @abstractmethod
+    def _append_ledger(self, rows: pa.Table) -> None:
+        """Append rows to LEDGER_TABLE on their own (a failed attempt's)."""
 
     @abstractmethod
     def _read(self, name: str, window: Window | None) -> pa.Table:
@@ -230,7 +250,7 @@ class DuckDBWarehouse(WarehouseIOManager):
     def warehouse(self) -> DuckDBSQL:
         return self.sql
 
-    def _replace(self, name, data, window, cluster_by, descriptions) -> dict:
+    def _replace(self, name, data, window, cluster_by, descriptions, ledger) -> dict:
         target = self.sql.ref(name)
         dataset = self.sql.dataset
         order = f" ORDER BY {', '.join(map(_quote, cluster_by))}" if cluster_by else ""
@@ -263,8 +283,21 @@ class DuckDBWarehouse(WarehouseIOManager):
             for column, text in descriptions.items():
                 literal = "'" + text.replace("'", "''") + "'"
                 con.execute(f"COMMENT ON COLUMN {target}.{_quote(column)} IS {literal}")
+            if ledger is not None:  # in the same transaction: a ledger row iff its data is visible
+                self._insert_ledger(con, ledger)
             con.commit()
         return {"warehouse_path": dg.MetadataValue.path(self.sql.path)}
+
+    def _append_ledger(self, rows: pa.Table) -> None:
+        with self.sql.connect(self.sql.table_id(LEDGER_TABLE)) as con:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.sql.dataset)}")
+            self._insert_ledger(con, rows)
+
+    def _insert_ledger(self, con, rows: pa.Table) -> None:
+        ledger = self.sql.ref(LEDGER_TABLE)
+        con.register("ledger_rows", rows)
+        con.execute(f"CREATE TABLE IF NOT EXISTS {ledger} AS SELECT * FROM ledger_rows LIMIT 0")
+        con.execute(f"INSERT INTO {ledger} BY NAME SELECT * FROM ledger_rows")
 
     def _read(self, name: str, window: Window | None) -> pa.Table:
         target = self.sql.ref(name)

@@ -1,0 +1,106 @@
+"""The load ledger: a row for every partition a sink published, or failed to, kept beside the data.
+
+An asset hands a sink IO manager `Audited(rows, provenance)` (one a partition, or a dict of them): the
+rows to store and what the ledger should say of where they came from. The IO manager stores the rows
+and writes the ledger rows into `LEDGER_TABLE` of the same schema or dataset, in the same transaction
+where its back end allows it (PostgreSQL, DuckDB), so a ledger row exists if and only if its data is
+visible. A write that fails adds a row with outcome "failed" and the first line of its error, in a
+transaction of its own, and leaves the published rows and their ledger row alone.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+
+from taxi_platform.redaction import redact
+
+LEDGER_TABLE = "load_audit"
+PUBLISHED, FAILED = "published", "failed"
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("asset_key", pa.string()),
+        ("partition_key", pa.string()),
+        ("run_id", pa.string()),
+        ("outcome", pa.string()),  # PUBLISHED or FAILED
+        ("error", pa.string()),  # a failure's first line
+        ("source_url", pa.string()),
+        ("source_sha256", pa.string()),
+        ("source_etag", pa.string()),
+        ("source_last_modified", pa.string()),
+        ("rows_raw", pa.int64()),
+        ("rows_clean", pa.int64()),
+        ("rows_rejected", pa.int64()),
+        ("rows_loaded", pa.int64()),
+        ("checks", pa.string()),  # each check's name and outcome
+        ("code_version", pa.string()),  # the package version, and the git commit when known
+        ("started_at", _TIMESTAMP),
+        ("published_at", _TIMESTAMP),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Audited:
+    """A partition's rows, and the ledger columns the asset knows of them (source, counts, checks,
+    code_version, started_at); the IO manager adds the rest."""
+
+    rows: Any
+    provenance: Mapping[str, Any]
+
+
+def unwrap(obj, keys: list[str | None]) -> tuple[Any, dict[str | None, Mapping[str, Any]] | None]:
+    """The rows to store (the same shape as given: a value, or a dict by partition) and the provenance
+    by partition key (`keys`: the output's partition keys, or [None]); (obj, None) when nothing is
+    audited."""
+    if isinstance(obj, Audited):
+        if len(keys) != 1:
+            raise ValueError(f"one Audited value for partitions {keys}: give a dict, one a partition")
+        return obj.rows, {keys[0]: obj.provenance}
+    if isinstance(obj, dict) and obj and all(isinstance(v, Audited) for v in obj.values()):
+        return {k: v.rows for k, v in obj.items()}, {k: v.provenance for k, v in obj.items()}
+    return obj, None
+
+
+def ledger_rows(
+    context: dg.OutputContext,
+    provenance: Mapping[str | None, Mapping[str, Any]],
+    loaded: Mapping[str | None, int | None],
+    error: Exception | None = None,
+    secrets: tuple[str, ...] = (),
+) -> pa.Table:
+    """The ledger rows of a write: published with the rows loaded, or failed with its error."""
+    now = datetime.now(UTC)
+    first_line = (
+        redact(str(error).strip().splitlines()[0], *secrets) if error and str(error).strip() else None
+    )
+    rows = []
+    for key, known in provenance.items():
+        rows.append(
+            {name: known.get(name) for name in LEDGER_SCHEMA.names}
+            | {
+                "asset_key": context.asset_key.to_user_string(),
+                "partition_key": key,
+                "run_id": context.run_id,
+                "outcome": FAILED if error else PUBLISHED,
+                "error": first_line or (type(error).__name__ if error else None),
+                "rows_loaded": None if error else loaded.get(key),
+                "published_at": None if error else now,
+            }
+        )
+    return pa.Table.from_pylist(rows, LEDGER_SCHEMA)
+
+
+def record_failure(context: dg.OutputContext, provenance, error: Exception, write, secrets=()) -> None:
+    """Write the failed attempt's ledger rows with `write(table)`; a ledger that cannot be written
+    either (the store is down) is logged, and the write's own error is the one raised."""
+    try:
+        write(ledger_rows(context, provenance, {}, error, secrets))
+    except Exception as failure:  # noqa: BLE001 (logged; the caller raises the write's error)
+        context.log.warning(
+            f"{LEDGER_TABLE}: the failed attempt could not be recorded: {type(failure).__name__}"
+        )
