@@ -6,20 +6,24 @@ as it goes; the figures they must reach are counted from those files with pandas
 """
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
+import time
 
 import dagster as dg
 import duckdb
 import psycopg
 import pytest
+from dagster._core.scheduler.instigation import TickStatus
 
 from taxi_platform.datasets import DATASETS
 from taxi_platform_tests.helpers import course_counts, failed_runs
+from taxi_platform_tests.receivers import WebhookReceiver
 from taxi_platform_tests.source_server import SourceServer
 from taxi_platform_tests.synthetic import FREQUENT, write_source_month
-from taxi_platform_tests.ui import BIN, DagsterServices, quiet, wait_for, write_instance
+from taxi_platform_tests.ui import BIN, DagsterServices, quiet, sensor_ticks, wait_for, write_instance
 
 pytestmark = [pytest.mark.daemon, pytest.mark.postgres, pytest.mark.slow]
 
@@ -161,3 +165,70 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(tmp_path,
             "SELECT strftime(pickup_date, '%Y-%m'), count(*) FROM taxi.green_trips GROUP BY 1 ORDER BY 1"
         ).fetchall()
     assert dict(rows) == clean
+
+
+def test_a_month_launched_from_the_cli_that_fails_alerts_once_within_two_minutes(
+    tmp_path, postgres_url, pg_schema
+):
+    """The operator's path: a clean DAGSTER_HOME, the daemon, `dagster job launch` of a month whose
+    source answers with an HTML page; one JSON alert arrives, naming the dataset and the month."""
+    home, published = tmp_path / "home", tmp_path / "source"
+    home.mkdir()
+    write_instance(home)
+    path = publish(published, "2020-10")
+    with SourceServer(published) as server, WebhookReceiver() as hook:
+        server.fail(f"/{path.relative_to(published).as_posix()}", "html")
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "TAXI_RELEASES_URL": f"{server.url}/releases",
+            "TAXI_TLC_URL": server.url,
+            "TAXI_DATA_DIR": str(tmp_path / "data"),
+            "TAXI_ALERT_URLS": f"json://{hook.address}/",
+            "TAXI_SENSOR_INTERVAL_SECONDS": "2",
+        }
+        env.pop("TAXI_PROFILE", None), env.pop("TAXI_SOURCE", None)
+        with (
+            DagsterServices(home, env, webserver=False) as dagster,
+            dg.DagsterInstance.from_config(str(home)) as instance,
+        ):
+            subprocess.run(
+                [BIN / "dagster", "job", "launch", "-w", home / "workspace.yaml", "-j", "green_ingest"]
+                + ["--tags", '{"dagster/partition": "2020-10"}'],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            wait_for(
+                "the alert of the failed run",
+                lambda: run_alerts(hook),
+                timeout=120,
+                details=lambda: f"runs:\n{failed_runs(instance)}\ndaemon log:\n{dagster.log('daemon')}",
+            )
+            (run,) = instance.get_runs()
+            assert run.status == dg.DagsterRunStatus.FAILURE
+            # One alert per failed run: the alert sensor has ticked twice more since, sending nothing.
+            alerted = time.time()
+            wait_for(
+                "two more ticks of run_failure_alerts",
+                lambda: (
+                    len(
+                        [
+                            t
+                            for t in sensor_ticks(instance, "run_failure_alerts")
+                            if t.timestamp > alerted and t.status == TickStatus.SKIPPED
+                        ]
+                    )
+                    >= 2
+                ),
+                timeout=60,
+            )
+    (message,) = run_alerts(hook)  # besides the freshness alerts of the datasets not loaded
+    assert "green" in message and "2020-10" in message and "HTML page" in message
+    assert run.run_id in message
+
+
+def run_alerts(hook: WebhookReceiver) -> list[str]:
+    """The title and message of each run-failure alert the receiver took."""
+    bodies = [json.loads(d.body) for d in hook.deliveries]
+    return [f"{b['title']}\n{b['message']}" for b in bodies if "run failed" in b.get("title", "")]
