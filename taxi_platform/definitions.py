@@ -3,6 +3,7 @@ specs."""
 
 import dagster as dg
 
+from taxi_platform.anomalies import build_anomaly_checks
 from taxi_platform.assets.ingest import build_ingest_asset
 from taxi_platform.assets.marts import daily_zone_trips, monthly_summary
 from taxi_platform.assets.postgres_tables import build_postgres_asset, postgres_taxi_zones
@@ -33,7 +34,11 @@ def defs() -> dg.Definitions:
     jobs = {name: build_ingest_job(spec) for name, spec in DATASETS.items()}
     return dg.Definitions(
         assets=build_assets(),
-        asset_checks=[build_freshness_check(spec) for spec in DATASETS.values()],
+        asset_checks=[
+            check
+            for spec in DATASETS.values()
+            for check in (build_freshness_check(spec), build_anomaly_checks(spec))
+        ],
         jobs=list(jobs.values()),
         schedules=[build_monthly_schedule(spec, jobs[name]) for name, spec in DATASETS.items()],
         sensors=build_sensors(jobs, profile.sensors),
