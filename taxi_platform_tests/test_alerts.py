@@ -117,26 +117,29 @@ def only_a_warning() -> dg.AssetCheckResult:
 
 def test_a_failed_blocking_check_alerts_with_its_metadata_and_a_warning_does_not():
     instance = dg.DagsterInstance.ephemeral()
+    definitions = dg.Definitions(assets=[shrunk], asset_checks=[enough_rows, only_a_warning])
+    repository = definitions.get_repository_def()
     with WebhookReceiver() as hook:
         resources = {"alerter": alerter_for(hook)}
-        first = CHECK_FAILURE(dg.build_sensor_context(instance=instance, resources=resources))
+
+        def tick(cursor: str | None):
+            context = dg.build_sensor_context(
+                instance=instance, cursor=cursor, resources=resources, repository_def=repository
+            )
+            return CHECK_FAILURE(context), context.cursor
+
+        first, cursor = tick(None)
         assert isinstance(first, dg.SkipReason) and "started watching" in first.skip_message
-        evaluated = instance.event_log_storage.get_event_records(
-            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=1
-        )
-        assert not evaluated  # nothing yet: the first tick's cursor is 0
+        assert cursor == "{}"  # nothing failed yet
         dg.materialize(
             [shrunk, enough_rows, only_a_warning],
             instance=instance,
             partition_key="2020-10",
             raise_on_error=False,
         )
-        context = dg.build_sensor_context(instance=instance, cursor="0", resources=resources)
-        CHECK_FAILURE(context)
+        _, cursor = tick(cursor)
         (delivery,) = hook.on("/json")
-        again = CHECK_FAILURE(
-            dg.build_sensor_context(instance=instance, cursor=context.cursor, resources=resources)
-        )
+        again, _ = tick(cursor)
     body = json.loads(delivery.body)
     assert body["title"] == "taxi_platform: check failed: enough_rows on shrunk 2020-10"
     assert "Check: enough_rows (blocking)" in body["message"] and "Month: 2020-10" in body["message"]

@@ -2,7 +2,7 @@
 
 - `run_failure_alerts`: one alert per failed run, whatever launched it (UI, sensor, schedule, backfill);
   step retries are not failures of the run.
-- `check_failure_alerts`: a failed blocking or ERROR check.
+- `check_failure_alerts`: a failed blocking or ERROR check, once (see CHECK_WINDOW_SECONDS).
 - `tick_failure_alerts`: a sensor or schedule tick of this code location that errored.
 - `freshness_alerts`: evaluates each dataset's `freshness` check (taxi_platform.freshness) and alerts
   once when a dataset's due month is missing. Its cursor holds each dataset's last recorded evaluation
@@ -15,8 +15,8 @@ Alerts go through the `alerter` resource (taxi_platform.alerts), which never rai
 import json
 
 import dagster as dg
-from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
 from dagster._core.scheduler.instigation import TickStatus
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._time import get_current_datetime
 
 from taxi_platform import alerts, freshness
@@ -24,6 +24,10 @@ from taxi_platform.alerts import Alerter
 from taxi_platform.datasets import DATASETS
 
 BATCH = 200  # events or ticks read per tick of a sensor
+# Failed checks are taken by the time their result was written, for this long back; a result is sent
+# once (its execution id is kept in the cursor for as long). Results written while no sensor ran for
+# longer than this are not sent.
+CHECK_WINDOW_SECONDS = 600
 
 
 def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefinition]:
@@ -52,22 +56,31 @@ def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefiniti
         description="Alerts on every failed blocking or ERROR asset check.",
     )
     def check_failure_alerts(context: dg.SensorEvaluationContext, alerter: Alerter):
+        now = get_current_datetime().timestamp()
+        check_keys = context.repository_def.asset_graph.asset_check_keys if context.repository_def else []
+        recent = sorted(
+            (
+                record
+                for key in check_keys
+                for record in _check_executions(context.instance, key, BATCH, failed_only=True)
+                if record.event and record.event.timestamp > now - CHECK_WINDOW_SECONDS
+            ),
+            key=lambda record: record.event.timestamp if record.event else 0,
+        )
         cursor = context.cursor or ""
-        after = int(cursor) if cursor.isdigit() else None
-        if after is None:  # the first tick starts from now: history is not news
-            latest = _check_records(context.instance, None, limit=1, ascending=False)
-            context.update_cursor(str(latest[0].storage_id if latest else 0))
+        if not _is_json(cursor):  # the first tick starts from now: history is not news
+            context.update_cursor(json.dumps({r.id: r.event.timestamp for r in recent if r.event}))
             return dg.SkipReason("started watching asset check results")
+        seen = {int(i): at for i, at in json.loads(cursor).items() if at > now - CHECK_WINDOW_SECONDS}
         sent = 0
-        for record in _check_records(context.instance, after, limit=BATCH, ascending=True):
-            after = record.storage_id
-            evaluation = record.event_log_entry.get_dagster_event().event_specific_data
-            if not isinstance(evaluation, AssetCheckEvaluation) or evaluation.passed:
+        for record in recent:
+            evaluation = record.evaluation
+            if record.id in seen or evaluation is None or record.event is None:
                 continue
+            seen[record.id] = record.event.timestamp
             if not (evaluation.blocking or evaluation.severity == dg.AssetCheckSeverity.ERROR):
                 continue
-            run_id = record.event_log_entry.run_id
-            run = context.instance.get_run_by_id(run_id) if run_id else None
+            run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
             partition = evaluation.partition or (run.tags.get("dagster/partition") if run else None)
             alert = alerts.check_failed(
                 evaluation.asset_key,
@@ -75,11 +88,11 @@ def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefiniti
                 partition,
                 "blocking" if evaluation.blocking else evaluation.severity.value,
                 {name: value.value for name, value in evaluation.metadata.items()},
-                alerter.run_link(run_id) if run_id else None,
+                alerter.run_link(record.run_id) if record.run_id else None,
             )
             alerter.send(alert, context.log)
             sent += 1
-        context.update_cursor(str(after))
+        context.update_cursor(json.dumps(seen))
         if not sent:
             return dg.SkipReason("no failed blocking or ERROR check since the last tick")
 
@@ -167,13 +180,12 @@ def build_freshness_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition
     return freshness_alerts
 
 
-def _check_records(instance: dg.DagsterInstance, after: int | None, limit: int, ascending: bool):
-    records = instance.event_log_storage.get_event_records(  # the instance's own call is deprecated
-        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
-        limit=limit,
-        ascending=ascending,
+def _check_executions(instance: dg.DagsterInstance, key: dg.AssetCheckKey, limit: int, failed_only=False):
+    """The newest executions of a check (any event log storage: the event-records query needs a
+    run-aware cursor on the default, run-sharded SQLite storage)."""
+    return instance.event_log_storage.get_asset_check_execution_history(
+        key, limit=limit, status={AssetCheckExecutionRecordStatus.FAILED} if failed_only else None
     )
-    return list(records)
 
 
 def _is_json(text: str) -> bool:
