@@ -3,6 +3,9 @@
 import gzip
 import hashlib
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -143,3 +146,22 @@ def failed_runs(instance) -> str:
                 f"{event.dagster_event.step_failure_data.error.message}"
             )
     return "\n".join(messages)
+
+
+def dagster_materialize(*keys: str, month: str, home: Path) -> subprocess.CompletedProcess:
+    """`dagster asset materialize` of the keys for one month, as an operator runs it."""
+    home.mkdir(exist_ok=True)
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "taxi_platform.definitions",
+        ]
+        + ["--select", ",".join(keys), "--partition", month],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        timeout=600,
+    )

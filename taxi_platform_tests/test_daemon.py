@@ -20,7 +20,7 @@ from dagster._core.scheduler.instigation import TickStatus
 
 from taxi_platform.datasets import DATASETS
 from taxi_platform_tests.helpers import course_counts, failed_runs
-from taxi_platform_tests.receivers import WebhookReceiver
+from taxi_platform_tests.receivers import SmtpReceiver, WebhookReceiver
 from taxi_platform_tests.source_server import SourceServer
 from taxi_platform_tests.synthetic import FREQUENT, write_source_month
 from taxi_platform_tests.ui import BIN, DagsterServices, quiet, sensor_ticks, wait_for, write_instance
@@ -171,12 +171,12 @@ def test_a_month_launched_from_the_cli_that_fails_alerts_once_within_two_minutes
     tmp_path, postgres_url, pg_schema
 ):
     """The operator's path: a clean DAGSTER_HOME, the daemon, `dagster job launch` of a month whose
-    source answers with an HTML page; one JSON alert arrives, naming the dataset and the month."""
+    source answers with an HTML page; one JSON alert and one email arrive, naming dataset and month."""
     home, published = tmp_path / "home", tmp_path / "source"
     home.mkdir()
     write_instance(home)
     path = publish(published, "2020-10")
-    with SourceServer(published) as server, WebhookReceiver() as hook:
+    with SourceServer(published) as server, WebhookReceiver() as hook, SmtpReceiver() as mail:
         server.fail(f"/{path.relative_to(published).as_posix()}", "html")
         env = {
             **os.environ,
@@ -184,7 +184,7 @@ def test_a_month_launched_from_the_cli_that_fails_alerts_once_within_two_minutes
             "TAXI_RELEASES_URL": f"{server.url}/releases",
             "TAXI_TLC_URL": server.url,
             "TAXI_DATA_DIR": str(tmp_path / "data"),
-            "TAXI_ALERT_URLS": f"json://{hook.address}/",
+            "TAXI_ALERT_URLS": f"json://{hook.address}/, {mail.url()}",
             "TAXI_SENSOR_INTERVAL_SECONDS": "2",
         }
         env.pop("TAXI_PROFILE", None), env.pop("TAXI_SOURCE", None)
@@ -200,8 +200,8 @@ def test_a_month_launched_from_the_cli_that_fails_alerts_once_within_two_minutes
                 capture_output=True,
             )
             wait_for(
-                "the alert of the failed run",
-                lambda: run_alerts(hook),
+                "the alert of the failed run, by webhook and by email",
+                lambda: run_alerts(hook) and run_emails(mail),
                 timeout=120,
                 details=lambda: f"runs:\n{failed_runs(instance)}\ndaemon log:\n{dagster.log('daemon')}",
             )
@@ -224,8 +224,14 @@ def test_a_month_launched_from_the_cli_that_fails_alerts_once_within_two_minutes
                 timeout=60,
             )
     (message,) = run_alerts(hook)  # besides the freshness alerts of the datasets not loaded
-    assert "green" in message and "2020-10" in message and "HTML page" in message
-    assert run.run_id in message
+    (email,) = run_emails(mail)
+    for text in (message, email):
+        assert "green" in text and "2020-10" in text and "HTML page" in text and run.run_id in text
+
+
+def run_emails(mail: SmtpReceiver) -> list[str]:
+    """The subject and text of each run-failure email the SMTP server took."""
+    return [f"{m['subject']}\n{mail.text(m)}" for m in mail.messages if "run failed" in m["subject"]]
 
 
 def run_alerts(hook: WebhookReceiver) -> list[str]:

@@ -7,9 +7,6 @@ files, the Postgres and warehouse rows of the month) is exactly as it was.
 
 import gzip
 import hashlib
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import pytest
 
 from taxi_platform import cleaning
 from taxi_platform_tests.helpers import (
+    dagster_materialize,
     failure_message,
     green_trip_keys,
     gzip_csv,
@@ -68,25 +66,6 @@ def loaded(taxi_env, postgres_url, pg_schema):
 
 def served_lines(published: Path) -> list[str]:
     return gzip.decompress((published / SOURCE).read_bytes()).decode().splitlines()
-
-
-def dagster_materialize(*keys: str, month: str, home: Path) -> subprocess.CompletedProcess:
-    """`dagster asset materialize` of the keys for one month, as an operator runs it."""
-    home.mkdir(exist_ok=True)
-    return subprocess.run(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "asset",
-            "materialize",
-            "-m",
-            "taxi_platform.definitions",
-        ]
-        + ["--select", ",".join(keys), "--partition", month],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DAGSTER_HOME": str(home)},
-        timeout=600,
-    )
 
 
 @pytest.mark.slow

@@ -9,7 +9,13 @@ import pytest
 from taxi_platform.io_managers.ledger import Audited
 from taxi_platform.io_managers.postgres import PostgresIOManager, PostgresWriteError
 from taxi_platform.profiles import code_version
-from taxi_platform_tests.helpers import green_trip_keys, materializations, materialize, sha256_of
+from taxi_platform_tests.helpers import (
+    dagster_materialize,
+    green_trip_keys,
+    materializations,
+    materialize,
+    sha256_of,
+)
 from taxi_platform_tests.test_postgres import trips, write
 
 pytestmark = pytest.mark.postgres
@@ -75,3 +81,20 @@ def test_a_write_without_provenance_keeps_no_ledger(postgres_url, pg_schema):
     write(manager, "2020-03", trips("2020-03", 3))
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT to_regclass(%s)", [f'"{pg_schema}".load_audit']).fetchone() == (None,)
+
+
+@pytest.mark.slow
+def test_a_month_loaded_from_the_cli_answers_the_ledger_query(
+    taxi_env, published, postgres_url, pg_schema, tmp_path
+):
+    done = dagster_materialize(
+        *green_trip_keys(), "postgres/green_trips", month=MONTH, home=tmp_path / "home"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with psycopg.connect(postgres_url) as conn:
+        answer = conn.execute(
+            f'SELECT source_sha256, rows_loaded FROM "{pg_schema}".load_audit WHERE partition_key = %s',
+            [MONTH],
+        ).fetchall()
+        held = conn.execute(f'SELECT count(*) FROM "{pg_schema}".green_trips_2020_10').fetchone()[0]
+    assert answer == [(sha256_of(published / f"releases/green/green_tripdata_{MONTH}.csv.gz"), held)]
