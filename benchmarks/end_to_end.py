@@ -1,8 +1,9 @@
-"""End-to-end benchmark: one month from its source file to PostgreSQL, the platform's way and the course's.
+"""End-to-end benchmark: one month from its source file to PostgreSQL, every way in one run.
 
     python -m benchmarks.end_to_end [--rows 1400000] [--dataset yellow] [--month 2021-01]
-                                    [--ways platform,course] [--profile FILE.svg]
+                                    [--ways floor,course,mage-style,dlt,platform] [--profile FILE.svg]
                                     [--url postgresql://postgres@127.0.0.1:5432/postgres] [--seed S]
+                                    [--results benchmarks/results]
 
 A synthetic month (taxi_platform_tests/synthetic.py, cached) is served by a local HTTP server laid out like the
 sources (taxi_platform_tests/source_server.py). Each way then runs in its own subprocess, so its wall
@@ -16,19 +17,32 @@ time (process start and imports included) and its peak RSS (`os.wait4` rusage of
 - course: download the CSV.gz, `pd.read_csv` with the course's dtypes (nullable Int64, float64, string,
   parse_dates), keep `passenger_count > 0 & trip_distance > 0` (yellow, green), rename to snake_case,
   `to_parquet(partition_cols=["pickup_date"])`, `to_sql(chunksize=100_000)` via psycopg2.
+- floor, mage-style, dlt: see benchmarks/peers.py. dlt runs twice, with loader_file_format "parquet"
+  (PostgreSQL through ADBC) and "csv"; the faster of the two is "dlt" in the ratios.
 
-Both load the same month into the same server; row counts are checked (the platform's Postgres and
-DuckDB months hold the clean rows; the course's table holds its filtered rows). The schema is dropped at
-the end. Goals (issue 7): for a ~1.4M-row month the platform >= 15x faster than the course and its peak
-RSS <= 1 GB; a 7.5M-row month completes within 3 GB (use `--ways platform` for it).
-`main(argv)` returns the figures as a dict (the smoke test calls it with a few thousand rows).
+All load the same month into the same server; row counts are checked (the platform's Postgres and
+DuckDB months hold the clean rows; every other way's tables hold the rows it kept). The schema is
+dropped at the end. The run ends with the four lines of issue 15 (n/a for a way not run):
+
+    speedup vs course: N.Nx        (course wall / platform wall; likewise mage-style, dlt)
+    speedup vs mage-style: N.Nx
+    speedup vs dlt: N.Nx
+    time vs floor: N.Nx            (platform wall / floor wall)
+
+and writes its figures, with the machine's (cores, PostgreSQL, package versions), to
+<results>/<UTC timestamp>.json. Goals (issue 7): for a ~1.4M-row month the platform >= 15x faster than
+the course and its peak RSS <= 1 GB; a 7.5M-row month completes within 3 GB (use `--ways platform`).
+`main(argv)` returns the figures as a dict (the smoke test calls it with a small month).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import importlib.metadata
 import json
 import os
+import platform as machine
 import shutil
 import sys
 import tempfile
@@ -38,7 +52,9 @@ from pathlib import Path
 
 from psycopg import sql
 
+from benchmarks import peers
 from benchmarks.common import (
+    ROOT,
     child_env,
     default_url,
     execute,
@@ -57,10 +73,22 @@ GOAL_SPEEDUP = 15.0
 GOAL_RSS_SMALL = 1 << 30  # 1 GB for the 1.4M-row month
 GOAL_RSS_LARGE = 3 << 30  # 3 GB for the 7.5M-row month
 SMALL_MONTH_ROWS = 2_000_000  # up to this size the 1 GB goal applies, above it the 3 GB one
+WAYS = ("floor", "course", "mage-style", "dlt", "platform")
+DLT_FORMATS = ("parquet", "csv")  # dlt's loader_file_format, each a run of its own ("dlt-<format>")
+PEERS = ("course", "mage-style", "dlt")  # the ways the platform's speedup is given against
+RESULTS = ROOT / "benchmarks" / "results"
+PACKAGES = ("dagster", "pyarrow", "pandas", "duckdb", "psycopg", "pgpq", "sqlalchemy", "dlt")
+PACKAGES += ("adbc-driver-postgresql",)
+NAMES = {
+    "floor": "floor (pyarrow .. parquet, pgpq COPY, DuckDB)",
+    "course": "course (pandas read_csv .. to_parquet .. to_sql)",
+    "mage-style": "mage-style (pandas .. to_parquet, to_csv + COPY)",
+    **{f"dlt-{f}": f"dlt (pyarrow rules, dlt run, {f} loader)" for f in DLT_FORMATS},
+}
 
 
 # --------------------------------------------------------------------------------------------------
-# The two ways (each runs in its own process: `python -m benchmarks.end_to_end --worker <way> ...`)
+# The platform's and the course's ways (each runs in its own process: `python -m benchmarks.end_to_end --worker <way> ...`)
 
 
 def platform_way(spec: DatasetSpec, month: str, runner: str = "materialize") -> dict:
@@ -187,9 +215,10 @@ def course_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url:
     marks["filter_rename"] = time.perf_counter()
     df.to_parquet(Path(folder, "lake"), partition_cols=["pickup_date"])
     marks["to_parquet"] = time.perf_counter()
+    table = f"{spec.table}_course"
     engine = sqlalchemy.create_engine(sqlalchemy.make_url(url).set(drivername="postgresql+psycopg2"))
     df.drop(columns=["pickup_date"]).to_sql(
-        f"{spec.table}_course", engine, schema=schema, if_exists="replace", index=False, chunksize=100_000
+        table, engine, schema=schema, if_exists="replace", index=False, chunksize=100_000
     )
     engine.dispose()
     marks["to_sql"] = time.perf_counter()
@@ -201,19 +230,27 @@ def course_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url:
         "steps": steps,
         "raw_rows": raw_rows,
         "loaded_rows": len(df),
+        "table": table,
     }
 
 
 def _worker(argv) -> None:
     args = json.loads(argv[0])
-    spec = DATASETS[args["dataset"]]
-    if args["way"] == "platform":
-        result = platform_way(spec, args["month"], args["runner"])
+    spec, way = DATASETS[args["dataset"]], args["way"]
+    if way == "platform":
+        report_result(platform_way(spec, args["month"], args["runner"]))
+        return
+    common = (spec, args["month"], args["url"], args["schema"], args["source_url"], args["folder"])
+    if way.startswith("dlt-"):
+        result = peers.dlt_way(*common, file_format=way.removeprefix("dlt-"))
     else:
-        result = course_way(
-            spec, args["month"], args["url"], args["schema"], args["source_url"], args["folder"]
-        )
+        result = {"floor": peers.floor_way, "mage-style": peers.mage_way, "course": course_way}[way](*common)
     report_result(result)
+
+
+def way_runs(way: str) -> list[str]:
+    """The runs (subprocesses) of a way: dlt's one per loader format, every other way's one."""
+    return [f"dlt-{f}" for f in DLT_FORMATS] if way == "dlt" else [way]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,11 +268,31 @@ def _count_month(url: str, schema: str, table: str, column: str | None, month: s
     return execute(url, query, params)[0][0]
 
 
-def _duckdb_count(path: Path, table: str) -> int:
+def _duckdb_count(path: Path, table: str, schema: str = "taxi") -> int:
     import duckdb
 
     with duckdb.connect(str(path), read_only=True) as con:
-        return con.execute(f'SELECT count(*) FROM taxi."{table}"').fetchone()[0]
+        return con.execute(f'SELECT count(*) FROM "{schema}"."{table}"').fetchone()[0]
+
+
+def _check_counts(url: str, schema: str, spec: DatasetSpec, month: str, run: str, work: Path, result: dict):
+    """Count what the run loaded into PostgreSQL (and DuckDB) against the rows it reported; raise if
+    they differ."""
+    if run == "platform":
+        result["postgres_rows"] = _count_month(url, schema, spec.table, "pickup_date", month)
+        result["warehouse_rows"] = _duckdb_count(work / "data" / "warehouse.duckdb", spec.table)
+        result["raw_rows"] = result["row_counts"][f"raw/{spec.table}"]
+        result["loaded_rows"] = result["row_counts"].get(f"clean/{spec.table}")
+    else:
+        result["postgres_rows"] = _count_month(url, schema, result["table"], None, month)
+        if run.startswith("dlt-"):
+            result["warehouse_rows"] = _duckdb_count(work / "warehouse.duckdb", result["table"], schema)
+    loaded = {result["postgres_rows"], result.get("warehouse_rows", result["postgres_rows"])}
+    if not result["loaded_rows"] or loaded != {result["loaded_rows"]}:
+        raise RuntimeError(
+            f"{run}: kept {result['loaded_rows']} rows, Postgres holds {result['postgres_rows']}, "
+            f"DuckDB {result.get('warehouse_rows', '-')}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,7 +306,7 @@ def _parse(argv) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=1_400_000, help="rows of the synthetic month")
     parser.add_argument("--dataset", default="yellow", choices=sorted(DATASETS))
     parser.add_argument("--month", default="2021-01", help="YYYY-MM (2019-01..2021-07: the CSV.gz release)")
-    parser.add_argument("--ways", default="platform,course", help="comma-separated: platform, course")
+    parser.add_argument("--ways", default=",".join(WAYS), help=f"comma-separated, of: {', '.join(WAYS)}")
     parser.add_argument(
         "--runner",
         default="materialize",
@@ -264,10 +321,11 @@ def _parse(argv) -> argparse.Namespace:
         "(.svg flame graph, .txt collapsed stacks, .json speedscope)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the data folder and Postgres schema")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON results")
     args = parser.parse_args(argv)
     args.ways = [w.strip() for w in args.ways.split(",") if w.strip()]
-    if not set(args.ways) <= {"platform", "course"} or not args.ways:
-        parser.error("--ways takes platform and/or course")
+    if not set(args.ways) <= set(WAYS) or not args.ways:
+        parser.error(f"--ways takes some of: {', '.join(WAYS)}")
     return args
 
 
@@ -288,14 +346,16 @@ def main(argv=None) -> dict:
     execute(url, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     try:
         with SourceServer(source) as server:
-            for way in args.ways:
-                work = folder / way
+            for run in [run for way in args.ways for run in way_runs(way)]:
+                work = folder / run
                 work.mkdir()
                 env = (
-                    platform_env(server.url, work / "data", url, schema) if way == "platform" else child_env()
+                    platform_env(server.url, work / "data", url, schema)
+                    if run == "platform"
+                    else child_env(RUNTIME__DLTHUB_TELEMETRY="false")
                 )
                 job = {
-                    "way": way,
+                    "way": run,
                     "dataset": spec.name,
                     "month": month,
                     "runner": args.runner,
@@ -305,82 +365,106 @@ def main(argv=None) -> dict:
                     "source_url": f"{server.url}/releases/{spec.name}/{spec.file_name(month, 'csv')}",
                 }
                 command = [sys.executable, "-m", "benchmarks.end_to_end", "--worker", json.dumps(job)]
-                if way == "platform" and args.profile:
-                    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-                    kind = {".txt": "raw", ".json": "speedscope"}.get(Path(args.profile).suffix, "flamegraph")
-                    command = [
-                        py_spy,
-                        "record",
-                        "--rate",
-                        "50",
-                        "--subprocesses",
-                        "--format",
-                        kind,
-                        "-o",
-                        args.profile,
-                        "--",
-                        *command,
-                    ]
-                results[way] = result = run_child(command, env)
-                if way == "platform":
-                    result["postgres_rows"] = _count_month(url, schema, spec.table, "pickup_date", month)
-                    result["warehouse_rows"] = _duckdb_count(work / "data" / "warehouse.duckdb", spec.table)
-                    clean = result["row_counts"].get(f"clean/{spec.table}")
-                    if not clean or result["postgres_rows"] != clean or result["warehouse_rows"] != clean:
-                        raise RuntimeError(
-                            f"platform: clean {clean}, Postgres {result['postgres_rows']}, "
-                            f"DuckDB {result['warehouse_rows']} rows"
-                        )
-                    result["raw_rows"] = result["row_counts"][f"raw/{spec.table}"]
-                else:
-                    result["postgres_rows"] = _count_month(url, schema, f"{spec.table}_course", None, month)
-                    if result["postgres_rows"] != result["loaded_rows"]:
-                        raise RuntimeError(
-                            f"course: {result['postgres_rows']} rows in Postgres, "
-                            f"{result['loaded_rows']} filtered"
-                        )
+                if run == "platform" and args.profile:
+                    command = _profiled(command, args.profile)
+                results[run] = run_child(command, env)
+                _check_counts(url, schema, spec, month, run, work, results[run])
     finally:
         if not args.keep:
             execute(url, sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
             shutil.rmtree(folder, ignore_errors=True)
 
+    for r in results.values():
+        r["rows_per_second"] = r["raw_rows"] / r["seconds"]
     figures = {
         "rows": args.rows,
         "dataset": spec.name,
         "month": month,
         "seed": args.seed,
-        "server_version": server_version,
+        "machine": _machine(server_version),
         "generate_seconds": generate_seconds,
         "source_bytes": (source / "releases" / spec.name / spec.file_name(month, "csv")).stat().st_size,
         "ways": results,
+        "walls": _walls(results),
+        "floor_copy": peers.FLOOR_COPY_NOTE,
         "goals": {},
         "profiled": bool(args.profile),
         "runner": args.runner,
     }
-    for r in results.values():
-        r["rows_per_second"] = r["raw_rows"] / r["seconds"]
+    figures["ratios"] = _ratios(figures["walls"])
     rss_goal = GOAL_RSS_SMALL if args.rows <= SMALL_MONTH_ROWS else GOAL_RSS_LARGE
     if "platform" in results:
         figures["goals"][f"platform_peak_rss<={rss_goal >> 30}GB"] = (
             results["platform"]["peak_rss"] <= rss_goal
         )
-    if len(results) == 2:
-        figures["speedup"] = results["course"]["seconds"] / results["platform"]["seconds"]
-        figures["rss_ratio"] = results["course"]["peak_rss"] / results["platform"]["peak_rss"]
-        figures["goals"][f"speedup>={GOAL_SPEEDUP:g}x"] = figures["speedup"] >= GOAL_SPEEDUP
+    if figures["ratios"]["speedup vs course"] is not None:
+        figures["goals"][f"speedup>={GOAL_SPEEDUP:g}x"] = (
+            figures["ratios"]["speedup vs course"] >= GOAL_SPEEDUP
+        )
+    args.results.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    figures["result_file"] = str(args.results / f"{stamp}.json")
+    Path(figures["result_file"]).write_text(json.dumps(figures, indent=2) + "\n")
     _report(figures)
     return figures
 
 
-def _report(f: dict) -> None:
-    names = {
-        "platform": f"platform (dagster.{f['runner']}, 5 assets + checks)",
-        "course": "course (pandas read_csv .. to_parquet .. to_sql)",
+def _profiled(command: list[str], profile: str) -> list[str]:
+    """`command` recorded by py-spy into `profile` (.svg flame graph, .txt collapsed, .json speedscope)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    kind = {".txt": "raw", ".json": "speedscope"}.get(Path(profile).suffix, "flamegraph")
+    return [
+        py_spy,
+        "record",
+        "--rate",
+        "50",
+        "--subprocesses",
+        "--format",
+        kind,
+        "-o",
+        profile,
+        "--",
+        *command,
+    ]
+
+
+def _machine(server_version: str) -> dict:
+    """What the figures were measured on: cores, PostgreSQL, Python and the packages' versions."""
+    return {
+        "cores": os.cpu_count(),
+        "platform": machine.platform(),
+        "python": machine.python_version(),
+        "postgres": server_version,
+        "packages": {name: importlib.metadata.version(name) for name in PACKAGES},
     }
+
+
+def _walls(results: dict[str, dict]) -> dict[str, float]:
+    """Each way's wall time; dlt's is its faster loader format's."""
+    walls = {run: r["seconds"] for run, r in results.items() if not run.startswith("dlt-")}
+    dlt = [r["seconds"] for run, r in results.items() if run.startswith("dlt-")]
+    if dlt:
+        walls["dlt"] = min(dlt)
+    return walls
+
+
+def _ratios(walls: dict[str, float]) -> dict[str, float | None]:
+    """The four figures of issue 15 (None where a way was not run)."""
+    platform = walls.get("platform")
+    ratios = {
+        f"speedup vs {peer}": walls[peer] / platform if platform and peer in walls else None for peer in PEERS
+    }
+    ratios["time vs floor"] = platform / walls["floor"] if platform and "floor" in walls else None
+    return ratios
+
+
+def _report(f: dict) -> None:
+    names = {**NAMES, "platform": f"platform (dagster.{f['runner']}, 5 assets + checks)"}
     width = max(len(names[w]) for w in f["ways"])
     lines = [
-        f"PostgreSQL {f['server_version']}; synthetic {f['dataset']} {f['month']}: {f['rows']:,} rows "
-        f"(seed {f['seed']}; CSV.gz {f['source_bytes'] / 1e6:.1f} MB; generated/cached in {f['generate_seconds']:.1f} s)",
+        f"PostgreSQL {f['machine']['postgres']}, {f['machine']['cores']} cores; synthetic {f['dataset']} "
+        f"{f['month']}: {f['rows']:,} rows (seed {f['seed']}; CSV.gz {f['source_bytes'] / 1e6:.1f} MB; "
+        f"generated/cached in {f['generate_seconds']:.1f} s)",
         "",
         f"{'way':<{width}}  {'wall s':>8}  {'rows/s':>9}  {'peak RSS MB':>11}  {'loaded rows':>11}",
     ]
@@ -390,11 +474,6 @@ def _report(f: dict) -> None:
             f"{r['peak_rss'] / 2**20:>11,.0f}  {r['postgres_rows']:>11,}"
         )
     lines.append("")
-    if "speedup" in f:
-        lines.append(
-            f"speedup (course / platform wall): {f['speedup']:.1f}x   "
-            f"peak RSS course / platform: {f['rss_ratio']:.2f}"
-        )
     for goal, met in f["goals"].items():
         lines.append(f"goal {goal}: {'met' if met else 'MISSED'}")
     for way, r in f["ways"].items():
@@ -409,9 +488,15 @@ def _report(f: dict) -> None:
         "notes: wall = the way's whole subprocess (interpreter start and imports included); "
         "peak RSS = its ru_maxrss (os.wait4)."
     )
+    if "floor" in f["ways"]:
+        lines.append(f"  floor's PostgreSQL load: {f['floor_copy']}.")
+    if "dlt" in f["walls"]:
+        lines.append("  dlt in the ratios: its faster loader format.")
     if f.get("profiled"):
         lines.append("  profiled with py-spy: times inflated, and the platform's peak RSS is py-spy's own.")
     lines += small_run_note(f["rows"], "imports, Dagster run setup")
+    lines.append(f"figures written to {f['result_file']}")
+    lines += [f"{name}: {'n/a' if v is None else f'{v:.1f}x'}" for name, v in f["ratios"].items()]
     print("\n".join(lines), flush=True)
 
 

@@ -5,6 +5,8 @@ The timings at this size mean nothing (fixed costs dominate); what the smoke run
 benchmarks loaded, against figures computed here from the same synthetic source with pandas.
 """
 
+import json
+import os
 from datetime import datetime
 from decimal import Decimal
 
@@ -80,17 +82,66 @@ def test_synthetic_quirks_of_the_real_files():
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_end_to_end_smoke(postgres_url, bench_cache, tmp_path):
+def test_end_to_end_smoke(postgres_url, bench_cache, tmp_path, capsys):
+    """Every way on one small month: each loaded into PostgreSQL the rows pandas computes for its rules,
+    the run ends with the four ratios and writes its figures as JSON."""
+    month, rows = "2020-11", 20_000
+    figures = end_to_end.main(
+        ["--dataset", "green", "--month", month, "--rows", str(rows), "--url", postgres_url]
+        + ["--results", str(tmp_path / "results")]
+    )
+    path = source_csv(tmp_path / "expected", month, rows)
+    expected = course_counts(path, month)
+    assert expected["raw"] == rows and 0 < expected["clean"] < rows
+    ways = figures["ways"]
+    assert list(ways) == ["floor", "course", "mage-style", "dlt-parquet", "dlt-csv", "platform"]
+    assert {way: r["raw_rows"] for way, r in ways.items()} == dict.fromkeys(ways, rows)
+    assert {way: r["postgres_rows"] for way, r in ways.items()} == {
+        **dict.fromkeys(ways, expected["clean"]),
+        "course": course_loaded_rows(path),  # the course keeps pickups outside the month and duplicates
+    }
+    assert {way: r["warehouse_rows"] for way, r in ways.items() if "warehouse_rows" in r} == dict.fromkeys(
+        ["floor", "dlt-parquet", "dlt-csv", "platform"], expected["clean"]
+    )
+    assert ways["platform"]["checks_passed"] is True
+    walls = figures["walls"]
+    assert walls["dlt"] == min(ways["dlt-parquet"]["seconds"], ways["dlt-csv"]["seconds"])
+    ratios = [
+        f"speedup vs course: {walls['course'] / walls['platform']:.1f}x",
+        f"speedup vs mage-style: {walls['mage-style'] / walls['platform']:.1f}x",
+        f"speedup vs dlt: {walls['dlt'] / walls['platform']:.1f}x",
+        f"time vs floor: {walls['platform'] / walls['floor']:.1f}x",
+    ]
+    assert capsys.readouterr().out.splitlines()[-4:] == ratios
+    (written,) = (tmp_path / "results").glob("*.json")
+    result = json.loads(written.read_text())
+    assert set(result["ways"]) == set(ways)
+    assert {way: r["postgres_rows"] for way, r in result["ways"].items()} == {
+        way: r["postgres_rows"] for way, r in ways.items()
+    }
+    assert result["machine"]["cores"] == os.cpu_count()
+    assert result["machine"]["postgres"] == figures["machine"]["postgres"] != ""
+    assert set(result["machine"]["packages"]) >= {"dagster", "pyarrow", "dlt", "adbc-driver-postgresql"}
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_end_to_end_subset_says_na(postgres_url, bench_cache, tmp_path, capsys):
+    """`--ways` runs a subset; a ratio it cannot give reads n/a."""
     figures = end_to_end.main(
         ["--dataset", "green", "--month", "2020-11", "--rows", "3000", "--url", postgres_url]
+        + ["--ways", "floor,mage-style", "--results", str(tmp_path / "results")]
     )
-    path = source_csv(tmp_path / "expected", "2020-11", 3000)
-    expected = course_counts(path, "2020-11")
-    platform, course = figures["ways"]["platform"], figures["ways"]["course"]
-    assert platform["raw_rows"] == course["raw_rows"] == expected["raw"] == 3000
-    assert platform["postgres_rows"] == platform["warehouse_rows"] == expected["clean"]
-    assert platform["checks_passed"] is True
-    assert course["postgres_rows"] == course_loaded_rows(path)
+    assert list(figures["ways"]) == ["floor", "mage-style"]
+    expected = course_counts(source_csv(tmp_path / "expected", "2020-11", 3000), "2020-11")["clean"]
+    assert [r["postgres_rows"] for r in figures["ways"].values()] == [expected, expected]
+    assert capsys.readouterr().out.splitlines()[-4:] == [
+        "speedup vs course: n/a",
+        "speedup vs mage-style: n/a",
+        "speedup vs dlt: n/a",
+        "time vs floor: n/a",
+    ]
+    assert len(list((tmp_path / "results").glob("*.json"))) == 1
 
 
 @pytest.mark.postgres
