@@ -15,10 +15,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
-from taxi_platform.datasets import DATASETS, DatasetSpec
+if TYPE_CHECKING:  # taxi_platform imports dagster, which a peer's process (benchmarks/peers.py) skips
+    from taxi_platform.datasets import DatasetSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -62,6 +64,7 @@ def month_job():
     `dagster.reconstructable` rebuilds it in every step process of the multiprocess executor."""
     import dagster as dg
 
+    from taxi_platform.datasets import DATASETS
     from taxi_platform.definitions import defs
 
     spec = DATASETS[os.environ["BENCH_DATASET"]]

@@ -17,7 +17,8 @@ time (process start and imports included) and its peak RSS (`os.wait4` rusage of
 - course: download the CSV.gz, `pd.read_csv` with the course's dtypes (nullable Int64, float64, string,
   parse_dates), keep `passenger_count > 0 & trip_distance > 0` (yellow, green), rename to snake_case,
   `to_parquet(partition_cols=["pickup_date"])`, `to_sql(chunksize=100_000)` via psycopg2.
-- floor, mage-style, dlt: see benchmarks/peers.py. dlt runs twice, with loader_file_format "parquet"
+- floor, mage-style, dlt: see benchmarks/peers.py (their processes import neither Dagster nor
+  taxi_platform: the dataset's description comes with the job). dlt runs twice, with loader_file_format "parquet"
   (PostgreSQL through ADBC) and "csv"; the faster of the two is "dlt" in the ratios.
 
 All load the same month into the same server; row counts are checked (the platform's Postgres and
@@ -236,15 +237,13 @@ def course_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url:
 
 def _worker(argv) -> None:
     args = json.loads(argv[0])
-    spec, way = DATASETS[args["dataset"]], args["way"]
-    if way == "platform":
-        report_result(platform_way(spec, args["month"], args["runner"]))
-        return
-    common = (spec, args["month"], args["url"], args["schema"], args["source_url"], args["folder"])
-    if way.startswith("dlt-"):
-        result = peers.dlt_way(*common, file_format=way.removeprefix("dlt-"))
+    spec = DATASETS[args["dataset"]]
+    if args["way"] == "platform":
+        result = platform_way(spec, args["month"], args["runner"])
     else:
-        result = {"floor": peers.floor_way, "mage-style": peers.mage_way, "course": course_way}[way](*common)
+        result = course_way(
+            spec, args["month"], args["url"], args["schema"], args["source_url"], args["folder"]
+        )
     report_result(result)
 
 
@@ -364,7 +363,11 @@ def main(argv=None) -> dict:
                     "folder": str(work),
                     "source_url": f"{server.url}/releases/{spec.name}/{spec.file_name(month, 'csv')}",
                 }
-                command = [sys.executable, "-m", "benchmarks.end_to_end", "--worker", json.dumps(job)]
+                if run in ("platform", "course"):
+                    command = [sys.executable, "-m", "benchmarks.end_to_end", "--worker", json.dumps(job)]
+                else:  # a peer's process imports neither Dagster nor taxi_platform
+                    job["plan"] = peers.month_plan(spec, month, course_dtypes(spec))
+                    command = [sys.executable, "-m", "benchmarks.peers", json.dumps(job)]
                 if run == "platform" and args.profile:
                     command = _profiled(command, args.profile)
                 results[run] = run_child(command, env)

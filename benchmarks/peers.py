@@ -11,25 +11,65 @@ plain function that `end_to_end` runs in a process of its own on the same synthe
   loader_file_format (parquet: dlt loads it through ADBC; csv: COPY of its CSV files) and into DuckDB
   (parquet: DuckDB takes no csv from dlt).
 
-The rules are the platform's: the pickup inside the month; passenger_count > 0 and trip_distance > 0
+Each runs as `python -m benchmarks.peers '<job as JSON>'`, a process that imports neither Dagster nor
+taxi_platform (as a hand-written script would not): the parent describes the dataset in the job
+(`month_plan`). The rules are the platform's: the pickup inside the month; passenger_count > 0 and trip_distance > 0
 (the dataset's positive columns; blank fails); exact duplicate rows dropped (the first kept).
 """
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import shutil
+import sys
 import time
 import urllib.request
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from taxi_platform.datasets import PICKUP_DATE, DatasetSpec
+from benchmarks.common import report_result
+
+if TYPE_CHECKING:
+    from taxi_platform.datasets import DatasetSpec
 
 FLOOR_COPY_NOTE = (
     "binary COPY by pgpq, kept over ADBC adbc_ingest: 178,860 clean rows of a 200,000-row yellow month, "
     "create + load + commit, best of 3: pgpq 0.34 s, adbc_ingest 0.51 s"
 )
+
+
+def month_plan(spec: DatasetSpec, month: str, pandas_types: tuple[dict, list[str]]) -> dict:
+    """What a peer's process needs of the dataset, as JSON: its CSV file, its columns' names and types
+    (arrow schemas, and `pandas_types`: read_csv's dtype and parse_dates), its rules, its table."""
+    import pyarrow as pa
+
+    from taxi_platform.datasets import PICKUP_DATE
+
+    return {
+        "file_name": spec.file_name(month, "csv"),
+        "table": spec.table,
+        "pickup": spec.pickup,
+        "positive_columns": list(spec.positive_columns),
+        "partition_column": PICKUP_DATE,
+        "clean_names": {c.source.lower(): c.name for c in spec.columns},
+        "csv_schema": _encoded(spec.source_schema("csv")),
+        "clean_schema": _encoded(pa.schema([(c.name, c.type) for c in spec.columns])),
+        "pandas_dtypes": pandas_types[0],
+        "pandas_dates": pandas_types[1],
+    }
+
+
+def _encoded(schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def _schema(encoded: str):
+    import pyarrow as pa
+
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(encoded)))
 
 
 def download(source_url: str, folder: str, name: str) -> Path:
@@ -45,32 +85,34 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
     return start, start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
 
 
-def clean_arrow(path: Path, spec: DatasetSpec, month: str):
+def clean_arrow(path: Path, plan: dict, month: str):
     """The month's CSV.gz read by pyarrow, the rules applied by pyarrow compute, the columns renamed and
     cast to the clean names and types, pickup_date added: (raw rows, clean table)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=spec.source_schema("csv")))
+    csv_types = _schema(plan["csv_schema"])
+    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=csv_types))
     raw_rows = table.num_rows
-    by_folded = {c.source.lower(): c for c in spec.columns}
-    columns = {by_folded[n.lower()].name: n for n in table.column_names}
+    columns = {plan["clean_names"][n.lower()]: n for n in table.column_names}
     start, end = month_bounds(month)
-    pickup = table[columns[spec.pickup]]
+    pickup = table[columns[plan["pickup"]]]
     keep = pc.and_(
         pc.greater_equal(pickup, pa.scalar(start, pickup.type)), pc.less(pickup, pa.scalar(end, pickup.type))
     )
-    for name in spec.positive_columns:
+    for name in plan["positive_columns"]:
         keep = pc.and_(keep, pc.greater(table[columns[name]], 0))
     table = table.filter(keep)  # a null (blank) fails
     table = table.group_by(table.column_names, use_threads=False).aggregate([])  # exact duplicates
-    clean_types = {c.name: c.type for c in spec.columns}
-    clean = pa.table({name: table[source].cast(clean_types[name]) for name, source in columns.items()})
-    return raw_rows, clean.append_column(PICKUP_DATE, clean[spec.pickup].cast(pa.date32()))
+    clean_types = _schema(plan["clean_schema"])
+    clean = pa.table(
+        {name: table[source].cast(clean_types.field(name).type) for name, source in columns.items()}
+    )
+    return raw_rows, clean.append_column(plan["partition_column"], clean[plan["pickup"]].cast(pa.date32()))
 
 
-def floor_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url: str, folder: str) -> dict:
+def floor_way(plan: dict, month: str, url: str, schema: str, source_url: str, folder: str) -> dict:
     """The hand-written floor (see the module's docstring)."""
     import duckdb
     import pgpq
@@ -79,14 +121,14 @@ def floor_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url: 
     from psycopg import sql
 
     marks, start = {}, time.perf_counter()
-    path = download(source_url, folder, spec.file_name(month, "csv"))
+    path = download(source_url, folder, plan["file_name"])
     marks["download"] = time.perf_counter()
-    raw_rows, clean = clean_arrow(path, spec, month)
+    raw_rows, clean = clean_arrow(path, plan, month)
     marks["read_rules"] = time.perf_counter()
     lake = Path(folder, "lake")
-    pq.write_to_dataset(clean, lake, partition_cols=[PICKUP_DATE])
+    pq.write_to_dataset(clean, lake, partition_cols=[plan["partition_column"]])
     marks["to_parquet"] = time.perf_counter()
-    table_name = f"{spec.table}_floor"
+    table_name = f"{plan['table']}_floor"
     table = sql.Identifier(schema, table_name)
     encoder = pgpq.ArrowToPostgresBinaryEncoder(clean.schema)
     definitions = sql.SQL(", ").join(
@@ -103,44 +145,38 @@ def floor_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url: 
     marks["postgres"] = time.perf_counter()
     with duckdb.connect(str(Path(folder, "warehouse.duckdb"))) as con:
         con.execute(
-            f"CREATE TABLE {spec.table} AS SELECT * FROM read_parquet(?, hive_partitioning = true)",
+            f"CREATE TABLE {table_name} AS SELECT * FROM read_parquet(?, hive_partitioning = true)",
             [str(lake / "**" / "*.parquet")],
         )
-        warehouse_rows = con.execute(f"SELECT count(*) FROM {spec.table}").fetchone()[0]
+        warehouse_rows = con.execute(f"SELECT count(*) FROM {table_name}").fetchone()[0]
     marks["duckdb"] = time.perf_counter()
     return _figures(start, marks, raw_rows, clean.num_rows, table_name, warehouse_rows=warehouse_rows)
 
 
-def mage_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url: str, folder: str) -> dict:
+def mage_way(plan: dict, month: str, url: str, schema: str, source_url: str, folder: str) -> dict:
     """pandas from the CSV to parquet, then the frame to CSV in memory and COPY, as Mage's exporter."""
     import pandas as pd
     import psycopg
     import sqlalchemy
     from psycopg import sql
 
-    from benchmarks.end_to_end import course_dtypes
-
     marks, start = {}, time.perf_counter()
-    path = download(source_url, folder, spec.file_name(month, "csv"))
+    path = download(source_url, folder, plan["file_name"])
     marks["download"] = time.perf_counter()
-    dtypes, dates = course_dtypes(spec)
-    df = pd.read_csv(path, dtype=dtypes, parse_dates=dates)
+    df = pd.read_csv(path, dtype=plan["pandas_dtypes"], parse_dates=plan["pandas_dates"])
     raw_rows = len(df)
     marks["read_csv"] = time.perf_counter()
-    pickup_source = next(c.source for c in spec.columns if c.name == spec.pickup)
+    df = df.rename(columns={name: plan["clean_names"][name.lower()] for name in df.columns})
     month_start, month_end = month_bounds(month)
-    keep = (df[pickup_source] >= month_start) & (df[pickup_source] < month_end)
-    for name in spec.positive_columns:
-        source = next(c.source for c in spec.columns if c.name == name)
-        keep = keep & (df[source] > 0).fillna(False)
+    keep = (df[plan["pickup"]] >= month_start) & (df[plan["pickup"]] < month_end)
+    for name in plan["positive_columns"]:
+        keep = keep & (df[name] > 0).fillna(False)
     df = df[keep].drop_duplicates()
-    by_folded = {c.source.lower(): c.name for c in spec.columns}
-    df = df.rename(columns={name: by_folded[name.lower()] for name in df.columns})
-    df[PICKUP_DATE] = df[spec.pickup].dt.date
+    df[plan["partition_column"]] = df[plan["pickup"]].dt.date
     marks["rules"] = time.perf_counter()
-    df.to_parquet(Path(folder, "lake"), partition_cols=[PICKUP_DATE])
+    df.to_parquet(Path(folder, "lake"), partition_cols=[plan["partition_column"]])
     marks["to_parquet"] = time.perf_counter()
-    table = f"{spec.table}_mage"
+    table = f"{plan['table']}_mage"
     engine = sqlalchemy.create_engine(sqlalchemy.make_url(url).set(drivername="postgresql+psycopg"))
     df.head(0).to_sql(table, engine, schema=schema, index=False)  # the table, typed from the frame
     engine.dispose()
@@ -154,18 +190,18 @@ def mage_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url: s
 
 
 def dlt_way(
-    spec: DatasetSpec, month: str, url: str, schema: str, source_url: str, folder: str, file_format: str
+    plan: dict, month: str, url: str, schema: str, source_url: str, folder: str, file_format: str
 ) -> dict:
     """The rules in pyarrow, then dlt into PostgreSQL with loader `file_format` and into DuckDB."""
     import dlt
     from dlt.destinations.impl.postgres.configuration import PostgresCredentials
 
     marks, start = {}, time.perf_counter()
-    path = download(source_url, folder, spec.file_name(month, "csv"))
+    path = download(source_url, folder, plan["file_name"])
     marks["download"] = time.perf_counter()
-    raw_rows, clean = clean_arrow(path, spec, month)
+    raw_rows, clean = clean_arrow(path, plan, month)
     marks["read_rules"] = time.perf_counter()
-    table = f"{spec.table}_dlt_{file_format}"
+    table = f"{plan['table']}_dlt_{file_format}"
     credentials = PostgresCredentials(url)
     # dlt requires a host and a password: a socket URL names its host in the query (which libpq
     # obeys over the URL's host), and trust authentication takes no password.
@@ -203,3 +239,18 @@ def _figures(
         "table": table,
         **more,
     }
+
+
+def main(argv: list[str]) -> None:
+    """Run the way a job (JSON, from `end_to_end`) names and report its figures."""
+    job = json.loads(argv[0])
+    common = (job["plan"], job["month"], job["url"], job["schema"], job["source_url"], job["folder"])
+    if job["way"].startswith("dlt-"):
+        result = dlt_way(*common, file_format=job["way"].removeprefix("dlt-"))
+    else:
+        result = {"floor": floor_way, "mage-style": mage_way}[job["way"]](*common)
+    report_result(result)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
