@@ -13,7 +13,7 @@ from decimal import Decimal
 import pandas as pd
 import pytest
 
-from benchmarks import backfill, end_to_end, postgres_load
+from benchmarks import backfill, end_to_end, plot, postgres_load
 from taxi_platform.cleaning import clean_month
 from taxi_platform.datasets import DATASETS
 from taxi_platform.sources.reading import read_trips
@@ -126,8 +126,8 @@ def test_end_to_end_smoke(postgres_url, bench_cache, tmp_path, capsys):
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_end_to_end_subset_says_na(postgres_url, bench_cache, tmp_path, capsys):
-    """`--ways` runs a subset; a ratio it cannot give reads n/a."""
+def test_end_to_end_subset_says_na_and_plots(postgres_url, bench_cache, tmp_path, capsys):
+    """`--ways` runs a subset; a ratio it cannot give reads n/a. The plot draws each way's rows/s."""
     figures = end_to_end.main(
         ["--dataset", "green", "--month", "2020-11", "--rows", "3000", "--url", postgres_url]
         + ["--ways", "floor,mage-style", "--results", str(tmp_path / "results")]
@@ -142,6 +142,9 @@ def test_end_to_end_subset_says_na(postgres_url, bench_cache, tmp_path, capsys):
         "time vs floor: n/a",
     ]
     assert len(list((tmp_path / "results").glob("*.json"))) == 1
+    lines = plot.main(["--results", str(tmp_path / "results"), "--dataset", "green"])
+    assert lines == {way: [(3000, r["rows_per_second"])] for way, r in figures["ways"].items()}
+    assert (tmp_path / "results" / plot.PLOT_NAME).stat().st_size > 0
 
 
 @pytest.mark.postgres
