@@ -13,8 +13,9 @@ plain function that `end_to_end` runs in a process of its own on the same synthe
 
 Each runs as `python -m benchmarks.peers '<job as JSON>'`, a process that imports neither Dagster nor
 taxi_platform (as a hand-written script would not): the parent describes the dataset in the job
-(`month_plan`). The rules are the platform's: the pickup inside the month; passenger_count > 0 and trip_distance > 0
-(the dataset's positive columns; blank fails); exact duplicate rows dropped (the first kept).
+(`month_plan`). The rules are the platform's: the pickup inside the month; passenger_count > 0 and
+trip_distance > 0 (the dataset's positive columns; blank fails); exact duplicate rows dropped (the
+first kept).
 """
 
 from __future__ import annotations
