@@ -223,16 +223,7 @@ def course_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url:
     )
     engine.dispose()
     marks["to_sql"] = time.perf_counter()
-    steps, previous = {}, start
-    for name, mark in marks.items():
-        steps[name], previous = mark - previous, mark
-    return {
-        "inner_seconds": time.perf_counter() - start,
-        "steps": steps,
-        "raw_rows": raw_rows,
-        "loaded_rows": len(df),
-        "table": table,
-    }
+    return peers.way_figures(start, marks, raw_rows, len(df), table)
 
 
 def _worker(argv) -> None:

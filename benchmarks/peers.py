@@ -151,7 +151,7 @@ def floor_way(plan: dict, month: str, url: str, schema: str, source_url: str, fo
         )
         warehouse_rows = con.execute(f"SELECT count(*) FROM {table_name}").fetchone()[0]
     marks["duckdb"] = time.perf_counter()
-    return _figures(start, marks, raw_rows, clean.num_rows, table_name, warehouse_rows=warehouse_rows)
+    return way_figures(start, marks, raw_rows, clean.num_rows, table_name, warehouse_rows=warehouse_rows)
 
 
 def mage_way(plan: dict, month: str, url: str, schema: str, source_url: str, folder: str) -> dict:
@@ -187,7 +187,7 @@ def mage_way(plan: dict, month: str, url: str, schema: str, source_url: str, fol
     with psycopg.connect(url) as conn, conn.cursor().copy(statement) as copy:
         copy.write(buffer.getvalue())
     marks["to_csv_copy"] = time.perf_counter()
-    return _figures(start, marks, raw_rows, len(df), table)
+    return way_figures(start, marks, raw_rows, len(df), table)
 
 
 def dlt_way(
@@ -221,10 +221,10 @@ def dlt_way(
         )
         pipeline.run(clean, table_name=table, loader_file_format=loader_format)
         marks[name] = time.perf_counter()
-    return _figures(start, marks, raw_rows, clean.num_rows, table)
+    return way_figures(start, marks, raw_rows, clean.num_rows, table)
 
 
-def _figures(
+def way_figures(
     start: float, marks: dict[str, float], raw_rows: int, loaded_rows: int, table: str, **more
 ) -> dict:
     """A way's result: its time in-process and per step, the rows it read and loaded, and the
