@@ -29,9 +29,10 @@ def materialize_with(
     run_config: dict | None = None,
     raise_on_error: bool = True,
     resources: dict | None = None,
+    checks: tuple[dg.AssetChecksDefinition, ...] = (),
 ):
     """`materialize` on a given Dagster instance (None: an ephemeral one); `resources` override
-    the profile's."""
+    the profile's; `checks` are asset checks to run with the assets."""
     definitions = defs()
     tags = {}
     if months:
@@ -40,7 +41,7 @@ def materialize_with(
             "dagster/asset_partition_range_end": months[1],
         }
     return dg.materialize(
-        list(definitions.assets),
+        [*definitions.assets, *checks],
         selection=dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in keys)),
         resources={**definitions.resources, **(resources or {})},
         partition_key=partition,

@@ -22,9 +22,8 @@ from taxi_platform.anomalies import (
     trailing_months,
 )
 from taxi_platform.datasets import DATASETS
-from taxi_platform.definitions import defs
 from taxi_platform_tests.conftest import month_rows
-from taxi_platform_tests.helpers import green_trip_keys, gzip_csv, materializations
+from taxi_platform_tests.helpers import green_trip_keys, gzip_csv, materializations, materialize_with
 from taxi_platform_tests.synthetic import FREQUENT, write_source_month
 
 pytestmark = pytest.mark.fast
@@ -103,20 +102,12 @@ def test_figures_come_from_the_clean_metadata():
 
 def materialize_checked(instance, partition=None, months=None):
     """The green ingest with the anomaly checks, on `instance`, for a month or a range in one run."""
-    definitions = defs()
-    tags = {}
-    if months:
-        tags = {
-            "dagster/asset_partition_range_start": months[0],
-            "dagster/asset_partition_range_end": months[1],
-        }
-    return dg.materialize(
-        [*definitions.assets, build_anomaly_checks(GREEN)],
-        selection=dg.AssetSelection.assets(*(dg.AssetKey.from_user_string(k) for k in green_trip_keys())),
-        resources=definitions.resources,
-        partition_key=partition,
-        tags=tags,
-        instance=instance,
+    return materialize_with(
+        instance,
+        *green_trip_keys(),
+        partition=partition,
+        months=months,
+        checks=(build_anomaly_checks(GREEN),),
     )
 
 
