@@ -144,12 +144,16 @@ class Staging:
 
     def writer(self, published: str, schema: pa.Schema) -> tuple[str, pq.ParquetWriter]:
         """A parquet writer of the staged copy of the `published` file, and that copy's path."""
-        path = f"{self.area}/{published[len(self.root) + 1 :]}"
+        path = self.staged_path(published)
         if isinstance(self.fs, pafs.LocalFileSystem):  # a bucket has no folders to create
             self.fs.create_dir(posixpath.dirname(path), recursive=True)
         writer = pq.ParquetWriter(path, schema, filesystem=self.fs)
         self.writers.append(writer)
         return path, writer
+
+    def staged_path(self, published: str) -> str:
+        """Where the staged copy of a published path lies: the same path, inside the area."""
+        return f"{self.area}/{published[len(self.root) + 1 :]}"
 
     def __enter__(self) -> "Staging":
         return self
@@ -194,7 +198,7 @@ class Staged:
 
     def dataset(self, key: str) -> ds.Dataset:
         """The staged partition, to audit before publishing."""
-        staged_path = f"{self.staging.area}/{self.path[len(self.staging.root) + 1 :]}"
+        staged_path = self.staging.staged_path(self.path)
         if self.column:
             window = time_window(self.partitions_def, key)
             return _hive_dataset(self.fs, staged_path, key, self.column, window)
