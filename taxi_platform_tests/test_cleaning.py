@@ -126,7 +126,8 @@ def test_a_trip_key_shared_by_different_rows_keeps_both_and_still_finds_their_co
     cleaner = MonthCleaner(GREEN, OCT, NOV)
     passing = np.ones(3, dtype=bool)
     keys = np.array([5, 5, 7], dtype=np.int64)
-    first = cleaner._duplicated(keys, np.array([1, 2, 3], dtype=np.uint64), passing)
-    again = cleaner._duplicated(keys, np.array([1, 2, 4], dtype=np.uint64), passing)
+    hours = np.array([10, 10, 10])
+    first = cleaner._duplicated(keys, np.array([1, 2, 3], dtype=np.uint64), passing, hours)
+    again = cleaner._duplicated(keys, np.array([1, 2, 4], dtype=np.uint64), passing, hours)
     assert first.tolist() == [False, False, False]
     assert again.tolist() == [True, True, False]
