@@ -78,6 +78,7 @@ WAYS = ("floor", "course", "mage-style", "dlt", "platform")
 DLT_FORMATS = ("parquet", "csv")  # dlt's loader_file_format, each a run of its own ("dlt-<format>")
 PEERS = ("course", "mage-style", "dlt")  # the ways the platform's speedup is given against
 RESULTS = ROOT / "benchmarks" / "results"
+_FORM_NAMES = {"csv": "CSV.gz", "parquet": "parquet"}
 PACKAGES = ("dagster", "pyarrow", "pandas", "duckdb", "psycopg", "pgpq", "sqlalchemy", "dlt")
 PACKAGES += ("adbc-driver-postgresql",)
 NAMES = {
@@ -324,10 +325,11 @@ def main(argv=None) -> dict:
         return _worker(argv[1:])
     args = _parse(argv)
     spec, month, url = DATASETS[args.dataset], args.month, args.url
-    in_releases = spec.releases is not None and month in spec.releases
-    forms = ("csv",) if in_releases else ("csv", "parquet")
+    platform_form = "csv" if spec.releases is not None and month in spec.releases else "parquet"
+    # The peers read the CSV.gz; the platform the form its source publishes the month in.
+    forms = {platform_form} if args.ways == ["platform"] else {"csv", platform_form}
     start = time.perf_counter()
-    source = cached_source_month(spec, month, args.rows, args.seed, forms)
+    source = cached_source_month(spec, month, args.rows, args.seed, tuple(sorted(forms)))
     generate_seconds = time.perf_counter() - start
     schema = f"bench_{uuid.uuid4().hex[:10]}"
     server_version = execute(url, "SHOW server_version")[0][0]
@@ -377,7 +379,8 @@ def main(argv=None) -> dict:
         "seed": args.seed,
         "machine": _machine(server_version),
         "generate_seconds": generate_seconds,
-        "source_bytes": (source / "releases" / spec.name / spec.file_name(month, "csv")).stat().st_size,
+        "source_form": platform_form,
+        "source_bytes": _source_file(source, spec, month, platform_form).stat().st_size,
         "ways": results,
         "walls": _walls(results),
         "floor_copy": peers.FLOOR_COPY_NOTE,
@@ -401,6 +404,12 @@ def main(argv=None) -> dict:
     Path(figures["result_file"]).write_text(json.dumps(figures, indent=2) + "\n")
     _report(figures)
     return figures
+
+
+def _source_file(root: Path, spec: DatasetSpec, month: str, form: str) -> Path:
+    """The month's file as the platform reads it: the CSV.gz release, or the TLC's parquet."""
+    folder = root / "releases" / spec.name if form == "csv" else root / "trip-data"
+    return folder / spec.file_name(month, form)
 
 
 def _profiled(command: list[str], profile: str) -> list[str]:
@@ -457,7 +466,8 @@ def _report(f: dict) -> None:
     width = max(len(names[w]) for w in f["ways"])
     lines = [
         f"PostgreSQL {f['machine']['postgres']}, {f['machine']['cores']} cores; synthetic {f['dataset']} "
-        f"{f['month']}: {f['rows']:,} rows (seed {f['seed']}; CSV.gz {f['source_bytes'] / 1e6:.1f} MB; "
+        f"{f['month']}: {f['rows']:,} rows (seed {f['seed']}; platform's source "
+        f"{_FORM_NAMES[f['source_form']]} {f['source_bytes'] / 1e6:.1f} MB; "
         f"generated/cached in {f['generate_seconds']:.1f} s)",
         "",
         f"{'way':<{width}}  {'wall s':>8}  {'rows/s':>9}  {'peak RSS MB':>11}  {'loaded rows':>11}",
