@@ -178,7 +178,7 @@ def _hashes(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
             column = column.cast(pa.int64())
         missing = column.is_null().to_numpy(zero_copy_only=False)
         if pa.types.is_string(column.type):  # each distinct string hashed once: 10x faster
-            codes = pc.dictionary_encode(pc.fill_null(column, ""))
+            codes = pc.dictionary_encode(pc.fill_null(column, ""))  # pyright: ignore[reportAttributeAccessIssue]
             hashed = _hash(codes.dictionary.to_numpy(zero_copy_only=False))[codes.indices.to_numpy()]
         else:
             hashed = _hash(pc.fill_null(column, 0).to_numpy(zero_copy_only=False))
