@@ -150,10 +150,16 @@ def test_the_ui_in_a_real_browser(published, taxi_env, pg_schema, tmp_path, monk
             page.set_viewport_size({"width": 2400, "height": 6000})  # the graph draws what is in view
             page.reload()
             page.locator("[class*=AssetNode_assetName]").first.wait_for()
+            # The edges are drawn after the nodes (once in CI none was drawn yet when every node was):
+            # wait for both, then compare them exactly.
+            seen = []
+
+            def whole_graph_drawn():
+                seen[:] = [lineage_in_the_browser(page)]
+                return set(seen[0]["nodes"]) == keys and len(seen[0]["edges"]) >= len(edges) and seen[0]
+
             drawn = wait_for(
-                "every asset node drawn",
-                lambda: (d := lineage_in_the_browser(page)) and set(d["nodes"]) == keys and d,
-                timeout=30,
+                "every asset node and edge drawn", whole_graph_drawn, timeout=30, details=lambda: seen
             )
             assert sorted(drawn["nodes"]) == sorted(keys)  # each once
             assert {tuple(e) for e in drawn["edges"]} == edges, (drawn["edges"], edges)
