@@ -242,9 +242,9 @@ def _worker(argv) -> None:
     report_result(result)
 
 
-def way_runs(way: str) -> list[str]:
+def way_runs(way: str, dlt_formats: list[str]) -> list[str]:
     """The runs (subprocesses) of a way: dlt's one per loader format, every other way's one."""
-    return [f"dlt-{f}" for f in DLT_FORMATS] if way == "dlt" else [way]
+    return [f"dlt-{f}" for f in dlt_formats] if way == "dlt" else [way]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,6 +307,11 @@ def _parse(argv) -> argparse.Namespace:
         choices=["materialize", "execute_job"],
         help="how the platform's run is executed (see platform_way)",
     )
+    parser.add_argument(
+        "--dlt-formats",
+        default=",".join(DLT_FORMATS),
+        help="dlt's PostgreSQL loader formats to run (the faster counts): parquet, csv",
+    )
     parser.add_argument("--url", default=default_url(), help="PostgreSQL (default: $TAXI_TEST_POSTGRES_URL)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument(
@@ -320,6 +325,9 @@ def _parse(argv) -> argparse.Namespace:
     args.ways = [w.strip() for w in args.ways.split(",") if w.strip()]
     if not set(args.ways) <= set(WAYS) or not args.ways:
         parser.error(f"--ways takes some of: {', '.join(WAYS)}")
+    args.dlt_formats = [f.strip() for f in args.dlt_formats.split(",") if f.strip()]
+    if not set(args.dlt_formats) <= set(DLT_FORMATS) or not args.dlt_formats:
+        parser.error(f"--dlt-formats takes some of: {', '.join(DLT_FORMATS)}")
     return args
 
 
@@ -341,7 +349,7 @@ def main(argv=None) -> dict:
     execute(url, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     try:
         with SourceServer(source) as server:
-            for run in [run for way in args.ways for run in way_runs(way)]:
+            for run in [run for way in args.ways for run in way_runs(way, args.dlt_formats)]:
                 work = folder / run
                 work.mkdir()
                 env = (
