@@ -7,7 +7,7 @@
 
 A synthetic month (taxi_platform_tests/synthetic.py, cached) is served by a local HTTP server laid out like the
 sources (taxi_platform_tests/source_server.py). Each way then runs in its own subprocess, so its wall
-time (process start and imports included) and its peak RSS (`os.wait4` rusage of that child) are its own:
+time (process start and imports included) and its peak RSS (its VmHWM, see common.peak_rss) are its own:
 
 - platform: `dagster.materialize` of raw/<ds>_trips, clean/<ds>_trips, clean/<ds>_trips_rejected,
   postgres/<ds>_trips, warehouse/<ds>_trips for the month (the ingest step runs the clean asset's
@@ -503,7 +503,7 @@ def _report(f: dict) -> None:
             )
     lines.append(
         "notes: wall = the way's whole subprocess (interpreter start and imports included); "
-        "peak RSS = its ru_maxrss (os.wait4)."
+        "peak RSS = its VmHWM (and its children's), read as it ends."
     )
     if "floor" in f["ways"]:
         lines.append(f"  floor's PostgreSQL load: {f['floor_copy']}.")
