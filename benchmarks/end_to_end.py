@@ -99,7 +99,9 @@ NAMES = {
 def platform_way(spec: DatasetSpec, month: str, runner: str = "materialize") -> dict:
     """The platform's run of the month: `dagster.materialize` (which keeps every output for its result:
     streams and lazy datasets, so little memory), or with runner="execute_job" `dagster.execute_job` of
-    the same selection as a job, as a launched run or `dagster asset materialize` executes it."""
+    the same selection as a job, as a launched run or `dagster asset materialize` executes it; runner
+    "multiprocess" executes that job with the multiprocess executor (a process per step, forked from a
+    forkserver that imported the code location; the two sinks at the same time)."""
     import dagster as dg
 
     from taxi_platform.definitions import defs
@@ -117,9 +119,11 @@ def platform_way(spec: DatasetSpec, month: str, runner: str = "materialize") -> 
             instance=instance,
         )
         return _platform_figures(result, instance, sampler, start)
-    os.environ.update(BENCH_DATASET=spec.name, BENCH_EXECUTOR="in_process")
+    executor = "multiprocess" if runner == "multiprocess" else "in_process"
+    os.environ.update(BENCH_DATASET=spec.name, BENCH_EXECUTOR=executor)
+    # Step processes reach the run's instance through its storage: an ephemeral one has none.
     with (
-        dg.DagsterInstance.ephemeral() as instance,
+        dg.instance_for_test() if executor == "multiprocess" else dg.DagsterInstance.ephemeral() as instance,
         dg.execute_job(dg.reconstructable(month_job), instance, tags={"dagster/partition": month}) as result,
     ):
         return _platform_figures(result, instance, sampler, start)
@@ -304,7 +308,7 @@ def _parse(argv) -> argparse.Namespace:
     parser.add_argument(
         "--runner",
         default="materialize",
-        choices=["materialize", "execute_job"],
+        choices=["materialize", "execute_job", "multiprocess"],
         help="how the platform's run is executed (see platform_way)",
     )
     parser.add_argument(
@@ -475,7 +479,7 @@ def _ratios(walls: dict[str, float]) -> dict[str, float | None]:
 
 
 def _report(f: dict) -> None:
-    names = {**NAMES, "platform": f"platform (dagster.{f['runner']}, 5 assets + checks)"}
+    names = {**NAMES, "platform": f"platform ({f['runner']}, 5 assets + checks)"}
     width = max(len(names[w]) for w in f["ways"])
     lines = [
         f"PostgreSQL {f['machine']['postgres']}, {f['machine']['cores']} cores; synthetic {f['dataset']} "
