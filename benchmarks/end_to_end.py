@@ -14,14 +14,15 @@ time (process start and imports included) and its peak RSS (its VmHWM, see commo
   blocking checks before it publishes), with the local profile's resources from
   `taxi_platform.definitions.defs()`: TAXI_RELEASES_URL / TAXI_TLC_URL at the local server, TAXI_DATA_DIR
   a temp folder (lake + DuckDB warehouse), TAXI_POSTGRES_URL and a throwaway TAXI_POSTGRES_SCHEMA.
-- course: download the CSV.gz, `pd.read_csv` with the course's dtypes (nullable Int64, float64, string,
-  parse_dates), keep `passenger_count > 0 & trip_distance > 0` (yellow, green), rename to snake_case,
+- course: download the month's file, `pd.read_csv` with the course's dtypes (nullable Int64, float64,
+  string, parse_dates; `pd.read_parquet` for a month in the TLC's parquet), keep `passenger_count > 0 & trip_distance > 0` (yellow, green), rename to snake_case,
   `to_parquet(partition_cols=["pickup_date"])`, `to_sql(chunksize=100_000)` via psycopg2.
 - floor, mage-style, dlt: see benchmarks/peers.py (their processes import neither Dagster nor
   taxi_platform: the dataset's description comes with the job). dlt runs twice, with loader_file_format "parquet"
   (PostgreSQL through ADBC) and "csv"; the faster of the two is "dlt" in the ratios.
 
-All load the same month into the same server; row counts are checked (the platform's Postgres and
+Every way reads the file the platform reads (the CSV.gz release, or for the other months and for fhvhv
+the TLC's parquet) and loads the same month into the same server; row counts are checked (the platform's Postgres and
 DuckDB months hold the clean rows; every other way's tables hold the rows it kept). The schema is
 dropped at the end. The run ends with the four lines of issue 15 (n/a for a way not run):
 
@@ -86,8 +87,8 @@ PACKAGES = ("dagster", "pyarrow", "pandas", "duckdb", "psycopg", "pgpq", "sqlalc
 PACKAGES += ("adbc-driver-postgresql",)
 NAMES = {
     "floor": "floor (pyarrow .. parquet, pgpq COPY, DuckDB)",
-    "course": "course (pandas read_csv .. to_parquet .. to_sql)",
-    "mage-style": "mage-style (pandas .. to_parquet, to_csv + COPY)",
+    "course": "course (pandas read .. to_parquet .. to_sql)",
+    "mage-style": "mage-style (pandas read .. to_parquet, to_csv + COPY)",
     **{f"dlt-{f}": f"dlt (pyarrow rules, dlt run, {f} loader)" for f in DLT_FORMATS},
 }
 
@@ -195,8 +196,10 @@ def course_dtypes(spec: DatasetSpec) -> tuple[dict, list[str]]:
     return dtypes, dates
 
 
-def course_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url: str, folder: str) -> dict:
-    """The course's pipeline: pandas end to end."""
+def course_way(
+    spec: DatasetSpec, month: str, form: str, url: str, schema: str, source_url: str, folder: str
+) -> dict:
+    """The course's pipeline: pandas end to end (`read_parquet` for a month the TLC's parquet holds)."""
     import urllib.request
 
     import pandas as pd
@@ -204,22 +207,24 @@ def course_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url:
 
     start = time.perf_counter()
     marks = {}
-    path = Path(folder, spec.file_name(month, "csv"))
+    path = Path(folder, spec.file_name(month, form))
     with urllib.request.urlopen(source_url) as response, open(path, "wb") as out:
         shutil.copyfileobj(response, out, 1 << 20)
     marks["download"] = time.perf_counter()
-    dtypes, dates = course_dtypes(spec)
-    df = pd.read_csv(path, dtype=dtypes, parse_dates=dates)
+    if form == "csv":
+        dtypes, dates = course_dtypes(spec)
+        df = pd.read_csv(path, dtype=dtypes, parse_dates=dates)
+    else:
+        df = pd.read_parquet(path)
     raw_rows = len(df)
-    marks["read_csv"] = time.perf_counter()
+    marks[f"read_{form}"] = time.perf_counter()
+    by_folded = {c.source.lower(): c.name for c in spec.columns}
+    df = df.rename(columns={name: by_folded[name.lower()] for name in df.columns})
     if spec.positive_columns:
         keep = True
         for name in spec.positive_columns:
-            source = next(c.source for c in spec.columns if c.name == name)
-            keep = keep & (df[source] > 0)
+            keep = keep & (df[name] > 0)
         df = df[keep]
-    by_folded = {c.source.lower(): c.name for c in spec.columns}
-    df = df.rename(columns={name: by_folded[name.lower()] for name in df.columns})
     df["pickup_date"] = df[spec.pickup].dt.date
     marks["filter_rename"] = time.perf_counter()
     df.to_parquet(Path(folder, "lake"), partition_cols=["pickup_date"])
@@ -231,7 +236,7 @@ def course_way(spec: DatasetSpec, month: str, url: str, schema: str, source_url:
     )
     engine.dispose()
     marks["to_sql"] = time.perf_counter()
-    return peers.way_figures(start, marks, raw_rows, len(df), table)
+    return peers.way_figures(start, marks, raw_rows, len(df), table, columns=len(df.columns))
 
 
 def _worker(argv) -> None:
@@ -241,7 +246,7 @@ def _worker(argv) -> None:
         result = platform_way(spec, args["month"], args["runner"])
     else:
         result = course_way(
-            spec, args["month"], args["url"], args["schema"], args["source_url"], args["folder"]
+            spec, args["month"], args["form"], args["url"], args["schema"], args["source_url"], args["folder"]
         )
     report_result(result)
 
@@ -341,10 +346,10 @@ def main(argv=None) -> dict:
     args = _parse(argv)
     spec, month, url = DATASETS[args.dataset], args.month, args.url
     platform_form = "csv" if spec.releases is not None and month in spec.releases else "parquet"
-    # The peers read the CSV.gz; the platform the form its source publishes the month in.
-    forms = {platform_form} if args.ways == ["platform"] else {"csv", platform_form}
+    # Every way reads the file the platform reads: the CSV.gz release, or the TLC's parquet (whose
+    # fhvhv months have 25 columns where the CSV form has 7).
     start = time.perf_counter()
-    source = cached_source_month(spec, month, args.rows, args.seed, tuple(sorted(forms)))
+    source = cached_source_month(spec, month, args.rows, args.seed, (platform_form,))
     generate_seconds = time.perf_counter() - start
     schema = f"bench_{uuid.uuid4().hex[:10]}"
     server_version = execute(url, "SHOW server_version")[0][0]
@@ -369,12 +374,13 @@ def main(argv=None) -> dict:
                     "url": url,
                     "schema": schema,
                     "folder": str(work),
-                    "source_url": f"{server.url}/releases/{spec.name}/{spec.file_name(month, 'csv')}",
+                    "form": platform_form,
+                    "source_url": f"{server.url}/{_source_file(source, spec, month, platform_form).relative_to(source)}",
                 }
                 if run in ("platform", "course"):
                     command = [sys.executable, "-m", "benchmarks.end_to_end", "--worker", json.dumps(job)]
                 else:  # a peer's process imports neither Dagster nor taxi_platform
-                    job["plan"] = peers.month_plan(spec, month, course_dtypes(spec))
+                    job["plan"] = peers.month_plan(spec, month, platform_form, course_dtypes(spec))
                     command = [sys.executable, "-m", "benchmarks.peers", json.dumps(job)]
                 if run == "platform" and args.profile:
                     command = _profiled(command, args.profile)

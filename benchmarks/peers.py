@@ -1,11 +1,11 @@
 """The ways the platform is measured against, besides the course's (benchmarks/end_to_end.py): each a
 plain function that `end_to_end` runs in a process of its own on the same synthetic month.
 
-- floor: what a careful engineer writes by hand, no orchestration: pyarrow reads the CSV.gz, pyarrow
-  compute applies the rules, the parquet lake is written hive-partitioned by pickup_date, PostgreSQL is
+- floor: what a careful engineer writes by hand, no orchestration: pyarrow reads the month's file (the
+  form the platform reads: the CSV.gz release, or the TLC's parquet), pyarrow compute applies the rules, the parquet lake is written hive-partitioned by pickup_date, PostgreSQL is
   loaded by binary COPY (pgpq) into a table created in the same transaction, DuckDB from the parquet.
   Binary COPY through pgpq was kept over ADBC's `adbc_ingest` (FLOOR_COPY_NOTE), measured once here.
-- mage-style: pandas read_csv, the rules, to_parquet, then to_csv into a buffer and COPY, as Mage's
+- mage-style: pandas read_csv (or read_parquet), the rules, to_parquet, then to_csv into a buffer and COPY, as Mage's
   PostgreSQL exporter loads a frame.
 - dlt: the rules in pyarrow, then `dlt.pipeline(...).run(...)` into PostgreSQL with the given
   loader_file_format (parquet: dlt loads it through ADBC; csv: COPY of its CSV files) and into DuckDB
@@ -42,21 +42,23 @@ FLOOR_COPY_NOTE = (
 )
 
 
-def month_plan(spec: DatasetSpec, month: str, pandas_types: tuple[dict, list[str]]) -> dict:
-    """What a peer's process needs of the dataset, as JSON: its CSV file, its columns' names and types
-    (arrow schemas, and `pandas_types`: read_csv's dtype and parse_dates), its rules, its table."""
+def month_plan(spec: DatasetSpec, month: str, form: str, pandas_types: tuple[dict, list[str]]) -> dict:
+    """What a peer's process needs of the dataset, as JSON: the month's file in `form` (csv or parquet,
+    the form the platform reads), its columns' names and types (arrow schemas, and `pandas_types`:
+    read_csv's dtype and parse_dates), its rules, its table."""
     import pyarrow as pa
 
     from taxi_platform.datasets import PICKUP_DATE
 
     return {
-        "file_name": spec.file_name(month, "csv"),
+        "file_name": spec.file_name(month, form),
+        "form": form,
         "table": spec.table,
         "pickup": spec.pickup,
         "positive_columns": list(spec.positive_columns),
         "partition_column": PICKUP_DATE,
         "clean_names": {c.source.lower(): c.name for c in spec.columns},
-        "csv_schema": _encoded(spec.source_schema("csv")),
+        "source_schema": _encoded(spec.source_schema(form)),
         "clean_schema": _encoded(pa.schema([(c.name, c.type) for c in spec.columns])),
         "pandas_dtypes": pandas_types[0],
         "pandas_dates": pandas_types[1],
@@ -87,14 +89,18 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
 
 
 def clean_arrow(path: Path, plan: dict, month: str):
-    """The month's CSV.gz read by pyarrow, the rules applied by pyarrow compute, the columns renamed and
-    cast to the clean names and types, pickup_date added: (raw rows, clean table)."""
+    """The month's file (CSV.gz or parquet) read by pyarrow, the rules applied by pyarrow compute, the
+    columns renamed and cast to the clean names and types, pickup_date added: (raw rows, clean table)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
 
-    csv_types = _schema(plan["csv_schema"])
-    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=csv_types))
+    source_types = _schema(plan["source_schema"])
+    if plan["form"] == "csv":
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=source_types))
+    else:
+        table = pq.read_table(path)
     raw_rows = table.num_rows
     columns = {plan["clean_names"][n.lower()]: n for n in table.column_names}
     start, end = month_bounds(month)
@@ -151,12 +157,20 @@ def floor_way(plan: dict, month: str, url: str, schema: str, source_url: str, fo
         )
         warehouse_rows = con.execute(f"SELECT count(*) FROM {table_name}").fetchone()[0]
     marks["duckdb"] = time.perf_counter()
-    return way_figures(start, marks, raw_rows, clean.num_rows, table_name, warehouse_rows=warehouse_rows)
+    return way_figures(
+        start,
+        marks,
+        raw_rows,
+        clean.num_rows,
+        table_name,
+        columns=clean.num_columns,
+        warehouse_rows=warehouse_rows,
+    )
 
 
 def mage_way(plan: dict, month: str, url: str, schema: str, source_url: str, folder: str) -> dict:
-    """pandas from the CSV to parquet, then the frame to CSV in memory and COPY, as Mage's exporter."""
-    import pandas as pd
+    """pandas from the source file to parquet, then the frame to CSV in memory and COPY, as Mage's
+    exporter."""
     import psycopg
     import sqlalchemy
     from psycopg import sql
@@ -164,9 +178,9 @@ def mage_way(plan: dict, month: str, url: str, schema: str, source_url: str, fol
     marks, start = {}, time.perf_counter()
     path = download(source_url, folder, plan["file_name"])
     marks["download"] = time.perf_counter()
-    df = pd.read_csv(path, dtype=plan["pandas_dtypes"], parse_dates=plan["pandas_dates"])
+    df = read_frame(path, plan)
     raw_rows = len(df)
-    marks["read_csv"] = time.perf_counter()
+    marks[f"read_{plan['form']}"] = time.perf_counter()
     df = df.rename(columns={name: plan["clean_names"][name.lower()] for name in df.columns})
     month_start, month_end = month_bounds(month)
     keep = (df[plan["pickup"]] >= month_start) & (df[plan["pickup"]] < month_end)
@@ -187,7 +201,16 @@ def mage_way(plan: dict, month: str, url: str, schema: str, source_url: str, fol
     with psycopg.connect(url) as conn, conn.cursor().copy(statement) as copy:
         copy.write(buffer.getvalue())
     marks["to_csv_copy"] = time.perf_counter()
-    return way_figures(start, marks, raw_rows, len(df), table)
+    return way_figures(start, marks, raw_rows, len(df), table, columns=len(df.columns))
+
+
+def read_frame(path: Path, plan: dict):
+    """The month's file as a pandas frame: `read_csv` with the course's dtypes, or `read_parquet`."""
+    import pandas as pd
+
+    if plan["form"] == "csv":
+        return pd.read_csv(path, dtype=plan["pandas_dtypes"], parse_dates=plan["pandas_dates"])
+    return pd.read_parquet(path)
 
 
 def dlt_way(
@@ -221,7 +244,7 @@ def dlt_way(
         )
         pipeline.run(clean, table_name=table, loader_file_format=loader_format)
         marks[name] = time.perf_counter()
-    return way_figures(start, marks, raw_rows, clean.num_rows, table)
+    return way_figures(start, marks, raw_rows, clean.num_rows, table, columns=clean.num_columns)
 
 
 def way_figures(

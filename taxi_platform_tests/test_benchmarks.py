@@ -11,6 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import backfill, end_to_end, plot, postgres_load
@@ -122,6 +123,29 @@ def test_end_to_end_smoke(postgres_url, bench_cache, tmp_path, capsys):
     assert result["machine"]["cores"] == os.cpu_count()
     assert result["machine"]["postgres"] == figures["machine"]["postgres"] != ""
     assert set(result["machine"]["packages"]) >= {"dagster", "pyarrow", "dlt", "adbc-driver-postgresql"}
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_every_way_reads_the_form_the_platform_reads(postgres_url, bench_cache, tmp_path):
+    """fhvhv months come as the TLC's parquet (25 columns; the CSV form has 7): every way reads that
+    file, and keeps the same rows as the platform."""
+    spec = DATASETS["fhvhv"]
+    figures = end_to_end.main(
+        ["--dataset", "fhvhv", "--month", "2021-01", "--rows", "3000", "--url", postgres_url]
+        + ["--ways", "floor,mage-style,platform", "--results", str(tmp_path / "results")]
+    )
+    ways = figures["ways"]
+    assert figures["source_form"] == "parquet"
+    assert {way: r["raw_rows"] for way, r in ways.items()} == dict.fromkeys(ways, 3000)
+    assert len({r["postgres_rows"] for r in ways.values()}) == 1
+    # Every column of the file (the TLC's parquet: 24 in 2021), renamed, plus pickup_date.
+    (parquet,) = bench_cache.glob(f"fhvhv_*/trip-data/{spec.file_name('2021-01', 'parquet')}")
+    columns = len(pq.read_schema(parquet)) + 1
+    assert columns > len(spec.source_schema("csv")) + 1
+    assert {way: ways[way]["columns"] for way in ("floor", "mage-style")} == dict.fromkeys(
+        ["floor", "mage-style"], columns
+    )
 
 
 @pytest.mark.postgres
