@@ -15,15 +15,17 @@ time (process start and imports included) and its peak RSS (its VmHWM, see commo
   `taxi_platform.definitions.defs()`: TAXI_RELEASES_URL / TAXI_TLC_URL at the local server, TAXI_DATA_DIR
   a temp folder (lake + DuckDB warehouse), TAXI_POSTGRES_URL and a throwaway TAXI_POSTGRES_SCHEMA.
 - course: download the month's file, `pd.read_csv` with the course's dtypes (nullable Int64, float64,
-  string, parse_dates; `pd.read_parquet` for a month in the TLC's parquet), keep `passenger_count > 0 & trip_distance > 0` (yellow, green), rename to snake_case,
-  `to_parquet(partition_cols=["pickup_date"])`, `to_sql(chunksize=100_000)` via psycopg2.
+  string, parse_dates; `pd.read_parquet` for a month in the TLC's parquet), rename to snake_case, keep
+  `passenger_count > 0 & trip_distance > 0` (yellow, green), `to_parquet(partition_cols=["pickup_date"])`,
+  `to_sql(chunksize=100_000)` via psycopg2.
 - floor, mage-style, dlt: see benchmarks/peers.py (their processes import neither Dagster nor
   taxi_platform: the dataset's description comes with the job). dlt runs twice, with loader_file_format "parquet"
   (PostgreSQL through ADBC) and "csv"; the faster of the two is "dlt" in the ratios.
 
 Every way reads the file the platform reads (the CSV.gz release, or for the other months and for fhvhv
-the TLC's parquet) and loads the same month into the same server; row counts are checked (the platform's Postgres and
-DuckDB months hold the clean rows; every other way's tables hold the rows it kept). The schema is
+the TLC's parquet) and loads the same month into the same server; row counts are checked (the
+platform's Postgres and DuckDB months hold the clean rows; every other way's tables hold the rows it
+kept). The schema is
 dropped at the end. The run ends with the four lines of issue 15 (n/a for a way not run):
 
     speedup vs course: N.Nx        (course wall / platform wall; likewise mage-style, dlt)
@@ -32,8 +34,8 @@ dropped at the end. The run ends with the four lines of issue 15 (n/a for a way 
     time vs floor: N.Nx            (platform wall / floor wall)
 
 and writes its figures, with the machine's (cores, PostgreSQL, package versions), to
-<results>/<UTC timestamp>.json, and says which of issue 15's goals (GOAL_RATIOS, GOAL_FLOOR, the peak RSS: 1 GB
-for a month of up to 2M rows, 2 GB above) the run met.
+<results>/<UTC timestamp>.json, and says which of issue 15's goals (GOAL_RATIOS, GOAL_FLOOR, the peak
+RSS: 1 GB for a month of up to 2M rows, 2 GB above) the run met.
 `main(argv)` returns the figures as a dict (the smoke test calls it with a small month).
 """
 
@@ -351,6 +353,7 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     source = cached_source_month(spec, month, args.rows, args.seed, (platform_form,))
     generate_seconds = time.perf_counter() - start
+    source_path = _source_file(source, spec, month, platform_form).relative_to(source)
     schema = f"bench_{uuid.uuid4().hex[:10]}"
     server_version = execute(url, "SHOW server_version")[0][0]
     results: dict[str, dict] = {}
@@ -375,7 +378,7 @@ def main(argv=None) -> dict:
                     "schema": schema,
                     "folder": str(work),
                     "form": platform_form,
-                    "source_url": f"{server.url}/{_source_file(source, spec, month, platform_form).relative_to(source)}",
+                    "source_url": f"{server.url}/{source_path}",
                 }
                 if run in ("platform", "course"):
                     command = [sys.executable, "-m", "benchmarks.end_to_end", "--worker", json.dumps(job)]
@@ -401,7 +404,7 @@ def main(argv=None) -> dict:
         "machine": _machine(server_version),
         "generate_seconds": generate_seconds,
         "source_form": platform_form,
-        "source_bytes": _source_file(source, spec, month, platform_form).stat().st_size,
+        "source_bytes": (source / source_path).stat().st_size,
         "ways": results,
         "walls": _walls(results),
         "floor_copy": peers.FLOOR_COPY_NOTE,

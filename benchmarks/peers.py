@@ -2,11 +2,12 @@
 plain function that `end_to_end` runs in a process of its own on the same synthetic month.
 
 - floor: what a careful engineer writes by hand, no orchestration: pyarrow reads the month's file (the
-  form the platform reads: the CSV.gz release, or the TLC's parquet), pyarrow compute applies the rules, the parquet lake is written hive-partitioned by pickup_date, PostgreSQL is
-  loaded by binary COPY (pgpq) into a table created in the same transaction, DuckDB from the parquet.
+  form the platform reads: the CSV.gz release, or the TLC's parquet), pyarrow compute applies the rules,
+  the parquet lake is written hive-partitioned by pickup_date, PostgreSQL is loaded by binary COPY
+  (pgpq) into a table created in the same transaction, DuckDB from the parquet.
   Binary COPY through pgpq was kept over ADBC's `adbc_ingest` (FLOOR_COPY_NOTE), measured once here.
-- mage-style: pandas read_csv (or read_parquet), the rules, to_parquet, then to_csv into a buffer and COPY, as Mage's
-  PostgreSQL exporter loads a frame.
+- mage-style: pandas read_csv (or read_parquet), the rules, to_parquet, then to_csv into a buffer and
+  COPY, as Mage's PostgreSQL exporter loads a frame.
 - dlt: the rules in pyarrow, then `dlt.pipeline(...).run(...)` into PostgreSQL with the given
   loader_file_format (parquet: dlt loads it through ADBC; csv: COPY of its CSV files) and into DuckDB
   (parquet: DuckDB takes no csv from dlt).
@@ -96,9 +97,9 @@ def clean_arrow(path: Path, plan: dict, month: str):
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    source_types = _schema(plan["source_schema"])
     if plan["form"] == "csv":
-        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=source_types))
+        csv_types = _schema(plan["source_schema"])
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=csv_types))
     else:
         table = pq.read_table(path)
     raw_rows = table.num_rows
