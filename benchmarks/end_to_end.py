@@ -204,7 +204,6 @@ def course_way(
     """The course's pipeline: pandas end to end (`read_parquet` for a month the TLC's parquet holds)."""
     import urllib.request
 
-    import pandas as pd
     import sqlalchemy
 
     start = time.perf_counter()
@@ -213,11 +212,8 @@ def course_way(
     with urllib.request.urlopen(source_url) as response, open(path, "wb") as out:
         shutil.copyfileobj(response, out, 1 << 20)
     marks["download"] = time.perf_counter()
-    if form == "csv":
-        dtypes, dates = course_dtypes(spec)
-        df = pd.read_csv(path, dtype=dtypes, parse_dates=dates)
-    else:
-        df = pd.read_parquet(path)
+    dtypes, dates = course_dtypes(spec)
+    df = peers.read_frame(path, {"form": form, "pandas_dtypes": dtypes, "pandas_dates": dates})
     raw_rows = len(df)
     marks[f"read_{form}"] = time.perf_counter()
     by_folded = {c.source.lower(): c.name for c in spec.columns}
