@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import dagster as dg
 import tenacity
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 T = TypeVar("T")
 
@@ -48,6 +48,20 @@ POSTGRES_WRITE = RetrySettings(tries=5, first_wait=1.0, max_wait=30.0)
 # One process at a time holds a DuckDB file: another's write of a month lasts seconds to a minute.
 DUCKDB_LOCK = RetrySettings(tries=8, first_wait=1.0, max_wait=30.0)
 BIGQUERY_WRITE = RetrySettings(tries=5, first_wait=1.0, max_wait=30.0)
+
+
+class RunLogged(dg.ConfigurableResource):
+    """A resource that logs its retries in the run's log when it serves a run (its init context's
+    log), and in its module's logger when it is used on its own."""
+
+    _run_log: logging.Logger | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._run_log = context.log
+
+    @property
+    def log(self) -> logging.Logger:
+        return self._run_log or logging.getLogger(type(self).__module__)
 
 
 class RetriesExhausted(Exception):

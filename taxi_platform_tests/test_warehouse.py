@@ -14,6 +14,7 @@ import pytest
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.io_managers.warehouse import LAKE_TABLE, DuckDBSQL, DuckDBWarehouse
+from taxi_platform.retrying import RetrySettings
 from taxi_platform_tests.helpers import course_counts, green_trip_keys, materializations, materialize
 from taxi_platform_tests.test_lake import MONTHS, days, write
 
@@ -238,7 +239,9 @@ def test_a_table_name_that_is_not_an_identifier_is_refused(tmp_path):
 
 def test_a_file_that_is_not_a_duckdb_database_fails_at_once(tmp_path, caplog):
     (tmp_path / "w.duckdb").write_bytes(b"not a database" * 1000)
-    manager = duckdb_warehouse(tmp_path, max_tries=100, backoff_seconds=3600)  # a retry would hang
+    manager = duckdb_warehouse(
+        tmp_path, retry=RetrySettings(tries=100, first_wait=3600, max_wait=3600)
+    )  # a retry would hang
     with (
         caplog.at_level(logging.WARNING, logger="taxi_platform.io_managers.warehouse"),
         pytest.raises(duckdb.IOException, match="not a valid DuckDB database file"),

@@ -21,17 +21,15 @@ Generic: it knows asset keys, arrow schemas and partition time windows, nothing 
 - The swap waits at most `lock_timeout_seconds` for the locks it needs (a reader holding the month, say).
 - A write that meets a transient error (the connection lost or refused, a serialization failure, a
   deadlock, a lock not available in time) is tried again whole, in a new transaction (it replaces its
-  months: trying it again is safe), up to `max_tries` times with exponential backoff and jitter; each
-  retry is a warning in the run's log. Any other error fails at once, naming the table and months.
+  months: trying it again is safe), under `retry` (the one retry policy, `taxi_platform.retrying`);
+  each retry is a warning in the run's log. Any other error fails at once, naming the table and months.
   Rows given as a stream (RecordBatchReader) cannot be read twice: their write is tried once.
 - No error or log carries the URL's password: messages go through `redact`.
 """
 
 import io
-import random
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +48,7 @@ from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_me
 from taxi_platform.io_managers.arrow_data import stream
 from taxi_platform.io_managers.ledger import LEDGER_SCHEMA, LEDGER_TABLE, ledger_rows, record_failure, unwrap
 from taxi_platform.redaction import redact
+from taxi_platform.retrying import POSTGRES_WRITE, RetriesExhausted, RetrySettings, retried
 
 TABLE = "postgres/table"
 UNIQUE_KEY = "postgres/unique_key"
@@ -97,13 +96,9 @@ class PostgresIOManager(dg.ConfigurableIOManager):
     embedded_dir: str = Field(default="", description="Data folder of the embedded server.")
     db_schema: str = Field(default="taxi", description="Schema of the asset tables.")
     on_new_column: str = Field(default="add", description="Schema drift policy: add | fail.")
-    max_tries: int = Field(
-        default=5, ge=1, description="Tries of a write meeting transient errors, the first included."
+    retry: RetrySettings = Field(
+        default=POSTGRES_WRITE, description="Tries of a write meeting transient errors (see the module)."
     )
-    backoff_seconds: float = Field(
-        default=1.0, description="First wait between tries; doubles each try, with jitter."
-    )
-    max_backoff_seconds: float = Field(default=30.0, description="Longest wait between tries.")
     lock_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
@@ -154,35 +149,30 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         self, log, target: str, write: Callable[[psycopg.Connection], int], replayable: bool
     ) -> int:
         """`write` in a transaction of its own, tried again on transient errors (see the module)."""
-        backoff = self.backoff_seconds
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                with self.connect() as conn, conn.transaction():
-                    return write(conn)
-            except (psycopg.Error, PostgresUnavailable) as error:
-                failure = self._describe(error)
-                if not _transient(error):
-                    raise PostgresWriteError(f"{target}: {failure}") from error
-                if not replayable:
-                    raise PostgresWriteError(
-                        f"{target}: {failure}; not tried again: its rows came as a stream, which"
-                        " cannot be read twice"
-                    ) from error
-                if tries >= self.max_tries:
-                    raise PostgresWriteError(
-                        f"{target}: failed {tries} times (max_tries); the last: {failure}"
-                    ) from error
-                wait = min(backoff * random.uniform(0.5, 1.5), self.max_backoff_seconds)
-                log.warning(
-                    f"{target}: try {tries} of {self.max_tries} failed with {failure}; trying again"
-                    f" in {wait:.2f} s"
-                )
-                time.sleep(wait)
-                backoff = min(backoff * 2, self.max_backoff_seconds)
 
-    def _describe(self, error: Exception) -> str:
+        def once() -> int:
+            with self.connect() as conn, conn.transaction():
+                return write(conn)
+
+        try:
+            return retried(
+                once,
+                self.retry,
+                transient=lambda error: replayable and _transient(error),
+                log=log,
+                what=target,
+                where="PostgreSQL",
+                describe=self._describe,
+            )
+        except RetriesExhausted as exhausted:
+            raise PostgresWriteError(str(exhausted)) from exhausted.last
+        except (psycopg.Error, PostgresUnavailable) as error:
+            why = ""
+            if _transient(error):  # not replayable
+                why = "; not tried again: its rows came as a stream, which cannot be read twice"
+            raise PostgresWriteError(f"{target}: {self._describe(error)}{why}") from error
+
+    def _describe(self, error: BaseException) -> str:
         """The error's class and message, without the URL's secrets."""
         if isinstance(error, PostgresUnavailable):
             return str(error)
@@ -389,7 +379,7 @@ class PostgresWriteError(Exception):
     """A write that failed, named by its table and months."""
 
 
-def _transient(error: Exception) -> bool:
+def _transient(error: BaseException) -> bool:
     """Whether trying the write again, in a new transaction, may succeed."""
     if isinstance(error, PostgresUnavailable):
         return error.transient

@@ -10,9 +10,9 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
 - Replacing a partition, or a single-run backfill's range, is atomic: DuckDB deletes and inserts in
   one transaction; BigQuery loads a staging table (which expires by itself, should the run die),
   then one MERGE deletes the window's rows and inserts the staged ones.
-- DuckDB's file has one writing process at a time: a file locked by another process is tried again,
-  up to `max_tries` times with exponential backoff and jitter (a warning each time); any other error
-  fails at once.
+- DuckDB's file has one writing process at a time: a file locked by another process is tried again
+  under `retry` (the one retry policy, `taxi_platform.retrying`; a warning each time in the run's
+  log); any other error fails at once.
 - Schema drift: new columns are added; a changed type fails, naming the columns.
 - SQL in the warehouse (the marts' aggregations) goes through the `warehouse_sql` resource
   (`WarehouseSQL`: DuckDBSQL here, BigQuerySQL), which the IO manager also stores through.
@@ -22,10 +22,7 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
   (hive partitions), or a DuckDB view; the lake's files queried where they lie.
 """
 
-import logging
-import random
 import re
-import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from datetime import datetime
@@ -41,12 +38,12 @@ from pydantic import Field
 from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import as_dataset
 from taxi_platform.io_managers.ledger import LEDGER_TABLE, ledger_rows, record_failure, unwrap
+from taxi_platform.retrying import DUCKDB_LOCK, RetriesExhausted, RetrySettings, RunLogged, retried
 
 CLUSTER_BY = "warehouse/cluster_by"
 LAKE_TABLE = "warehouse/lake_table"
 DATETIME_NOTE = "New York local time, stored as DATETIME (no time zone)."
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-log = logging.getLogger(__name__)
 
 
 class Window:
@@ -59,7 +56,7 @@ class Window:
         return f"{self.column} in [{self.start}, {self.end})"
 
 
-class WarehouseSQL(dg.ConfigurableResource, ABC):
+class WarehouseSQL(RunLogged, ABC):
     """SQL in the warehouse's dataset: what the marts run, in the few spellings the dialects differ."""
 
     dataset: str = Field(default="taxi", description="Dataset (BigQuery) or schema (DuckDB).")
@@ -162,15 +159,9 @@ class DuckDBSQL(WarehouseSQL):
     """The local warehouse: an embedded DuckDB file."""
 
     path: str = Field(description="The DuckDB database file.")
-    max_tries: int = Field(
-        default=8,
-        ge=1,
-        description="Tries to open the file while another process holds its lock, the first included.",
+    retry: RetrySettings = Field(
+        default=DUCKDB_LOCK, description="Tries to open the file while another process holds its lock."
     )
-    backoff_seconds: float = Field(
-        default=1.0, description="First wait between tries; doubles each try, with jitter."
-    )
-    max_backoff_seconds: float = Field(default=30.0, description="Longest wait between tries.")
     memory_limit: str = Field(
         default="1GB", description="DuckDB's memory; beyond it, sorts spill to <path>.tmp on disk."
     )
@@ -193,49 +184,35 @@ class DuckDBSQL(WarehouseSQL):
         return {name for (name,) in rows}
 
     @contextmanager
-    def connect(self, purpose: str = ""):
+    def connect(self, purpose: str = "the warehouse"):
         """One process at a time may hold the file (the warehouse pool keeps a deployment's own runs
-        in turn): another process's lock is waited out, up to `max_tries` tries with exponential
-        backoff and jitter, then WarehouseLocked; any other error fails at once. `purpose` (a table
-        and its rows) is named in the warnings and the error."""
+        in turn): another process's lock is waited out under `retry`, then WarehouseLocked; any other
+        error fails at once. `purpose` (a table and its rows) is named in the warnings and the error."""
         import duckdb
 
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        prefix = f"{purpose}: " if purpose else ""
-        backoff, tries = self.backoff_seconds, 0
-        while True:
-            tries += 1
-            try:
-                con = duckdb.connect(self.path, config={"memory_limit": self.memory_limit})
-                break
-            except duckdb.IOException as error:
-                if "lock" not in str(error).lower():
-                    raise
-                if tries >= self.max_tries:
-                    raise WarehouseLocked(
-                        f"{prefix}the warehouse {self.path} stayed locked by another process through"
-                        f" {tries} tries (max_tries): {error}"
-                    ) from error
-                wait = min(backoff * random.uniform(0.5, 1.5), self.max_backoff_seconds)
-                log.warning(
-                    "%sthe warehouse %s is locked by another process: try %d of %d failed with %s;"
-                    " trying again in %.2f s: %s",
-                    prefix,
-                    self.path,
-                    tries,
-                    self.max_tries,
-                    type(error).__name__,
-                    wait,
-                    error,
-                )
-                time.sleep(wait)
-                backoff = min(backoff * 2, self.max_backoff_seconds)
-        if tries > 1:
-            log.info("the warehouse %s is free: connected on try %d", self.path, tries)
+        try:
+            con = retried(
+                lambda: duckdb.connect(self.path, config={"memory_limit": self.memory_limit}),
+                self.retry,
+                transient=_locked,
+                log=self.log,
+                what=purpose,
+                where=f"the warehouse {self.path}",
+            )
+        except RetriesExhausted as exhausted:
+            raise WarehouseLocked(str(exhausted)) from exhausted.last
         try:
             yield con
         finally:
             con.close()
+
+
+def _locked(error: BaseException) -> bool:
+    """What is transient for DuckDB: its file locked by another process."""
+    import duckdb
+
+    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
 
 
 def _local_parquet(data: ds.Dataset) -> str | None:

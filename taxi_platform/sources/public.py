@@ -5,7 +5,6 @@ A month comes from the public source `locate` picks, or from a file dropped into
 
 import contextlib
 import hashlib
-import logging
 import math
 import os
 import select
@@ -19,10 +18,10 @@ from typing import Any, Literal, get_args
 
 import dagster as dg
 import requests
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from taxi_platform.datasets import DatasetSpec
-from taxi_platform.retrying import SOURCE_DOWNLOAD, RetriesExhausted, RetrySettings, retried
+from taxi_platform.retrying import SOURCE_DOWNLOAD, RetriesExhausted, RetrySettings, RunLogged, retried
 from taxi_platform.sources import landing
 
 RELEASES_URL = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
@@ -105,7 +104,7 @@ class Download:
         }
 
 
-class TaxiSource(dg.ConfigurableResource):
+class TaxiSource(RunLogged):
     """The two public sources of trip files: the course's CSV.gz releases and the TLC's parquet."""
 
     releases_url: str = Field(default=RELEASES_URL, description="Base of the course's releases.")
@@ -131,12 +130,6 @@ class TaxiSource(dg.ConfigurableResource):
     gcs_endpoint: str = Field(
         default="", description="A Cloud Storage emulator's host, for landed files in a bucket."
     )
-    _log: logging.Logger = PrivateAttr(default=logging.getLogger(__name__))
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Retries are logged in the run's log when the resource serves a run."""
-        if context.log is not None:
-            self._log = context.log
 
     def locate(self, spec: DatasetSpec, month: str, landed: str | None = None) -> SourceFile:
         """The one place that decides which source serves a month: the landed file if one is given
@@ -204,7 +197,7 @@ class TaxiSource(dg.ConfigurableResource):
                 lambda: self._download_once(url, dest, label, form, deadline),
                 self.retry.model_copy(update={"budget": budget}),
                 transient=lambda error: isinstance(error, _Transient),
-                log=self._log,
+                log=self.log,
                 what=label,
                 where=url,
                 describe=str,
