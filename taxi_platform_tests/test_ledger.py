@@ -6,8 +6,8 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from taxi_platform.io_managers.ledger import Audited
 from taxi_platform.io_managers.postgres import PostgresIOManager, PostgresWriteError
+from taxi_platform.ledger import Audited
 from taxi_platform.profiles import code_version
 from taxi_platform_tests.helpers import (
     dagster_materialize,

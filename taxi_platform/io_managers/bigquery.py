@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 from dagster_gcp import BigQueryResource
 
 from taxi_platform.io_managers.arrow_data import stream
-from taxi_platform.io_managers.ledger import LEDGER_TABLE
 from taxi_platform.io_managers.warehouse import (
     WarehouseIOManager,
     WarehouseSQL,
@@ -23,6 +22,7 @@ from taxi_platform.io_managers.warehouse import (
     _check_drift,
     _checked_name,
 )
+from taxi_platform.ledger import LEDGER_TABLE
 
 if TYPE_CHECKING:
     from google.cloud.bigquery import SchemaField

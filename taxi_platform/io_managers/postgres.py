@@ -46,7 +46,7 @@ from pydantic import Field
 
 from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import stream
-from taxi_platform.io_managers.ledger import LEDGER_SCHEMA, LEDGER_TABLE, ledger_rows, record_failure, unwrap
+from taxi_platform.ledger import LEDGER_SCHEMA, LEDGER_TABLE, ledger_rows, record_failure, unwrap
 from taxi_platform.redaction import redact
 from taxi_platform.retrying import POSTGRES_WRITE, RetriesExhausted, RetrySettings, retried
 

@@ -37,7 +37,7 @@ from pydantic import Field
 
 from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import as_dataset
-from taxi_platform.io_managers.ledger import LEDGER_TABLE, ledger_rows, record_failure, unwrap
+from taxi_platform.ledger import LEDGER_TABLE, ledger_rows, record_failure, unwrap
 from taxi_platform.retrying import DUCKDB_LOCK, RetriesExhausted, RetrySettings, RunLogged, retried
 
 CLUSTER_BY = "warehouse/cluster_by"
