@@ -1,23 +1,29 @@
 """The load ledger: a row for every partition a sink published, or failed to, kept beside the data.
 
 An asset hands a sink IO manager `Audited(rows, provenance)` (one a partition, or a dict of them): the
-rows to store and what the ledger should say of where they came from. The IO manager stores the rows
-and writes the ledger rows into `LEDGER_TABLE` of the same schema or dataset, in the same transaction
-where its back end allows it (PostgreSQL, DuckDB), so a ledger row exists if and only if its data is
-visible. A write that fails adds a row with outcome "failed" and the first line of its error, in a
-transaction of its own, and leaves the published rows and their ledger row alone.
+rows to store and what the ledger should say of where they came from. Each sink is a `LedgerSink`: it
+stores the rows and appends the ledger rows to `LEDGER_TABLE` of the same schema or dataset, in the same
+transaction where its back end allows it (PostgreSQL, DuckDB), so a ledger row exists if and only if its
+data is visible. A write that fails adds a row with outcome "failed" and the first line of its error, in
+a transaction of its own, and leaves the published rows and their ledger row alone. That sequence is
+`write_audited`, the one copy every sink calls.
+
+A column added to `LEDGER_SCHEMA` reaches the tables already written by itself: each sink adds the
+columns `missing_columns` names before it appends (earlier rows read it as null).
 """
 
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 import pyarrow as pa
 
 from taxi_platform.redaction import redact
 
+T = TypeVar("T")
 LEDGER_TABLE = "load_audit"
 PUBLISHED, FAILED = "published", "failed"
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -51,6 +57,46 @@ class Audited:
 
     rows: Any
     provenance: Mapping[str, Any]
+
+
+class LedgerSink(ABC):
+    """What a sink IO manager implements for the ledger."""
+
+    @abstractmethod
+    def append_ledger(self, rows: pa.Table, within: Any = None) -> None:
+        """Append ledger rows to LEDGER_TABLE: in the transaction `within` (the data's: a connection of
+        the sink's), or in a transaction of their own when None. The table is created if missing, and
+        its `missing_columns` added first."""
+
+
+def missing_columns(existing: Iterable[str]) -> list[pa.Field]:
+    """The ledger's columns a ledger table with `existing` columns lacks, for the sink to add."""
+    have = set(existing)
+    return [field for field in LEDGER_SCHEMA if field.name not in have]
+
+
+LedgerRows = Callable[[Mapping[str | None, int | None]], pa.Table]
+
+
+def write_audited(
+    context: dg.OutputContext,
+    obj,
+    sink: LedgerSink,
+    write: Callable[[Any, LedgerRows | None], T],
+) -> T:
+    """The one sequence of an audited write. `write(rows, ledger)` stores the rows (`obj` unwrapped
+    of its `Audited`), and when `ledger` is given appends `ledger(rows loaded by partition)` in the
+    data's transaction; if it fails, the failed attempt's ledger rows are appended in a transaction of
+    their own, and its error is raised."""
+    keys: list[str | None] = list(context.asset_partition_keys) if context.has_asset_partitions else [None]
+    rows, provenance = unwrap(obj, keys)
+    if provenance is None:
+        return write(rows, None)
+    try:
+        return write(rows, lambda loaded: ledger_rows(context, provenance, loaded))
+    except Exception as error:
+        record_failure(context, provenance, error, sink)
+        raise
 
 
 def unwrap(obj, keys: list[str | None]) -> tuple[Any, dict[str | None, Mapping[str, Any]] | None]:
@@ -95,11 +141,11 @@ def ledger_rows(
     return pa.Table.from_pylist(rows, LEDGER_SCHEMA)
 
 
-def record_failure(context: dg.OutputContext, provenance, error: Exception, write, secrets=()) -> None:
-    """Write the failed attempt's ledger rows with `write(table)`; a ledger that cannot be written
-    either (the store is down) is logged, and the write's own error is the one raised."""
+def record_failure(context: dg.OutputContext, provenance, error: Exception, sink: LedgerSink) -> None:
+    """Append the failed attempt's ledger rows on their own; a ledger that cannot be written either
+    (the store is down) is logged, and the write's own error is the one raised."""
     try:
-        write(ledger_rows(context, provenance, {}, error, secrets))
+        sink.append_ledger(ledger_rows(context, provenance, {}, error))
     except Exception as failure:  # noqa: BLE001 (logged; the caller raises the write's error)
         context.log.warning(
             f"{LEDGER_TABLE}: the failed attempt could not be recorded: {type(failure).__name__}"

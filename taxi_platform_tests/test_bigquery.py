@@ -27,6 +27,7 @@ from taxi_platform.io_managers.bigquery import (
     lake_table_definition,
     new_columns,
 )
+from taxi_platform.ledger import LEDGER_SCHEMA, Audited
 from taxi_platform_tests.helpers import green_trip_keys, materializations, sha256_of
 from taxi_platform_tests.test_lake import MONTHS
 from taxi_platform_tests.test_warehouse import clean_counts, release
@@ -472,3 +473,28 @@ def test_the_staging_table_expires_by_itself_from_its_creation(small, monkeypatc
     assert requests[deleted][1] == f"{tables}/{staging}"
     assert small.sql.tables() == {"trips"}
     assert by_n(load(small, "2020-03")) == trips(date(2020, 3, 1), date(2020, 3, 2)).to_pydict()
+
+
+@pytest.mark.emulators
+def test_a_ledger_table_of_an_earlier_version_gains_the_new_columns(small, bigquery_emulator, dataset):
+    """A ledger table made before `code_version` was one of its columns: the next audited write adds
+    the column, and the earlier row reads it as null."""
+    client = bigquery.Client(project=bigquery_emulator)
+    client.create_dataset(f"{bigquery_emulator}.{dataset}", exists_ok=True)
+    earlier = [field for field in LEDGER_SCHEMA if field.name != "code_version"]
+    table_id = f"{bigquery_emulator}.{dataset}.load_audit"
+    client.create_table(bigquery.Table(table_id, schema=as_written(pa.schema(earlier))))
+    client.query(
+        f"INSERT INTO `{table_id}` (asset_key, outcome) VALUES ('warehouse/earlier', 'published')"
+    ).result()
+    store(small, Audited(trips(date(2020, 3, 1), date(2020, 3, 2)), {"code_version": "0.1.0+abc"}), "2020-03")
+    answer = client.query(
+        f"SELECT asset_key, code_version, rows_loaded FROM `{table_id}` ORDER BY 1"
+    ).result()
+    assert [tuple(row.values()) for row in answer] == [
+        ("warehouse/earlier", None, None),
+        ("warehouse/trips", "0.1.0+abc", 2),
+    ]
+    # The columns as the table's data has them (the emulator's metadata does not follow ALTER TABLE).
+    stored = small.sql.execute(f"SELECT * FROM `{table_id}` LIMIT 0").schema
+    assert stored.names == [field.name for field in earlier] + ["code_version"]

@@ -14,6 +14,7 @@ import pytest
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.io_managers.warehouse import LAKE_TABLE, DuckDBSQL, DuckDBWarehouse
+from taxi_platform.ledger import LEDGER_SCHEMA, Audited
 from taxi_platform.retrying import RetrySettings
 from taxi_platform_tests.helpers import course_counts, green_trip_keys, materializations, materialize
 from taxi_platform_tests.test_lake import MONTHS, days, write
@@ -248,3 +249,27 @@ def test_a_file_that_is_not_a_duckdb_database_fails_at_once(tmp_path, caplog):
     ):
         store(manager, days(date(2020, 3, 1)), "2020-03")
     assert caplog.records == []  # not tried again
+
+
+def test_a_ledger_table_of_an_earlier_version_gains_the_new_columns(tmp_path):
+    """A ledger table made before `code_version` was one of its columns: the next audited write adds
+    the column, and the earlier row reads it as null."""
+    earlier = pa.Table.from_pylist(
+        [{"asset_key": "warehouse/earlier", "outcome": "published"}],
+        pa.schema([field for field in LEDGER_SCHEMA if field.name != "code_version"]),
+    )
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        con.execute("CREATE SCHEMA taxi")
+        con.execute("CREATE TABLE taxi.load_audit AS SELECT * FROM earlier")
+    manager = duckdb_warehouse(tmp_path)
+    store(
+        manager, Audited(days(date(2020, 3, 1), date(2020, 3, 2)), {"code_version": "0.1.0+abc"}), "2020-03"
+    )
+    assert rows(manager, "SELECT asset_key, code_version, rows_loaded FROM taxi.load_audit ORDER BY 1") == [
+        ("warehouse/earlier", None, None),
+        ("warehouse/trips", "0.1.0+abc", 2),
+    ]
+    assert [name for (name,) in rows(manager, "SELECT column_name FROM (DESCRIBE taxi.load_audit)")] == [
+        *earlier.column_names,
+        "code_version",
+    ]

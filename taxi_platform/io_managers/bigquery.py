@@ -19,10 +19,10 @@ from taxi_platform.io_managers.warehouse import (
     WarehouseIOManager,
     WarehouseSQL,
     Window,
-    _check_drift,
-    _checked_name,
+    check_drift,
+    checked_name,
 )
-from taxi_platform.ledger import LEDGER_TABLE
+from taxi_platform.ledger import LEDGER_TABLE, missing_columns
 
 if TYPE_CHECKING:
     from google.cloud.bigquery import SchemaField
@@ -42,10 +42,10 @@ class BigQuerySQL(WarehouseSQL):
     int_type: ClassVar[str] = "INT64"
 
     def table_id(self, name: str) -> str:
-        return f"{self.bigquery.project}.{_checked_name(self.dataset)}.{name}"
+        return f"{self.bigquery.project}.{checked_name(self.dataset)}.{name}"
 
     def ref(self, name: str) -> str:
-        return f"`{self.table_id(_checked_name(name))}`"
+        return f"`{self.table_id(checked_name(name))}`"
 
     def seconds_between(self, start: str, end: str) -> str:
         return f"DATETIME_DIFF({end}, {start}, SECOND)"
@@ -82,9 +82,7 @@ class BigQueryWarehouse(WarehouseIOManager):
             for f in data.schema
         ]
         with sql.bigquery.get_client() as client:
-            dataset = bigquery.Dataset(f"{sql.bigquery.project}.{sql.dataset}")
-            dataset.location = sql.bigquery.location
-            client.create_dataset(dataset, exists_ok=True)
+            self._ensure_dataset(client)
             target = self._ensure_table(client, name, schema, window, cluster_by)
             staging_id = sql.table_id(f"{STAGING_PREFIX}{name}_{uuid.uuid4().hex[:12]}")
             try:
@@ -106,7 +104,7 @@ class BigQueryWarehouse(WarehouseIOManager):
                 client.delete_table(staging_id, not_found_ok=True)
             stored = client.get_table(target)
         if ledger is not None:  # BigQuery has no transaction spanning the MERGE and this load
-            self._append_ledger(ledger)
+            self.append_ledger(ledger)
         project = sql.bigquery.project
         url = (
             f"https://console.cloud.google.com/bigquery?project={project}"
@@ -150,18 +148,38 @@ class BigQueryWarehouse(WarehouseIOManager):
             ).result()
         return table_id
 
-    def _append_ledger(self, rows: pa.Table) -> None:
+    def append_ledger(self, rows: pa.Table, within=None) -> None:
+        """Loaded on its own (BigQuery has no transaction to join): `within` is never given. The table
+        is created, or given its missing columns (at its end), first; the rows go in its column order."""
+        from google.api_core.exceptions import NotFound
         from google.cloud import bigquery
 
-        config = bigquery.LoadJobConfig(
-            source_format=bigquery.SourceFormat.PARQUET,
-            schema=[bigquery.SchemaField(f.name, _bq_type(f.type)) for f in rows.schema],
-            write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
-        )
+        table_id = self.sql.table_id(LEDGER_TABLE)
         with self.sql.bigquery.get_client() as client, tempfile.TemporaryFile() as file:
+            self._ensure_dataset(client)
+            try:
+                existing = [field.name for field in client.get_table(table_id).schema]
+            except NotFound:
+                existing = []
+            wanted = [bigquery.SchemaField(f.name, _bq_type(f.type)) for f in rows.schema]
+            self._ensure_table(client, LEDGER_TABLE, wanted, None, [])
+            if existing:
+                rows = rows.select(existing + [field.name for field in missing_columns(existing)])
+            config = bigquery.LoadJobConfig(
+                source_format=bigquery.SourceFormat.PARQUET,
+                schema=[bigquery.SchemaField(f.name, _bq_type(f.type)) for f in rows.schema],
+                write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+            )
             pq.write_table(rows, file)
             file.seek(0)
-            client.load_table_from_file(file, self.sql.table_id(LEDGER_TABLE), job_config=config).result()
+            client.load_table_from_file(file, table_id, job_config=config).result()
+
+    def _ensure_dataset(self, client) -> None:
+        from google.cloud import bigquery
+
+        dataset = bigquery.Dataset(f"{self.sql.bigquery.project}.{self.sql.dataset}")
+        dataset.location = self.sql.bigquery.location
+        client.create_dataset(dataset, exists_ok=True)
 
     def _load(self, client, staging_id: str, data: ds.Dataset, schema) -> None:
         from google.cloud import bigquery
@@ -224,7 +242,7 @@ def new_columns(
 ) -> list["SchemaField"]:
     """The wanted fields the table lacks; a ValueError naming the columns whose type changed. Legacy
     and standard names of a type are the same type (INTEGER is INT64, FLOAT FLOAT64, BOOLEAN BOOL)."""
-    _check_drift(
+    check_drift(
         table_id,
         {f.name: standard_type(f.field_type) for f in existing},
         {f.name: standard_type(f.field_type) for f in wanted},

@@ -46,7 +46,14 @@ from pydantic import Field
 
 from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import stream
-from taxi_platform.ledger import LEDGER_SCHEMA, LEDGER_TABLE, ledger_rows, record_failure, unwrap
+from taxi_platform.ledger import (
+    LEDGER_SCHEMA,
+    LEDGER_TABLE,
+    LedgerRows,
+    LedgerSink,
+    missing_columns,
+    write_audited,
+)
 from taxi_platform.redaction import redact
 from taxi_platform.retrying import POSTGRES_WRITE, RetriesExhausted, RetrySettings, retried
 
@@ -89,7 +96,7 @@ def pg_type(arrow_type: pa.DataType) -> LiteralString:
     raise TypeError(f"no PostgreSQL type for arrow type {arrow_type}")
 
 
-class PostgresIOManager(dg.ConfigurableIOManager):
+class PostgresIOManager(dg.ConfigurableIOManager, LedgerSink):
     """Stores pyarrow Tables in PostgreSQL, partition-exact and atomic."""
 
     url: str = Field(default="", description="postgresql:// URL; empty: the embedded server.")
@@ -110,40 +117,46 @@ class PostgresIOManager(dg.ConfigurableIOManager):
         meta = context.definition_metadata
         name = self.table_name(context.asset_key, meta)
         target = f"{self.db_schema}.{name}"
-        keys: list[str | None] = (
-            list(context.asset_partition_keys) if context.has_asset_partitions else [None]
-        )
         if context.has_asset_partitions:
+            keys = list(context.asset_partition_keys)
             target += f" {keys[0]}" if len(keys) == 1 else f" {keys[0]}..{keys[-1]}"
-        obj, provenance = unwrap(obj, keys)
 
-        def write(conn: psycopg.Connection) -> int:
-            loaded: dict[str | None, int] = {}
-            if context.has_asset_partitions:
-                self._replace_partitions(conn, context, name, obj, loaded)
-            else:
-                loaded[None] = self._replace_table(conn, name, meta.get(UNIQUE_KEY), stream(obj))
-            if provenance is not None:  # in the same transaction: a ledger row iff its data is visible
-                self._write_ledger(conn, ledger_rows(context, provenance, loaded))
-            return sum(loaded.values())
+        def write(rows, ledger: LedgerRows | None) -> int:
+            def in_transaction(conn: psycopg.Connection) -> int:
+                loaded: dict[str | None, int] = {}
+                if context.has_asset_partitions:
+                    self._replace_partitions(conn, context, name, rows, loaded)
+                else:
+                    loaded[None] = self._replace_table(conn, name, meta.get(UNIQUE_KEY), stream(rows))
+                if ledger is not None:  # in the same transaction: a ledger row iff its data is visible
+                    self.append_ledger(ledger(loaded), within=conn)
+                return sum(loaded.values())
 
-        try:
-            written = self._write_with_retries(context.log, target, write, replayable=_replayable(obj))
-        except Exception as error:
-            if provenance is not None:
-                record_failure(context, provenance, error, self._write_ledger_alone)
-            raise
+            return self._write_with_retries(context.log, target, in_transaction, replayable=_replayable(rows))
+
+        written = write_audited(context, obj, self, write)
         context.add_output_metadata(
             {"dagster/table_name": f"{self.db_schema}.{name}", "rows_written": written}
         )
 
-    def _write_ledger(self, conn: psycopg.Connection, rows: pa.Table) -> None:
-        self._ensure_table(conn, LEDGER_TABLE, LEDGER_SCHEMA, None)
-        copy_rows(conn, sql.Identifier(self.db_schema, LEDGER_TABLE), rows.to_reader())
-
-    def _write_ledger_alone(self, rows: pa.Table) -> None:
-        with self.connect() as conn, conn.transaction():
-            self._write_ledger(conn, rows)
+    def append_ledger(self, rows: pa.Table, within: psycopg.Connection | None = None) -> None:
+        if within is None:
+            with self.connect() as conn, conn.transaction():
+                self.append_ledger(rows, conn)
+            return
+        existing = self._columns(within, LEDGER_TABLE)
+        if not existing:
+            self._ensure_table(within, LEDGER_TABLE, LEDGER_SCHEMA, None)
+        # Columns the ledger gained since the table was made, whatever the data's drift policy.
+        for field in missing_columns(existing) if existing else []:
+            within.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                    sql.Identifier(self.db_schema, LEDGER_TABLE),
+                    sql.Identifier(field.name),
+                    sql.SQL(pg_type(field.type)),
+                )
+            )
+        copy_rows(within, sql.Identifier(self.db_schema, LEDGER_TABLE), rows.to_reader())
 
     def _write_with_retries(
         self, log, target: str, write: Callable[[psycopg.Connection], int], replayable: bool

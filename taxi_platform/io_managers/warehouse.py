@@ -37,7 +37,7 @@ from pydantic import Field
 
 from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import as_dataset
-from taxi_platform.ledger import LEDGER_TABLE, ledger_rows, record_failure, unwrap
+from taxi_platform.ledger import LEDGER_TABLE, LedgerRows, LedgerSink, missing_columns, write_audited
 from taxi_platform.retrying import DUCKDB_LOCK, RetriesExhausted, RetrySettings, RunLogged, retried
 
 CLUSTER_BY = "warehouse/cluster_by"
@@ -83,7 +83,7 @@ class WarehouseSQL(RunLogged, ABC):
         """The names of the tables in the dataset."""
 
 
-class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
+class WarehouseIOManager(dg.ConfigurableIOManager, LedgerSink):
     """The contract both back ends keep; subclasses implement `_replace`, `_read` and
     `_create_lake_table` through their `sql` resource."""
 
@@ -95,29 +95,24 @@ class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
         """The SQL resource the IO manager stores through."""
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
-        keys: list[str | None] = (
-            list(context.asset_partition_keys) if context.has_asset_partitions else [None]
-        )
-        obj, provenance = unwrap(obj, keys)
-        ledger = None
-        if provenance is not None:
-            parts = obj if isinstance(obj, dict) else {keys[0]: obj}
-            loaded = {key: as_dataset(rows).count_rows() for key, rows in parts.items()}
-            ledger = ledger_rows(context, provenance, loaded)
-        data = as_dataset(obj)
         meta = context.definition_metadata
-        name = _checked_name(context.asset_key.path[-1])
+        name = checked_name(context.asset_key.path[-1])
         window = None
         if context.has_asset_partitions:
             span = context.asset_partitions_time_window
             window = Window(meta[PARTITION_COLUMN], span.start, span.end)
-        descriptions = _descriptions(data.schema, meta)
-        try:
-            stored = self._replace(name, data, window, list(meta.get(CLUSTER_BY) or []), descriptions, ledger)
-        except Exception as error:
-            if provenance is not None:
-                record_failure(context, provenance, error, self._append_ledger)
-            raise
+
+        def write(rows, ledger: LedgerRows | None) -> tuple[ds.Dataset, dict]:
+            data = as_dataset(rows)
+            ledger_table = None
+            if ledger is not None:
+                parts = rows if isinstance(rows, dict) else {context.partition_key if window else None: rows}
+                ledger_table = ledger({key: as_dataset(part).count_rows() for key, part in parts.items()})
+            cluster_by = list(meta.get(CLUSTER_BY) or [])
+            descriptions = _descriptions(data.schema, meta)
+            return data, self._replace(name, data, window, cluster_by, descriptions, ledger_table)
+
+        data, stored = write_audited(context, obj, self, write)
         if meta.get(LAKE_TABLE) and self.lake_root:
             prefix = f"{self.lake_root.rstrip('/')}/{meta[LAKE_TABLE]}"
             self._create_lake_table(f"{name}_lake", prefix, window.column if window else None)
@@ -128,7 +123,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
 
     def load_input(self, context: dg.InputContext):
         meta = upstream_metadata(context)
-        name = _checked_name(context.asset_key.path[-1])
+        name = checked_name(context.asset_key.path[-1])
         if not context.has_asset_partitions:
             return self._read(name, None)
         tables = {}
@@ -140,11 +135,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
     @abstractmethod
     def _replace(self, name, data: ds.Dataset, window, cluster_by, descriptions, ledger) -> dict:
         """Replace the window's rows (all rows if None) by `data`, and append the `ledger` rows (if
-        any) to LEDGER_TABLE; metadata about the table."""
-
-    @abstractmethod
-    def _append_ledger(self, rows: pa.Table) -> None:
-        """Append rows to LEDGER_TABLE on their own (a failed attempt's)."""
+        any) with `append_ledger`; metadata about the table."""
 
     @abstractmethod
     def _read(self, name: str, window: Window | None) -> pa.Table:
@@ -167,7 +158,7 @@ class DuckDBSQL(WarehouseSQL):
     )
 
     def ref(self, name: str) -> str:
-        return f"{_quote(self.dataset)}.{_quote(_checked_name(name))}"
+        return f"{_quote(self.dataset)}.{_quote(checked_name(name))}"
 
     def seconds_between(self, start: str, end: str) -> str:
         return f"date_diff('second', {start}, {end})"
@@ -272,7 +263,7 @@ class DuckDBWarehouse(WarehouseIOManager):
                 ).fetchall()
             )
             wanted = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE incoming)").fetchall())
-            _check_drift(self.sql.table_id(name), existing, wanted)
+            check_drift(self.sql.table_id(name), existing, wanted)
             for column in wanted.keys() - existing.keys():
                 con.execute(f"ALTER TABLE {target} ADD COLUMN {_quote(column)} {wanted[column]}")
             if window:
@@ -287,20 +278,29 @@ class DuckDBWarehouse(WarehouseIOManager):
             for column, text in descriptions.items():
                 con.execute(f"COMMENT ON COLUMN {target}.{_quote(column)} IS {_literal(text)}")
             if ledger is not None:  # in the same transaction: a ledger row iff its data is visible
-                self._insert_ledger(con, ledger)
+                self.append_ledger(ledger, within=con)
             con.commit()
         return {"warehouse_path": dg.MetadataValue.path(self.sql.path)}
 
-    def _append_ledger(self, rows: pa.Table) -> None:
-        with self.sql.connect(self.sql.table_id(LEDGER_TABLE)) as con:
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.sql.dataset)}")
-            self._insert_ledger(con, rows)
-
-    def _insert_ledger(self, con, rows: pa.Table) -> None:
+    def append_ledger(self, rows: pa.Table, within=None) -> None:
+        if within is None:  # DuckDB commits each statement of its own; these two go together
+            with self.sql.connect(self.sql.table_id(LEDGER_TABLE)) as con:
+                con.begin()
+                self.append_ledger(rows, con)
+                con.commit()
+            return
         ledger = self.sql.ref(LEDGER_TABLE)
-        con.register("ledger_rows", rows)
-        con.execute(f"CREATE TABLE IF NOT EXISTS {ledger} AS SELECT * FROM ledger_rows LIMIT 0")
-        con.execute(f"INSERT INTO {ledger} BY NAME SELECT * FROM ledger_rows")
+        within.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.sql.dataset)}")
+        within.register("ledger_rows", rows)
+        within.execute(f"CREATE TABLE IF NOT EXISTS {ledger} AS SELECT * FROM ledger_rows LIMIT 0")
+        existing = within.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            [self.sql.dataset, LEDGER_TABLE],
+        ).fetchall()
+        types = dict(within.execute("SELECT column_name, column_type FROM (DESCRIBE ledger_rows)").fetchall())
+        for field in missing_columns(name for (name,) in existing):
+            within.execute(f"ALTER TABLE {ledger} ADD COLUMN {_quote(field.name)} {types[field.name]}")
+        within.execute(f"INSERT INTO {ledger} BY NAME SELECT * FROM ledger_rows")
 
     def _read(self, name: str, window: Window | None) -> pa.Table:
         target = self.sql.ref(name)
@@ -333,13 +333,15 @@ def _descriptions(schema: pa.Schema, meta) -> dict[str, str]:
     return texts
 
 
-def _check_drift(table_id: str, existing: dict, wanted: dict) -> None:
+def check_drift(table_id: str, existing: dict, wanted: dict) -> None:
+    """A ValueError naming the columns whose type the data changed."""
     changed = {n: (existing[n], t) for n, t in wanted.items() if n in existing and existing[n] != t}
     if changed:
         raise ValueError(f"{table_id}: column types changed (table, data): {changed}")
 
 
-def _checked_name(name: str) -> str:
+def checked_name(name: str) -> str:
+    """`name`, if it is a plain identifier: table names are written into SQL."""
     if not _NAME.match(name):
         raise ValueError(f"{name!r} is not a valid warehouse table name")
     return name
