@@ -193,7 +193,7 @@ def test_the_table_is_partitioned_clustered_and_typed(taxi_env, published, bigqu
     fields = {f.name: f for f in table.schema}
     assert fields["lpep_pickup_datetime"].field_type == "DATETIME"
     assert fields["lpep_pickup_datetime"].description.endswith(
-        "New York local time, stored as DATETIME (no time zone)."
+        "America/New_York local time, stored as DATETIME (no time zone)."
     )
     assert fields["pickup_date"].field_type == "DATE"
     # The emulator answers the names it was sent (real BigQuery would answer INTEGER: see above).

@@ -84,7 +84,7 @@ def test_the_table_types_and_describes_its_columns(taxi_env, published):
         )
     )
     assert comments["lpep_pickup_datetime"].endswith(
-        "New York local time, stored as DATETIME (no time zone)."
+        "America/New_York local time, stored as DATETIME (no time zone)."
     )
     assert "hash of every trip column" in comments["trip_key"]
     expected = clean_counts(published, "2020-10")["2020-10"]

@@ -5,8 +5,9 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
 - Definition metadata `PARTITION_COLUMN` (a DATE column) makes the table partitioned by it
   (BigQuery: a native day-partitioned table); `warehouse/cluster_by` lists clustering columns
   (BigQuery: clustering; DuckDB: rows are inserted in that order, which DuckDB's zone maps use).
-- Column names are kept as they are. Naive timestamps (New York local time in the TLC data) are
-  stored as DATETIME (DuckDB: TIMESTAMP without time zone), and their column description says so.
+- Column names are kept as they are. Naive timestamps are stored as DATETIME (DuckDB: TIMESTAMP
+  without time zone), and their column description says so, with the zone of definition metadata
+  `TIME_ZONE` when the asset names one.
 - Replacing a partition, or a single-run backfill's range, is atomic: DuckDB deletes and inserts in
   one transaction; BigQuery loads a staging table (which expires by itself, should the run die),
   then one MERGE deletes the window's rows and inserts the staged ones.
@@ -35,14 +36,14 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from pydantic import Field
 
-from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
+from taxi_platform.io_managers import PARTITION_COLUMN, TIME_ZONE, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import as_dataset
 from taxi_platform.ledger import LEDGER_TABLE, LedgerRows, LedgerSink, missing_columns, write_audited
 from taxi_platform.retrying import DUCKDB_LOCK, RetriesExhausted, RetrySettings, RunLogged, retried
 
 CLUSTER_BY = "warehouse/cluster_by"
 LAKE_TABLE = "warehouse/lake_table"
-DATETIME_NOTE = "New York local time, stored as DATETIME (no time zone)."
+DATETIME_NOTE = "stored as DATETIME (no time zone)."
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -323,13 +324,19 @@ class DuckDBWarehouse(WarehouseIOManager):
 
 
 def _descriptions(schema: pa.Schema, meta) -> dict[str, str]:
-    """Column descriptions from the asset's column schema; naive timestamps say they are DATETIME."""
+    """Column descriptions from the asset's column schema; naive timestamps say they are DATETIME, and
+    local time of the asset's TIME_ZONE if it names one."""
     described = meta.get("dagster/column_schema")
     described = getattr(described, "schema", described)  # a TableSchemaMetadataValue or a TableSchema
     texts = {c.name: c.description for c in described.columns if c.description} if described else {}
+    note = (
+        f"{meta[TIME_ZONE]} local time, {DATETIME_NOTE}"
+        if meta.get(TIME_ZONE)
+        else DATETIME_NOTE.capitalize()
+    )
     for field in schema:
         if pa.types.is_timestamp(field.type) and field.type.tz is None:
-            texts[field.name] = " ".join(filter(None, [texts.get(field.name), DATETIME_NOTE]))
+            texts[field.name] = " ".join(filter(None, [texts.get(field.name), note]))
     return texts
 
 
