@@ -430,3 +430,28 @@ def test_the_landing_zone_lists_its_files_by_name_and_not_the_processed_ones(tmp
         listed[0].version
         != landing.LandedFile(a.as_posix(), "a.parquet", 1, a.stat().st_mtime_ns + 1).version
     )
+
+
+@pytest.mark.faults
+def test_a_retry_in_a_run_is_one_warning_in_the_runs_event_log(server, published, tmp_path):
+    """The source serving a run logs its retries in the run's event log (its init context's log), once
+    each: what, where, which try and the wait."""
+    path = "/releases/green/green_tripdata_2020-11.csv.gz"
+    server.fail(path, "503")
+
+    @dg.asset
+    def month(taxi_source: TaxiSource) -> int:
+        return fetch(taxi_source, "2020-11", tmp_path).bytes
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([month], resources={"taxi_source": source_for(server)}, instance=instance)
+        warnings = [
+            event.user_message
+            for event in instance.all_logs(result.run_id)
+            if event.level == logging.WARNING and event.step_key == "month"
+        ]
+    served = published / path.lstrip("/")
+    assert result.output_for_node("month") == served.stat().st_size
+    assert warnings == [
+        f"green 2020-11 ({server.url}{path}): try 1 failed with HTTP 503; trying again in 0.01 s"
+    ]
