@@ -37,10 +37,6 @@ class RetrySettings(dg.Config):
         description="Seconds from the first try after which no try starts; None: no limit.",
     )
 
-    def wait_before(self, try_number: int) -> float:
-        """The wait before try `try_number` (2 or more), without its jitter."""
-        return min(self.first_wait * 2 ** (try_number - 2), self.max_wait)
-
 
 # A source down for up to five minutes heals within the download; longer, the step's retry policy takes it.
 SOURCE_DOWNLOAD = RetrySettings(tries=None, first_wait=2.0, max_wait=30.0, budget=330.0)
@@ -65,16 +61,16 @@ class RunLogged(dg.ConfigurableResource):
 
 
 class RetriesExhausted(Exception):
-    """Every try allowed met a transient error: `tries` made over `seconds`, the `last` error the
-    cause. The message names what was tried, where, and the last error as `describe` put it."""
+    """Every try allowed met a transient error, the `last` its cause. The message names what was tried,
+    where, how many tries over how long, and the last error as `describe` put it."""
 
-    def __init__(self, message: str, tries: int, seconds: float, last: BaseException):
+    def __init__(self, message: str, last: BaseException):
         super().__init__(message)
-        self.tries, self.seconds, self.last = tries, seconds, last
+        self.last = last
 
 
-def describe(error: BaseException) -> str:
-    """An error as a retry's log names it: its class and message."""
+def class_and_message(error: BaseException) -> str:
+    """An error as a retry names it by default: its class and message."""
     return f"{type(error).__name__}: {error}"
 
 
@@ -85,7 +81,7 @@ def retried(
     log: logging.Logger,
     what: str,
     where: str,
-    describe: Callable[[BaseException], str] = describe,
+    describe: Callable[[BaseException], str] = class_and_message,
 ) -> T:
     """`call()`, tried again under `settings` while it raises an error `transient` accepts. Each retry
     is one warning in `log` (the run's: `context.log`, or a resource's `InitResourceContext.log`)
@@ -130,7 +126,5 @@ def retried(
         raise RetriesExhausted(
             f"{what} ({where}): failed after {tries} {'try' if tries == 1 else 'tries'} over {seconds:.1f} s"
             f" ({limit}); the last: {describe(last)}",
-            tries,
-            seconds,
             last,
         ) from last
