@@ -5,7 +5,8 @@ unchanged (its row count and the md5 of its rows). The tests wait on what the se
 (pg_stat_activity, pg_locks) and on the warnings the writers log, never on time.
 
 A serialization failure (40001) is not provoked: the writer runs at READ COMMITTED and reads no rows a
-concurrent transaction could make it serialize on; it is retried like the deadlock (see `transient` in `io_managers/postgres/connection.py`).
+concurrent transaction could make it serialize on; it is retried like the deadlock (see `transient` in
+io_managers/postgres/connection.py).
 """
 
 import logging
