@@ -28,25 +28,14 @@ LEDGER_TABLE = "load_audit"
 PUBLISHED, FAILED = "published", "failed"
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 LEDGER_SCHEMA = pa.schema(
-    [
-        ("asset_key", pa.string()),
-        ("partition_key", pa.string()),
-        ("run_id", pa.string()),
-        ("outcome", pa.string()),  # PUBLISHED or FAILED
-        ("error", pa.string()),  # a failure's first line
-        ("source_url", pa.string()),
-        ("source_sha256", pa.string()),
-        ("source_etag", pa.string()),
-        ("source_last_modified", pa.string()),
-        ("rows_raw", pa.int64()),
-        ("rows_clean", pa.int64()),
-        ("rows_rejected", pa.int64()),
-        ("rows_loaded", pa.int64()),
-        ("checks", pa.string()),  # each check's name and outcome
-        ("code_version", pa.string()),  # the package version, and the git commit when known
-        ("started_at", _TIMESTAMP),
-        ("published_at", _TIMESTAMP),
-    ]
+    # What was written, by which run, and how it ended: PUBLISHED, or FAILED with its error's first line.
+    [(name, pa.string()) for name in ("asset_key", "partition_key", "run_id", "outcome", "error")]
+    # Where the rows came from, and how many there were at each step.
+    + [(name, pa.string()) for name in ("source_url", "source_sha256", "source_etag", "source_last_modified")]
+    + [(name, pa.int64()) for name in ("rows_raw", "rows_clean", "rows_rejected", "rows_loaded")]
+    # Each check's name and outcome; the package version, and the git commit when known.
+    + [(name, pa.string()) for name in ("checks", "code_version")]
+    + [(name, _TIMESTAMP) for name in ("started_at", "published_at")]
 )
 
 
