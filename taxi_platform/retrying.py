@@ -38,12 +38,13 @@ class RetrySettings(dg.Config):
     )
 
 
+# Each back end's policy: the defaults above, but where a back end needs otherwise.
 # A source down for up to five minutes heals within the download; longer, the step's retry policy takes it.
-SOURCE_DOWNLOAD = RetrySettings(tries=None, first_wait=2.0, max_wait=30.0, budget=330.0)
-POSTGRES_WRITE = RetrySettings(tries=5, first_wait=1.0, max_wait=30.0)
+SOURCE_DOWNLOAD = RetrySettings(tries=None, first_wait=2.0, budget=330.0)
+POSTGRES_WRITE = RetrySettings()
 # One process at a time holds a DuckDB file: another's write of a month lasts seconds to a minute.
-DUCKDB_LOCK = RetrySettings(tries=8, first_wait=1.0, max_wait=30.0)
-BIGQUERY_WRITE = RetrySettings(tries=5, first_wait=1.0, max_wait=30.0)
+DUCKDB_LOCK = RetrySettings(tries=8)
+BIGQUERY_WRITE = RetrySettings()
 
 
 class RunLogged(dg.ConfigurableResource):

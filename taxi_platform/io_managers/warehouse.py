@@ -176,7 +176,7 @@ class DuckDBSQL(WarehouseSQL):
         return {name for (name,) in rows}
 
     @contextmanager
-    def connect(self, purpose: str = "the warehouse"):
+    def connect(self, purpose: str = "a connection"):
         """One process at a time may hold the file (the warehouse pool keeps a deployment's own runs
         in turn): another process's lock is waited out under `retry`, then WarehouseLocked; any other
         error fails at once. `purpose` (a table and its rows) is named in the warnings and the error."""
