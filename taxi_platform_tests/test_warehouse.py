@@ -12,8 +12,9 @@ import pyarrow as pa
 import pytest
 
 from taxi_platform.io_managers import PARTITION_COLUMN
-from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.io_managers.warehouse import LAKE_TABLE, DuckDBSQL, DuckDBWarehouse
+from taxi_platform.lake.lake_io_manager import LakeIOManager
+from taxi_platform.lake.resource import Lake
 from taxi_platform_tests.helpers import course_counts, green_trip_keys, materializations, materialize
 from taxi_platform_tests.test_lake import MONTHS, days, write
 
@@ -113,7 +114,7 @@ def test_zones_land_whole(taxi_env, published):
 
 
 def test_the_lake_table_queries_the_lake_files_where_they_lie(tmp_path):
-    lake = LakeIOManager(root=str(tmp_path / "lake"))
+    lake = LakeIOManager(lake=Lake(root=str(tmp_path / "lake")))
     warehouse = DuckDBWarehouse(
         sql=DuckDBSQL(path=str(tmp_path / "w.duckdb")), lake_root=str(tmp_path / "lake")
     )
