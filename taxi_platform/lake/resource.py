@@ -138,7 +138,11 @@ class Lake(dg.ConfigurableResource):
         _, entries = table.files(row_filter, version)
         held = next(v for v in table.versions() if v.version == version)
         said = {
-            partition: {**held.details.get(partition, {}), "restored_version": version, "restored_run_id": held.run_id}
+            partition: {
+                **held.details.get(partition, {}),
+                "restored_version": version,
+                "restored_run_id": held.run_id,
+            }
         }
         return table.commit(table.load(), [f for f, _ in entries], row_filter, run_id, said)
 
