@@ -9,8 +9,8 @@ import dagster as dg
 
 from taxi_platform.checks import CHECK_OUTCOMES
 from taxi_platform.datasets import DatasetSpec
-from taxi_platform.io_managers.ledger import Audited
 from taxi_platform.lake.resource import version_of
+from taxi_platform.ledger import Audited
 from taxi_platform.profiles import code_version
 from taxi_platform.sources.landing import OutsideLanding
 from taxi_platform.sources.public import SourceError, SourceUnavailable
