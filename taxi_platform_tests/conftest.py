@@ -3,12 +3,12 @@ from pathlib import Path
 
 import pytest
 
+from synthetic.months import FREQUENT, write_source_month
+from synthetic.source_server import SourceServer
 from taxi_platform.datasets import DATASETS
 from taxi_platform_tests.bigquery import bigquery_emulator  # noqa: F401 (emulator fixtures)
 from taxi_platform_tests.gcs import gcs, gcs_emulator  # noqa: F401
 from taxi_platform_tests.real_data import RealDataMissing, real_data_folder
-from taxi_platform_tests.source_server import SourceServer
-from taxi_platform_tests.synthetic import FREQUENT, write_source_month
 
 GREEN = DATASETS["green"]
 # The synthetic source: green's course releases (CSV.gz) for 2020-04..2020-12, the TLC's parquet for

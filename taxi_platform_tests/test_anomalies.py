@@ -7,6 +7,7 @@ import statistics
 import dagster as dg
 import pytest
 
+from synthetic.months import FREQUENT, write_source_month
 from taxi_platform.anomalies import (
     ANOMALY_CHECKS,
     MAD_TO_SIGMA,
@@ -24,7 +25,6 @@ from taxi_platform.anomalies import (
 from taxi_platform.datasets import DATASETS
 from taxi_platform_tests.conftest import month_rows
 from taxi_platform_tests.helpers import green_trip_keys, gzip_csv, materializations, materialize_with
-from taxi_platform_tests.synthetic import FREQUENT, write_source_month
 
 pytestmark = pytest.mark.fast
 

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from synthetic.months import Quirks, source_table
 from taxi_platform.checks import CHECKS
 from taxi_platform.datasets import DATASETS
 from taxi_platform_tests.helpers import (
@@ -31,7 +32,6 @@ from taxi_platform_tests.helpers import (
     retries,
     sha256_of,
 )
-from taxi_platform_tests.synthetic import Quirks, source_table
 
 GREEN = DATASETS["green"]
 CLEAN_CHECKS = set(CHECKS)

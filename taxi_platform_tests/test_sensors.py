@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from synthetic.source_server import SourceServer
 from taxi_platform.datasets import DATASETS, GREEN
 from taxi_platform.definitions import defs
 from taxi_platform.io_managers.lake import LakeIOManager
@@ -28,7 +29,6 @@ from taxi_platform_tests.helpers import (
     materializations,
     retries,
 )
-from taxi_platform_tests.source_server import SourceServer
 
 pytestmark = pytest.mark.fast
 
