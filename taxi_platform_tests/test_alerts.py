@@ -6,8 +6,8 @@ import logging
 import dagster as dg
 import pytest
 
-from taxi_platform import alerts
-from taxi_platform.alerts import Alert, Alerter
+from taxi_platform import notifications
+from taxi_platform.notifications import Alert, Alerter
 from taxi_platform.sensors.alerts import build_alert_sensors
 from taxi_platform_tests.helpers import green_trip_keys, materialize_with
 from taxi_platform_tests.receivers import SmtpReceiver, WebhookReceiver, wait_for
@@ -60,11 +60,11 @@ def test_without_urls_an_alert_is_only_logged(caplog):
 
 def test_secrets_never_reach_an_alert():
     error = 'connection to "postgresql://taxi:hunter22@db:5432/taxi" failed: password=hunter22 token=abc'
-    alert = alerts.check_failed(
+    alert = notifications.check_failed(
         dg.AssetKey(["clean", "green_trips"]), "rows_balance", "2020-10", "blocking", {"why": error}, None
     )
     assert "hunter22" not in alert.body and "abc" not in alert.body
-    assert "hunter22" not in alerts.first_line(error)
+    assert "hunter22" not in notifications.first_line(error)
 
 
 def test_a_failed_month_run_alerts_once_naming_the_dataset_month_assets_and_error(

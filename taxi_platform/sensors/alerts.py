@@ -9,7 +9,7 @@
   (due month, fresh or not): an evaluation is recorded, and a stale one alerted, only when it changes, so
   a dataset stays alerted until it is fresh again or the next month falls due missing too.
 
-Alerts go through the `alerter` resource (taxi_platform.alerts), which never raises.
+Alerts go through the `alerter` resource (taxi_platform.notifications), which never raises.
 """
 
 import json
@@ -19,9 +19,9 @@ from dagster._core.scheduler.instigation import TickStatus
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._time import get_current_datetime
 
-from taxi_platform import alerts, freshness
-from taxi_platform.alerts import Alerter
+from taxi_platform import freshness, notifications
 from taxi_platform.datasets import DATASETS
+from taxi_platform.notifications import Alerter
 
 BATCH = 200  # events or ticks read per tick of a sensor
 # Failed checks are taken by the time their result was written, for this long back; a result is sent
@@ -46,7 +46,7 @@ def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefiniti
             run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
         ).records
         assets = sorted({r.asset_key.to_user_string() for r in planned if r.asset_key})
-        alert = alerts.run_failed(run, assets, message, alerter.run_link(run.run_id))
+        alert = notifications.run_failed(run, assets, message, alerter.run_link(run.run_id))
         alerter.send(alert, context.log)
 
     @dg.sensor(
@@ -82,7 +82,7 @@ def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefiniti
                 continue
             run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
             partition = evaluation.partition or (run.tags.get("dagster/partition") if run else None)
-            alert = alerts.check_failed(
+            alert = notifications.check_failed(
                 evaluation.asset_key,
                 evaluation.check_name,
                 partition,
@@ -130,7 +130,7 @@ def build_alert_sensors(minimum_interval_seconds: int) -> list[dg.SensorDefiniti
             for tick in sorted(ticks, key=lambda t: t.timestamp):
                 kind = state.instigator_type.value.lower()
                 error = tick.error.message if tick.error else None
-                alerter.send(alerts.tick_failed(kind, name, error), context.log)
+                alerter.send(notifications.tick_failed(kind, name, error), context.log)
                 seen[name] = max(seen[name], tick.timestamp)
                 sent += 1
         context.update_cursor(json.dumps(seen, sort_keys=True))
@@ -162,7 +162,7 @@ def build_freshness_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition
             evaluations.append(state.evaluation())
             recorded[spec.name] = seen
             if not state.fresh:
-                alert = alerts.dataset_overdue(
+                alert = notifications.dataset_overdue(
                     spec.name,
                     state.asset_key,
                     state.due_month,
