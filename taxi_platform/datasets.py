@@ -82,7 +82,7 @@ class DatasetSpec:
     # month's is refused (run config `allow_shrink` lets one through).
     min_share_of_published: float = 0.5
     # Freshness: True, the TLC keeps publishing the dataset, each month about two months after it ends
-    # (taxi_platform.freshness); False, its months come from the course releases only (which never
+    # (taxi_platform.checks.freshness); False, its months come from the course releases only (which never
     # change), so no month after `releases.last` is ever due.
     continues_on_tlc: bool = True
 

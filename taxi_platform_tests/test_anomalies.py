@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from synthetic.months import FREQUENT, write_source_month
-from taxi_platform.anomalies import (
+from taxi_platform.checks.anomalies import (
     ANOMALY_CHECKS,
     MAD_TO_SIGMA,
     MIN_HISTORY,

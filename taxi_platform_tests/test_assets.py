@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthetic.months import Quirks, source_table
-from taxi_platform.checks import CHECKS
+from taxi_platform.checks.blocking import CHECKS
 from taxi_platform.datasets import DATASETS
 from taxi_platform_tests.helpers import (
     course_counts,

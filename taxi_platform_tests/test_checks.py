@@ -7,7 +7,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from synthetic.months import Quirks, source_table
-from taxi_platform.checks import month_findings, volume_findings
+from taxi_platform.checks.blocking import month_findings, volume_findings
 from taxi_platform.cleaning import clean_month
 from taxi_platform.datasets import DATASETS
 

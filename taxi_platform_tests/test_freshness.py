@@ -12,9 +12,9 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import freeze_time
 
+from taxi_platform.checks.freshness import FRESHNESS_CHECK, clean_key, due_month, evaluate
 from taxi_platform.datasets import DATASETS, NEW_YORK
 from taxi_platform.definitions import defs
-from taxi_platform.freshness import FRESHNESS_CHECK, clean_key, due_month, evaluate
 from taxi_platform.notifications import Alerter
 from taxi_platform.sensors.alerts import build_freshness_sensor
 from taxi_platform_tests.receivers import WebhookReceiver

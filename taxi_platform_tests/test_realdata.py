@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthetic.source_server import SourceServer
-from taxi_platform.checks import CHECKS
+from taxi_platform.checks.blocking import CHECKS
 from taxi_platform_tests import real_data as fetching
 from taxi_platform_tests.helpers import course_counts, green_trip_keys, materializations, materialize
 

@@ -7,7 +7,7 @@ from typing import Any, TypedDict, Unpack
 
 import dagster as dg
 
-from taxi_platform.checks import CHECK_OUTCOMES
+from taxi_platform.checks.blocking import CHECK_OUTCOMES
 from taxi_platform.datasets import DatasetSpec
 from taxi_platform.io_managers.ledger import Audited
 from taxi_platform.profiles import code_version

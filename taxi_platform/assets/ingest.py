@@ -14,7 +14,13 @@ import dagster as dg
 from pydantic import Field
 
 from taxi_platform.assets import SOURCE_RETRY, permanent_errors_not_retried
-from taxi_platform.checks import CHECK_OUTCOMES, CHECKS, RELAXED_RULES, month_findings, volume_findings
+from taxi_platform.checks.blocking import (
+    CHECK_OUTCOMES,
+    CHECKS,
+    RELAXED_RULES,
+    month_findings,
+    volume_findings,
+)
 from taxi_platform.cleaning import MonthCleaner, reject_reasons, rejected_schema
 from taxi_platform.datasets import PICKUP_DATE, DatasetSpec
 from taxi_platform.io_managers import PARTITION_COLUMN

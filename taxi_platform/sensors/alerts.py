@@ -4,7 +4,7 @@
   step retries are not failures of the run.
 - `check_failure_alerts`: a failed blocking or ERROR check, once (see CHECK_WINDOW_SECONDS).
 - `tick_failure_alerts`: a sensor or schedule tick of this code location that errored.
-- `freshness_alerts`: evaluates each dataset's `freshness` check (taxi_platform.freshness) and alerts
+- `freshness_alerts`: evaluates each dataset's `freshness` check (taxi_platform.checks.freshness) and alerts
   once when a dataset's due month is missing. Its cursor holds each dataset's last recorded evaluation
   (due month, fresh or not): an evaluation is recorded, and a stale one alerted, only when it changes, so
   a dataset stays alerted until it is fresh again or the next month falls due missing too.
@@ -19,7 +19,8 @@ from dagster._core.scheduler.instigation import TickStatus
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._time import get_current_datetime
 
-from taxi_platform import freshness, notifications
+from taxi_platform import notifications
+from taxi_platform.checks import freshness
 from taxi_platform.datasets import DATASETS
 from taxi_platform.notifications import Alerter
 
