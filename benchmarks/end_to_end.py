@@ -282,8 +282,8 @@ def _check_counts(url: str, schema: str, spec: DatasetSpec, month: str, run: str
     if run == "platform":
         result["postgres_rows"] = _count_month(url, schema, spec.table, "pickup_date", month)
         result["warehouse_rows"] = _duckdb_count(work / "data" / "warehouse.duckdb", spec.table)
-        result["raw_rows"] = result["row_counts"][f"raw/{spec.table}"]
-        result["loaded_rows"] = result["row_counts"].get(f"clean/{spec.table}")
+        result["raw_rows"] = result["row_counts"][spec.raw_key.to_user_string()]
+        result["loaded_rows"] = result["row_counts"].get(spec.clean_key.to_user_string())
     else:
         result["postgres_rows"] = _count_month(url, schema, result["table"], None, month)
         if run.startswith("dlt-"):

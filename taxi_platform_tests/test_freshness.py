@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import freeze_time
 
-from taxi_platform.checks.freshness import FRESHNESS_CHECK, clean_key, due_month, evaluate
+from taxi_platform.checks.freshness import FRESHNESS_CHECK, due_month, evaluate
 from taxi_platform.datasets import DATASETS, NEW_YORK
 from taxi_platform.definitions import defs
 from taxi_platform.notifications import Alerter
@@ -75,7 +75,7 @@ def tick(
 
 def latest_evaluations(instance: dg.DagsterInstance) -> dict[str, tuple[bool, str]]:
     """Each dataset's latest freshness evaluation, as the UI shows it: passed, and its description."""
-    keys = [dg.AssetCheckKey(clean_key(spec), FRESHNESS_CHECK) for spec in DATASETS.values()]
+    keys = [dg.AssetCheckKey(spec.clean_key, FRESHNESS_CHECK) for spec in DATASETS.values()]
     summaries = instance.event_log_storage.get_asset_check_summary_records(keys)
     latest = {}
     for key, summary in summaries.items():
@@ -135,7 +135,7 @@ def test_a_stale_dataset_alerts_once_naming_its_month_and_a_fresh_one_never(taxi
 
         ingest_green(instance, "2020-11", FEB_10)
         fresh_again = tick(instance, alerter, FEB_10, cursor=february.cursor)
-        assert [e.asset_key for e in fresh_again.asset_events] == [clean_key(GREEN)]
+        assert [e.asset_key for e in fresh_again.asset_events] == [GREEN.clean_key]
         assert latest_evaluations(instance)["green"][0] is True
         assert len(alerts_of(hook)) == 2 * len(STALE) + 1  # green turning fresh says nothing
 

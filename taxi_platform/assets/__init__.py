@@ -90,13 +90,14 @@ def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: 
 
 
 def build_sink_asset(
-    spec: DatasetSpec, layer: str, description: str, **options: Unpack[AssetOptions]
+    spec: DatasetSpec, key: dg.AssetKey, description: str, **options: Unpack[AssetOptions]
 ) -> dg.AssetsDefinition:
-    """`<layer>/<dataset>_trips`: the clean months, handed to the layer's IO manager to store."""
+    """`key` (the spec's `<layer>/<dataset>_trips`): the clean months, handed to the layer's IO manager
+    to store."""
 
     @dg.asset(
-        key=[layer, spec.table],
-        ins={"clean": dg.AssetIn(key=["clean", spec.table])},
+        key=key,
+        ins={"clean": dg.AssetIn(key=spec.clean_key)},
         description=description,
         tags={"dataset": spec.name},
         **(
@@ -111,10 +112,9 @@ def build_sink_asset(
         """The stored months, read by the IO manager as it writes them, with their provenance for
         the load ledger."""
         started_at, audited = datetime.now(UTC), {}
-        raw_key, clean_key = dg.AssetKey(["raw", spec.table]), dg.AssetKey(["clean", spec.table])
         for month, rows in by_month(context, clean).items():
             context.add_asset_metadata({"dagster/row_count": rows.count_rows()}, partition_key=month)
-            known = provenance(context.instance, raw_key, clean_key, month, started_at)
+            known = provenance(context.instance, spec.raw_key, spec.clean_key, month, started_at)
             audited[month] = Audited(rows, known)
         return audited
 

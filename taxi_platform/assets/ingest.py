@@ -45,9 +45,7 @@ class IngestConfig(dg.Config):
 
 
 def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
-    raw_key = dg.AssetKey(["raw", spec.table])
-    clean_key = dg.AssetKey(["clean", spec.table])
-    rejected_key = dg.AssetKey(["clean", f"{spec.table}_rejected"])
+    raw_key, clean_key, rejected_key = spec.raw_key, spec.clean_key, spec.rejected_key
     rules = ", ".join(reject_reasons(spec))
 
     def out(key: dg.AssetKey, group: str, description: str, **extra) -> dg.AssetOut:

@@ -35,7 +35,7 @@ def build_postgres_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     )
     return build_sink_asset(
         spec,
-        "postgres",
+        spec.postgres_key,
         f"The clean {spec.name} trips in PostgreSQL, one row per trip, unique on trip_key. "
         "Writing a month replaces exactly that month, in one transaction.",
         **options,

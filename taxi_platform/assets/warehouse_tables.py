@@ -30,13 +30,13 @@ def build_warehouse_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         metadata={
             PARTITION_COLUMN: PICKUP_DATE,
             CLUSTER_BY: ["pu_location_id", "do_location_id"],
-            LAKE_TABLE: f"clean/{spec.table}",
+            LAKE_TABLE: spec.clean_key.to_user_string(),
             "dagster/column_schema": column_schema(spec.clean_schema, CLEAN_DESCRIPTIONS),
         }
     )
     return build_sink_asset(
         spec,
-        "warehouse",
+        spec.warehouse_key,
         f"The clean {spec.name} trips in the warehouse (DuckDB locally, BigQuery on GCP): partitioned "
         "by pickup_date, clustered by pickup and dropoff zone. Replacing a month is atomic.",
         **options,

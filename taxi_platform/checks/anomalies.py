@@ -106,7 +106,7 @@ def _count(metadata: Mapping[str, dg.MetadataValue], name: str) -> int | None:
 def build_anomaly_checks(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     """rows_in_usual_range and rejected_share_usual (see ANOMALY_CHECKS) on clean/<dataset>_trips,
     partitioned like it; a run's months each judged against their trailing months."""
-    clean_key = dg.AssetKey(["clean", spec.table])
+    clean_key = spec.clean_key
 
     @dg.multi_asset_check(
         name=f"anomalies_{spec.table}",

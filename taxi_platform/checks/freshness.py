@@ -51,7 +51,7 @@ class Freshness:
 
     @property
     def asset_key(self) -> dg.AssetKey:
-        return clean_key(self.spec)
+        return self.spec.clean_key
 
     @property
     def description(self) -> str:
@@ -93,10 +93,6 @@ class Freshness:
         )
 
 
-def clean_key(spec: DatasetSpec) -> dg.AssetKey:
-    return dg.AssetKey(["clean", spec.table])
-
-
 def due_month(spec: DatasetSpec, now: datetime) -> tuple[str, datetime] | None:
     """The newest month due at `now` and since when it is due; None before any month is due."""
     local = now.astimezone(ZoneInfo(NEW_YORK))
@@ -115,7 +111,7 @@ def evaluate(instance: dg.DagsterInstance, spec: DatasetSpec, now: datetime) -> 
     if due is None:
         return None
     month, since = due
-    months = instance.get_materialized_partitions(clean_key(spec))
+    months = instance.get_materialized_partitions(spec.clean_key)
     index = _index(month)
     return Freshness(
         spec=spec,
@@ -129,7 +125,7 @@ def evaluate(instance: dg.DagsterInstance, spec: DatasetSpec, now: datetime) -> 
 
 def build_freshness_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=clean_key(spec),
+        asset=spec.clean_key,
         name=FRESHNESS_CHECK,
         description=f"Fails while the newest {spec.name} month due is not loaded (the TLC publishes a "
         f"month about {PUBLICATION_LAG_MONTHS} months after it ends); evaluated by freshness_alerts.",

@@ -50,8 +50,6 @@ def build_source_sensor(
     minimum_interval_seconds: int,
     checks_per_tick: int,
 ) -> dg.SensorDefinition:
-    raw_key = dg.AssetKey(["raw", spec.table])
-
     @dg.sensor(
         name=f"{spec.name}_source_sensor",
         job=job,
@@ -77,7 +75,7 @@ def build_source_sensor(
                 unpublished += 1
                 continue
             if requested.get(month) == version.id or (
-                materialized_version(context.instance, raw_key, month) == version.id
+                materialized_version(context.instance, spec.raw_key, month) == version.id
             ):
                 requested[month] = version.id
                 unchanged += 1
