@@ -18,6 +18,8 @@ from taxi_platform.checks.blocking import (
     CHECK_OUTCOMES,
     CHECKS,
     RELAXED_RULES,
+    check_results,
+    check_specs,
     month_findings,
     volume_findings,
 )
@@ -86,12 +88,7 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 f"it broke, of {rules}).",
             ),
         },
-        check_specs=[
-            dg.AssetCheckSpec(
-                name, asset=clean_key, description=text, blocking=True, partitions_def=spec.partitions_def
-            )
-            for name, text in CHECKS.items()
-        ],
+        check_specs=check_specs(spec),
         # The lineage shows clean and rejected made from raw, as they are (in the same pass).
         internal_asset_deps={"clean": {raw_key}, "rejected": {raw_key}},
         partitions_def=spec.partitions_def,
@@ -150,15 +147,7 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 ) | volume_findings(cleaner.clean_rows, published, min_share)
                 for name, finding in findings.items():
                     failures[name][month] = finding
-            results = [
-                dg.AssetCheckResult(
-                    asset_key=clean_key,
-                    check_name=name,
-                    passed=not by_month,
-                    metadata={"months": ", ".join(context.partition_keys), **by_month},
-                )
-                for name, by_month in failures.items()
-            ]
+            results = check_results(spec, context.partition_keys, failures)
             failed = {name: by_month for name, by_month in failures.items() if by_month}
             if failed:  # reported, never published: the staging area is discarded
                 yield from results
