@@ -8,6 +8,7 @@ from typing import Any, TypedDict, Unpack
 import dagster as dg
 
 from taxi_platform.checks.blocking import CHECK_OUTCOMES
+from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import DatasetSpec
 from taxi_platform.io_managers.ledger import Audited
 from taxi_platform.profiles import code_version
@@ -36,6 +37,10 @@ class AssetOptions(TypedDict, total=False):
     automation_condition: dg.AutomationCondition
     partitions_def: dg.PartitionsDefinition
     backfill_policy: dg.BackfillPolicy
+
+
+# What every store of the clean months shares, whatever its layer (each layer adds its own options).
+SINK_OPTIONS = AssetOptions(owners=["team:data-platform"], automation_condition=SINKS_FOLLOW_UPSTREAM)
 
 
 def by_month(context: dg.AssetExecutionContext, value) -> dict:
