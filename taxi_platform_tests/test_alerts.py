@@ -8,13 +8,17 @@ import pytest
 
 from taxi_platform import notifications
 from taxi_platform.notifications import Alert, Alerter
-from taxi_platform.sensors.alerts import build_alert_sensors
+from taxi_platform.sensors.check_failure_alerts import build_check_failure_sensor
+from taxi_platform.sensors.run_failure_alerts import build_run_failure_sensor
+from taxi_platform.sensors.tick_failure_alerts import build_tick_failure_sensor
 from taxi_platform_tests.helpers import green_trip_keys, materialize_with
 from taxi_platform_tests.receivers import SmtpReceiver, WebhookReceiver, wait_for
 
 pytestmark = pytest.mark.fast
 LOG = logging.getLogger("test_alerts")
-RUN_FAILURE, CHECK_FAILURE, TICK_FAILURE = build_alert_sensors(minimum_interval_seconds=30)
+RUN_FAILURE = build_run_failure_sensor(minimum_interval_seconds=30)
+CHECK_FAILURE = build_check_failure_sensor(minimum_interval_seconds=30)
+TICK_FAILURE = build_tick_failure_sensor(minimum_interval_seconds=30)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from taxi_platform.checks.freshness import FRESHNESS_CHECK, due_month, evaluate
 from taxi_platform.datasets import DATASETS, NEW_YORK
 from taxi_platform.definitions import defs
 from taxi_platform.notifications import Alerter
-from taxi_platform.sensors.alerts import build_freshness_sensor
+from taxi_platform.sensors.freshness_alerts import build_freshness_sensor
 from taxi_platform_tests.receivers import WebhookReceiver
 from taxi_platform_tests.ui import DagsterServices, sensor_ticks, wait_for, write_instance
 

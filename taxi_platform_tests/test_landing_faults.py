@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from taxi_platform.io_managers.lake import LakeIOManager
-from taxi_platform.sensors.landing_zone import build_landed_file_mover
+from taxi_platform.sensors.landed_file_mover import build_landed_file_mover
 from taxi_platform.sources.landing import LANDED_FILE_TAG, OutsideLanding, inside_landing
 from taxi_platform_tests.test_sensors import JOBS, NOW, Logged, landing_tick
 

@@ -8,7 +8,7 @@ after `releases.last`: the releases never change.
 How it shows: each dataset has a `freshness` asset check on clean/<dataset>_trips (WARN, not blocking:
 a late month is the TLC's delay, not bad data), failing while the due month is missing: the UI shows the
 asset's check failed, its description saying which month is overdue since when. The `freshness_alerts`
-sensor (taxi_platform.sensors.alerts) evaluates the checks every tick, records an evaluation when one
+sensor (taxi_platform.sensors.freshness_alerts) evaluates the checks every tick, records an evaluation when one
 changes and alerts then; the check also runs in each ingest run (the ingest job selects the checks of
 its assets), and from the UI on demand.
 

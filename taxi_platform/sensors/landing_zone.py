@@ -1,5 +1,5 @@
-"""The landing zone's sensors: `landing_sensor` requests the month of each file dropped into the lake's
-`landing/`; `landed_file_mover` moves the file to `landing/processed/` once its run succeeded.
+"""`landing_sensor`: requests the month of each file dropped into the lake's `landing/`
+(`landed_file_mover` moves the file to `landing/processed/` once its run succeeded).
 
 A file is taken once it holds still: the same size, modification time (and, in a folder, status change
 time) seen at least `stable_seconds` ago, so a file still being copied is left alone. Its run key is the
@@ -8,11 +8,6 @@ even with the size and modification time of the old one, an unchanged one never 
 a sensor's run key once, so neither a reset cursor nor the same file dropped again runs it twice).
 A badly named file, or one whose path leads out of `landing/` (a symlink), is reported on every tick
 (sensor log and skip reason) until it is renamed or removed; an unreadable one fails its run, naming it.
-
-Moving only after the whole run succeeded keeps a file whose run failed in `landing/`, its error in that
-run; the mover's cursor only advances when the move is done, so a move that fails is tried again, and
-moving twice is harmless. The mover moves only a file directly in `landing/` (`inside_landing`): a run
-tagged with any other path is logged as an error and nothing is moved.
 
 Cursor (JSON, the landing sensor's whole state): per file still in `landing/`, its `Seen` record. An
 unreadable cursor is logged as a warning and replaced.
@@ -33,7 +28,6 @@ from taxi_platform.sources.landing import (
     OutsideLanding,
     inside_landing,
     list_landed,
-    move_to_processed,
     parse,
     sha256_of,
 )
@@ -132,28 +126,3 @@ def build_landing_sensor(
         return dg.SensorResult(skip_reason="landing/: " + (" | ".join(reasons) or "no files"), cursor=cursor)
 
     return landing_sensor
-
-
-def build_landed_file_mover(jobs: Mapping, minimum_interval_seconds: int) -> dg.SensorDefinition:
-    @dg.run_status_sensor(
-        name="landed_file_mover",
-        run_status=dg.DagsterRunStatus.SUCCESS,
-        monitored_jobs=list(jobs.values()),
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Moves a landed file to landing/processed/ once its run succeeded.",
-    )
-    def landed_file_mover(
-        context: dg.RunStatusSensorContext, lake_io_manager: dg.ResourceParam[LakeIOManager]
-    ):
-        uri = context.dagster_run.tags.get(LANDED_FILE_TAG)
-        if not uri:
-            return
-        try:
-            moved = move_to_processed(uri, lake_io_manager.root, lake_io_manager.gcs_endpoint)
-        except OutsideLanding as error:
-            context.log.error(f"run {context.dagster_run.run_id}: nothing moved: {error}")
-            return
-        context.log.info(f"{uri} -> {moved}" if moved else f"{uri} was already moved")
-
-    return landed_file_mover
