@@ -1,19 +1,22 @@
 """`check_failure_alerts`: a failed blocking or ERROR check, alerted once (see CHECK_WINDOW_SECONDS)."""
 
-import json
-
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._time import get_current_datetime
 
 from taxi_platform import notifications
 from taxi_platform.notifications import Alerter
+from taxi_platform.sensors.cursor import Cursor
 
 BATCH = 200  # executions read per check and tick
 # Failed checks are taken by the time their result was written, for this long back; a result is sent
 # once (its execution id is kept in the cursor for as long). Results written while no sensor ran for
 # longer than this are not sent.
 CHECK_WINDOW_SECONDS = 600
+# The execution ids already seen, with the times their results were written.
+CURSOR = Cursor(
+    "check_failure_alerts", dict[int, float], afresh="it watches from now: earlier failures are not sent"
+)
 
 
 def build_check_failure_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
@@ -35,11 +38,11 @@ def build_check_failure_sensor(minimum_interval_seconds: int) -> dg.SensorDefini
             ),
             key=lambda record: record.event.timestamp if record.event else 0,
         )
-        cursor = context.cursor or ""
-        if not _is_json(cursor):  # the first tick starts from now: history is not news
-            context.update_cursor(json.dumps({r.id: r.event.timestamp for r in recent if r.event}))
+        before = CURSOR.read(context)
+        if before is None:  # the first tick starts from now: history is not news
+            context.update_cursor(CURSOR.dump({r.id: r.event.timestamp for r in recent if r.event}))
             return dg.SkipReason("started watching asset check results")
-        seen = {int(i): at for i, at in json.loads(cursor).items() if at > now - CHECK_WINDOW_SECONDS}
+        seen = {i: at for i, at in before.items() if at > now - CHECK_WINDOW_SECONDS}
         sent = 0
         for record in recent:
             evaluation = record.evaluation
@@ -60,7 +63,7 @@ def build_check_failure_sensor(minimum_interval_seconds: int) -> dg.SensorDefini
             )
             alerter.send(alert, context.log)
             sent += 1
-        context.update_cursor(json.dumps(seen))
+        context.update_cursor(CURSOR.dump(seen))
         if not sent:
             return dg.SkipReason("no failed blocking or ERROR check since the last tick")
 
@@ -73,10 +76,3 @@ def _check_executions(instance: dg.DagsterInstance, key: dg.AssetCheckKey, limit
     return instance.event_log_storage.get_asset_check_execution_history(
         key, limit=limit, status={AssetCheckExecutionRecordStatus.FAILED} if failed_only else None
     )
-
-
-def _is_json(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False

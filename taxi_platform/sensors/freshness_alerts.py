@@ -3,7 +3,7 @@ alerts once when a dataset's due month is missing. Its cursor holds each dataset
 evaluation (due month, fresh or not): an evaluation is recorded, and a stale one alerted, only when it
 changes, so a dataset stays alerted until it is fresh again or the next month falls due missing too."""
 
-import json
+from dataclasses import dataclass
 
 import dagster as dg
 from dagster._time import get_current_datetime
@@ -12,6 +12,22 @@ from taxi_platform import notifications
 from taxi_platform.checks import freshness
 from taxi_platform.datasets import DATASETS
 from taxi_platform.notifications import Alerter
+from taxi_platform.sensors.cursor import Cursor
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A dataset's last recorded freshness evaluation."""
+
+    due_month: str
+    fresh: bool
+
+
+CURSOR = Cursor(
+    "freshness_alerts",
+    dict[str, Recorded],  # by dataset name
+    afresh="every dataset's freshness is recorded again, and each stale one alerted again",
+)
 
 
 def build_freshness_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
@@ -22,15 +38,14 @@ def build_freshness_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition
         description="Evaluates each dataset's freshness check; alerts once when its due month is missing.",
     )
     def freshness_alerts(context: dg.SensorEvaluationContext, alerter: Alerter):
-        cursor = context.cursor or ""
-        recorded: dict[str, dict] = json.loads(cursor) if _is_json(cursor) else {}
+        recorded = CURSOR.read(context) or {}
         now = get_current_datetime()
         evaluations = []
         for spec in DATASETS.values():
             state = freshness.evaluate(context.instance, spec, now)
             if state is None:
                 continue
-            seen = {"due_month": state.due_month, "fresh": state.fresh}
+            seen = Recorded(state.due_month, state.fresh)
             if recorded.get(spec.name) == seen:
                 continue
             evaluations.append(state.evaluation())
@@ -47,15 +62,8 @@ def build_freshness_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition
                 alerter.send(alert, context.log)
         return dg.SensorResult(
             asset_events=evaluations,
-            cursor=json.dumps(recorded, sort_keys=True),
+            cursor=CURSOR.dump(dict(sorted(recorded.items()))),
             skip_reason=None if evaluations else "no dataset's freshness changed",
         )
 
     return freshness_alerts
-
-
-def _is_json(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False

@@ -9,8 +9,8 @@ a sensor's run key once, so neither a reset cursor nor the same file dropped aga
 A badly named file, or one whose path leads out of `landing/` (a symlink), is reported on every tick
 (sensor log and skip reason) until it is renamed or removed; an unreadable one fails its run, naming it.
 
-Cursor (JSON, the landing sensor's whole state): per file still in `landing/`, its `Seen` record. An
-unreadable cursor is logged as a warning and replaced.
+Cursor (the landing sensor's whole state, `taxi_platform.sensors.cursor`): per file still in
+`landing/`, its `Seen` record.
 """
 
 import time
@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import dagster as dg
-from pydantic import TypeAdapter, ValidationError
 
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.profiles import SensorSettings
+from taxi_platform.sensors.cursor import Cursor
 from taxi_platform.sources.landing import (
     LANDED_FILE_TAG,
     BadLandedName,
@@ -43,22 +43,12 @@ class Seen:
     requested: str | None = None  # the sha256 last requested
 
 
-CURSOR = TypeAdapter(dict[str, Seen])
-
-
-def read_cursor(context: dg.SensorEvaluationContext) -> dict[str, Seen]:
-    """The files the landing sensor has seen; none, with a warning, when its cursor is unreadable."""
-    if not context.cursor:
-        return {}
-    try:
-        return CURSOR.validate_json(context.cursor)
-    except ValidationError as error:
-        context.log.warning(
-            f"landing_sensor: unreadable cursor ({error.error_count()} error(s), first: "
-            f"{error.errors()[0]['msg']}), starting afresh: files in landing/ are requested again "
-            "once stable, under run keys of their content, so none runs twice"
-        )
-        return {}
+CURSOR = Cursor(
+    "landing_sensor",
+    dict[str, Seen],
+    afresh="files in landing/ are requested again once stable, under run keys of their content, so "
+    "none runs twice",
+)
 
 
 def build_landing_sensor(
@@ -80,7 +70,7 @@ def build_landing_sensor(
     )
     def landing_sensor(context: dg.SensorEvaluationContext, lake_io_manager: dg.ResourceParam[LakeIOManager]):
         root, gcs_endpoint = lake_io_manager.root, lake_io_manager.gcs_endpoint
-        before, now = read_cursor(context), clock()
+        before, now = CURSOR.read(context) or {}, clock()
         seen: dict[str, Seen] = {}
         run_requests, settling, waiting, bad = [], [], [], []
         for file in list_landed(root, gcs_endpoint):
@@ -117,7 +107,7 @@ def build_landing_sensor(
                     tags={"taxi/trigger": "landed", LANDED_FILE_TAG: file.uri},
                 )
             )
-        cursor = CURSOR.dump_json(seen).decode()
+        cursor = CURSOR.dump(seen)
         if run_requests:
             return dg.SensorResult(run_requests=run_requests, cursor=cursor)
         reasons = [f"not yet still for {stable_seconds} s (being copied?): {settling}"] if settling else []

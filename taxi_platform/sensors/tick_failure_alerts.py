@@ -1,14 +1,17 @@
 """`tick_failure_alerts`: a sensor or schedule tick of this code location that errored."""
 
-import json
-
 import dagster as dg
 from dagster._core.scheduler.instigation import TickStatus
 
 from taxi_platform import notifications
 from taxi_platform.notifications import Alerter
+from taxi_platform.sensors.cursor import Cursor
 
 BATCH = 200  # failed ticks read per sensor or schedule and tick
+# Per sensor or schedule, the time of its last failed tick alerted (or of the first look at it).
+CURSOR = Cursor(
+    "tick_failure_alerts", dict[str, float], afresh="each sensor and schedule is watched from now"
+)
 
 
 def build_tick_failure_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
@@ -19,8 +22,7 @@ def build_tick_failure_sensor(minimum_interval_seconds: int) -> dg.SensorDefinit
         description="Alerts when a sensor or schedule tick of this code location errors.",
     )
     def tick_failure_alerts(context: dg.SensorEvaluationContext, alerter: Alerter):
-        cursor = context.cursor or ""
-        seen: dict[str, float] = json.loads(cursor) if _is_json(cursor) else {}
+        seen = CURSOR.read(context) or {}
         repository = context.repository_def
         if repository is None:
             raise dg.DagsterInvariantViolationError(
@@ -49,15 +51,8 @@ def build_tick_failure_sensor(minimum_interval_seconds: int) -> dg.SensorDefinit
                 alerter.send(notifications.tick_failed(kind, name, error), context.log)
                 seen[name] = max(seen[name], tick.timestamp)
                 sent += 1
-        context.update_cursor(json.dumps(seen, sort_keys=True))
+        context.update_cursor(CURSOR.dump(dict(sorted(seen.items()))))
         if not sent:
             return dg.SkipReason("no failed sensor or schedule tick since the last look")
 
     return tick_failure_alerts
-
-
-def _is_json(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False
