@@ -6,6 +6,8 @@ import io
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +15,37 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from taxi_platform.cleaning import MonthCleaner, rejected_schema, row_hashes
+from taxi_platform.datasets import DatasetSpec
 from taxi_platform.definitions import defs
+
+
+@dataclass(frozen=True)
+class CleanMonth:
+    clean: pa.Table
+    rejected: pa.Table  # the clean columns plus reject_reason
+    rejected_counts: dict[str, int]  # rows per rule, every rule of the dataset
+
+
+def clean_month(
+    raw: pa.Table,
+    spec: DatasetSpec,
+    month_start: datetime,
+    month_end: datetime,
+    relaxed: frozenset[str] = frozenset(),
+) -> CleanMonth:
+    """The cleaning rules applied to a whole month held in memory, batch by batch as the ingest step
+    streams it through MonthCleaner."""
+    cleaner = MonthCleaner(spec, month_start, month_end, relaxed)
+    parts = [cleaner.split(batch) for batch in raw.to_batches()]
+    clean = pa.Table.from_batches([c for c, _ in parts], spec.clean_schema)
+    rejected = pa.Table.from_batches([r for _, r in parts], rejected_schema(spec))
+    return CleanMonth(clean, rejected, cleaner.rejected_counts)
+
+
+def trip_key(table: pa.Table) -> pa.Array:
+    """The trip_key of each row of a table in the clean columns."""
+    return pa.array(row_hashes(table)[0])
 
 
 def materialize(*keys: str, **options):

@@ -16,10 +16,9 @@ import pytest
 
 from benchmarks import backfill, end_to_end, plot, postgres_load
 from synthetic import months as synthetic
-from taxi_platform.cleaning import clean_month
 from taxi_platform.datasets import DATASETS
 from taxi_platform.sources.reading import read_trips
-from taxi_platform_tests.helpers import course_counts
+from taxi_platform_tests.helpers import clean_month, course_counts
 
 GREEN = DATASETS["green"]
 

@@ -8,8 +8,8 @@ import pytest
 
 from synthetic.months import Quirks, source_table
 from taxi_platform.checks.blocking import month_findings, volume_findings
-from taxi_platform.cleaning import clean_month
 from taxi_platform.datasets import DATASETS
+from taxi_platform_tests.helpers import clean_month
 
 pytestmark = pytest.mark.fast
 
