@@ -50,9 +50,18 @@ def overlay(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def source_server(published, overlay):
+def session_source_server(published, overlay):
     with SourceServer(overlay, published) as server:
         yield server
+
+
+@pytest.fixture
+def source_server(session_source_server):
+    """The session's source server for one test: no fault, outage or request of another test before it,
+    and none of its own left after it."""
+    session_source_server.reset()
+    yield session_source_server
+    session_source_server.reset()
 
 
 @pytest.fixture
