@@ -114,6 +114,13 @@ def failure_message(result) -> str:
     return "\n".join(messages)
 
 
+def failure_description(result) -> str | None:
+    """The description of the `dagster.Failure` that failed the run's one failed step."""
+    (failure,) = result.get_step_failure_events()
+    data = failure.step_failure_data.user_failure_data
+    return data.description if data else None
+
+
 def course_month(csv_gz_or_parquet, month: str) -> tuple[int, pd.DataFrame, dict[str, int]]:
     """The month cleaned the course's way, with pandas, independently of the platform: the raw row
     count, the clean rows, and the rows rejected per reason, each row counted for the first rule it
