@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from synthetic.months import FREQUENT, write_source_month
@@ -79,6 +80,13 @@ def publish(overlay):
     yield write
     for file in written:
         file.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def instance():
+    """An ephemeral Dagster instance for one test, closed after it."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield instance
 
 
 @pytest.fixture

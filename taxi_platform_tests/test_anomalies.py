@@ -139,8 +139,9 @@ def served_month(month: str, rows: int, tmp_path) -> list[str]:
     return gzip.decompress(path.read_bytes()).decode().splitlines()
 
 
-def test_months_far_from_their_history_warn_with_their_figures(taxi_env, published, publish, tmp_path):
-    instance = dg.DagsterInstance.ephemeral()
+def test_months_far_from_their_history_warn_with_their_figures(
+    taxi_env, published, publish, tmp_path, instance
+):
     history: dict[str, tuple[int, float]] = {}
 
     # A single-run backfill of four months: the first three have too little history.

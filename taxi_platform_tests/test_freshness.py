@@ -38,10 +38,10 @@ def test_a_month_is_due_two_months_after_it_ends_in_new_york_time():
 
 
 @pytest.mark.fast
-def test_a_dataset_from_the_releases_only_is_never_due_a_month_after_them():
+def test_a_dataset_from_the_releases_only_is_never_due_a_month_after_them(instance):
     releases_only = dataclasses.replace(GREEN, continues_on_tlc=False)
     assert due_month(releases_only, JAN_15) == ("2020-10", datetime(2021, 1, 1, tzinfo=NY))
-    state = evaluate(dg.DagsterInstance.ephemeral(), releases_only, datetime(2026, 3, 1, tzinfo=NY))
+    state = evaluate(instance, releases_only, datetime(2026, 3, 1, tzinfo=NY))
     assert state is not None
     assert (state.due_month, state.due_since, state.next_due) == (
         "2021-07",
@@ -64,8 +64,10 @@ def tick(
     instance: dg.DagsterInstance, alerter: Alerter, now: datetime, cursor: str | None
 ) -> dg.SensorResult:
     """One tick of freshness_alerts at `now`; its check evaluations are recorded as the daemon does."""
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"alerter": alerter})
-    with freeze_time(now):
+    with (
+        dg.build_sensor_context(instance=instance, cursor=cursor, resources={"alerter": alerter}) as context,
+        freeze_time(now),
+    ):
         result = FRESHNESS_ALERTS(context)
     assert isinstance(result, dg.SensorResult)
     for event in result.asset_events:
@@ -95,8 +97,7 @@ def overdue_title(dataset: str, month: str) -> str:
 
 
 @pytest.mark.fast
-def test_a_stale_dataset_alerts_once_naming_its_month_and_a_fresh_one_never(taxi_env):
-    instance = dg.DagsterInstance.ephemeral()
+def test_a_stale_dataset_alerts_once_naming_its_month_and_a_fresh_one_never(taxi_env, instance):
     ran = ingest_green(instance, "2020-10", JAN_15)
     (in_run,) = [c for c in ran.get_asset_check_evaluations() if c.check_name == FRESHNESS_CHECK]
     assert in_run.passed and in_run.metadata["due_month"] == dg.MetadataValue.text("2020-10")
