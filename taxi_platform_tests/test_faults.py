@@ -133,6 +133,7 @@ def test_a_month_failing_a_check_is_not_published_and_its_sinks_do_not_run(loade
         ("html_as_data", "green 2020-10: {url} returned an HTML page, not the data file"),
         ("truncated", "green 2020-10 ({url}): cannot read the csv file: Truncated compressed stream"),
     ],
+    ids=["html", "html_as_data", "truncated"],
 )
 def test_a_source_answer_that_cannot_heal_fails_at_once_and_nothing_changes(
     loaded, source_server, fault, error
