@@ -1,10 +1,9 @@
-"""The blocking checks of each clean month, judged on the staged files before they are published.
+"""The blocking checks of each clean month, judged on the staged files before they are published (write,
+audit, publish: README.md, Reliability; what each checks: `CHECKS`).
 
-The ingest step stages a month's raw, clean and rejected files, runs these checks on what was
-written (read back through the lake, with logic of their own), and publishes the month only if
-every one passes (write, audit, publish): a month that fails leaves the published month as it was.
-In a single-run backfill of several months every month is judged and one result is reported per check.
-The ingest asset declares them with `check_specs` and reports them with `check_results`.
+The checks read the staged files back through the lake, with logic of their own. In a single-run
+backfill of several months every month is judged and one result is reported per check. The ingest
+asset declares them with `check_specs` and reports them with `check_results`.
 """
 
 from collections.abc import Sequence

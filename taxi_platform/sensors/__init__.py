@@ -1,14 +1,5 @@
-"""The sensors that keep the platform current, built per dataset from the specs.
-
-- `<dataset>_source_sensor` (off by default: turning it on ingests every published month not yet
-  materialized): HEADs the public source, requests the ingest run of a month newly published or
-  republished.
-- `landing_sensor` and `landed_file_mover` (on): files dropped into the lake's `landing/`.
-- `taxi_automation` (on): postgres/, warehouse/ and the marts follow their upstream month.
-- `run_failure_alerts`, `check_failure_alerts`, `tick_failure_alerts`, `freshness_alerts` (on): tell
-  the operator.
-
-Their intervals and the source sensors' HEADs per tick come from `profiles.SensorSettings`.
+"""Every sensor of the code location, one a module (what each does: README.md, Automation and Operating
+> Alerts). Their intervals and the source sensors' HEADs per tick come from `profiles.SensorSettings`.
 """
 
 from collections.abc import Mapping

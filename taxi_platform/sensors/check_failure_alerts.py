@@ -1,4 +1,5 @@
-"""`check_failure_alerts`: a failed blocking or ERROR check, alerted once (see CHECK_WINDOW_SECONDS)."""
+"""`check_failure_alerts`: a failed blocking or ERROR check, alerted once (README.md, Operating > Alerts;
+see CHECK_WINDOW_SECONDS)."""
 
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus

@@ -1,7 +1,7 @@
 """`freshness_alerts`: evaluates each dataset's `freshness` check (taxi_platform.checks.freshness) and
-alerts once when a dataset's due month is missing. Its cursor holds each dataset's last recorded
-evaluation (due month, fresh or not): an evaluation is recorded, and a stale one alerted, only when it
-changes, so a dataset stays alerted until it is fresh again or the next month falls due missing too."""
+alerts once when its due month is missing (README.md, Operating > Alerts and Checks). An evaluation is
+recorded, and a stale one alerted, only when it differs from the dataset's last recorded one (the
+cursor), so a dataset stays alerted until it is fresh again or the next month falls due missing too."""
 
 from dataclasses import dataclass
 

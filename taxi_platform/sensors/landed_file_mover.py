@@ -1,9 +1,9 @@
-"""`landed_file_mover`: moves a landed file to `landing/processed/` once its run succeeded.
+"""`landed_file_mover`: moves a landed file to `landing/processed/` once its run succeeded (README.md,
+Automation).
 
-Moving only after the whole run succeeded keeps a file whose run failed in `landing/`, its error in that
-run; the mover's cursor only advances when the move is done, so a move that fails is tried again, and
-moving twice is harmless. The mover moves only a file directly in `landing/` (`inside_landing`): a run
-tagged with any other path is logged as an error and nothing is moved.
+Its cursor only advances when the move is done, so a move that fails is tried again, and moving twice is
+harmless. It moves only a file directly in `landing/` (`inside_landing`): a run tagged with any other
+path is logged as an error and nothing is moved.
 """
 
 from collections.abc import Mapping

@@ -1,16 +1,12 @@
-"""`landing_sensor`: requests the month of each file dropped into the lake's `landing/`
-(`landed_file_mover` moves the file to `landing/processed/` once its run succeeded).
+"""`landing_sensor`: requests the month of each file dropped into the lake's `landing/`. What it does and
+how to use it: README.md, Automation and Reliability.
 
-A file is taken once it holds still: the same size, modification time (and, in a folder, status change
-time) seen at least `stable_seconds` ago, so a file still being copied is left alone. Its run key is the
-file's name and sha256 (read once per version, when it is stable): a corrected file is requested again
-even with the size and modification time of the old one, an unchanged one never twice (Dagster launches
-a sensor's run key once, so neither a reset cursor nor the same file dropped again runs it twice).
-A badly named file, or one whose path leads out of `landing/` (a symlink), is reported on every tick
-(sensor log and skip reason) until it is renamed or removed; an unreadable one fails its run, naming it.
-
-Cursor (the landing sensor's whole state, `taxi_platform.sensors.cursor`): per file still in
-`landing/`, its `Seen` record.
+Holding still means the same size, modification time (and, in a folder, status change time) seen at
+least `stable_seconds` ago. The sha256 in the run key is read once per version, once it is stable, so a
+corrected file is requested again even with the size and modification time of the old one; Dagster
+launches a sensor's run key once, so neither a reset cursor nor the same file dropped again runs it
+twice. A file whose path leads out of `landing/` (a symlink) is reported like a badly named one; an
+unreadable one fails its run, naming it. Cursor: per file still in `landing/`, its `Seen` record.
 """
 
 import time

@@ -1,14 +1,12 @@
-"""`<dataset>_source_sensor`: months newly published or republished at the public source.
+"""`<dataset>_source_sensor`: months newly published or republished at the public source. What it
+does and how to use it: README.md, Automation.
 
-Per tick at most `checks_per_tick` HEAD requests (no downloads): the newest RECENT_MONTHS months, where
-the TLC publishes, then a sweep of older months that continues where the last tick stopped, newest
-first, wrapping around; so every month is checked again every few ticks and a republished old month is
-found too. A month is requested when its file's version (ETag, Last-Modified, size) is neither the
-version this sensor last requested nor the version its raw partition was materialized from. The run
-key includes the version: a restart neither loses nor repeats work. A failed run is not requested again
-until the file changes (its step retries transient errors; re-execute it from the UI).
-
-Cursor (the sensor's whole state, `taxi_platform.sensors.cursor`): `SourceState`.
+Per tick: the newest RECENT_MONTHS months, where the TLC publishes, then a sweep of older months from
+where the last tick stopped, newest first, wrapping around, so a republished old month is found too. A
+month is requested when its file's version (ETag, Last-Modified, size) is neither the version this
+sensor last requested nor the one its raw partition was materialized from. A failed run is not requested
+again until the file changes (its step retries transient errors; re-execute it from the UI). Cursor:
+`SourceState`.
 """
 
 from dataclasses import dataclass, field

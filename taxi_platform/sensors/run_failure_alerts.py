@@ -1,6 +1,5 @@
-"""`run_failure_alerts`: one alert per failed run, whatever launched it (UI, sensor, schedule, backfill);
-step retries are not failures of the run. Alerts go through the `alerter` resource
-(taxi_platform.notifications), which never raises."""
+"""`run_failure_alerts`: one alert per failed run (README.md, Operating > Alerts). Alerts go through the
+`alerter` resource (taxi_platform.notifications), which never raises."""
 
 import dagster as dg
 

@@ -1,4 +1,5 @@
-"""`tick_failure_alerts`: a sensor or schedule tick of this code location that errored."""
+"""`tick_failure_alerts`: a sensor or schedule tick of this code location that errored (README.md,
+Operating > Alerts)."""
 
 import dagster as dg
 from dagster._core.scheduler.instigation import TickStatus
