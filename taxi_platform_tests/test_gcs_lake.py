@@ -110,13 +110,17 @@ def test_files_without_day_directories_and_an_emulator_host_without_scheme(gcs, 
     gcs.emulator.client.bucket(gcs.emulator.bucket).blob(killed_write).upload_from_string(b"half a file")
     monkeypatch.setattr(lake_module, "STAGING_MAX_AGE", timedelta(minutes=-1))
     for month, n in (("2020-03", 2), ("2020-03", 3), ("2020-04", 1)):
-        context = dg.build_output_context(asset_key=KEY, partition_key=month, asset_partitions_def=MONTHS)
-        lake.handle_output(context, pa.table({"n": list(range(n))}))
+        with dg.build_output_context(
+            asset_key=KEY, partition_key=month, asset_partitions_def=MONTHS
+        ) as context:
+            lake.handle_output(context, pa.table({"n": list(range(n))}))
     assert sorted(gcs.objects()) == ["clean/trips/2020-03.parquet", "clean/trips/2020-04.parquet"]
     assert rows(gcs, "clean/trips/2020-03.parquet") == 3
     unpartitioned = dg.AssetKey(["reference", "zones"])
-    lake.handle_output(dg.build_output_context(asset_key=unpartitioned), pa.table({"zone": ["a"]}))
-    loaded = lake.load_input(dg.build_input_context(asset_key=unpartitioned))
+    with dg.build_output_context(asset_key=unpartitioned) as context:
+        lake.handle_output(context, pa.table({"zone": ["a"]}))
+    with dg.build_input_context(asset_key=unpartitioned) as context:
+        loaded = lake.load_input(context)
     assert loaded.to_table().to_pydict() == {"zone": ["a"]} and "reference/zones.parquet" in gcs.objects()
 
 

@@ -27,26 +27,28 @@ def days(*days: date) -> pa.Table:
 
 
 def write(lake, obj, partition=None, key_range=None):
-    context = dg.build_output_context(
+    with dg.build_output_context(
         asset_key=KEY,
         partition_key=partition,
         asset_partitions_def=MONTHS,
         asset_partition_key_range=key_range,
         definition_metadata=BY_DAY,
-    )
-    lake.handle_output(context, obj)
+    ) as context:
+        lake.handle_output(context, obj)
 
 
 def read(lake, partition=None, key_range=None):
-    upstream = dg.build_output_context(asset_key=KEY, definition_metadata=BY_DAY)
-    context = dg.build_input_context(
-        asset_key=KEY,
-        partition_key=partition,
-        asset_partitions_def=MONTHS,
-        asset_partition_key_range=key_range,
-        upstream_output=upstream,
-    )
-    loaded = lake.load_input(context)  # datasets, read here in full
+    with (
+        dg.build_output_context(asset_key=KEY, definition_metadata=BY_DAY) as upstream,
+        dg.build_input_context(
+            asset_key=KEY,
+            partition_key=partition,
+            asset_partitions_def=MONTHS,
+            asset_partition_key_range=key_range,
+            upstream_output=upstream,
+        ) as context,
+    ):
+        loaded = lake.load_input(context)  # datasets, read here in full
     if isinstance(loaded, dict):
         return {month: dataset.to_table() for month, dataset in loaded.items()}
     return loaded.to_table()
@@ -106,12 +108,13 @@ def test_a_stream_is_written_batch_by_batch_and_loads_back_as_a_lazy_dataset(tmp
     write(lake, pa.RecordBatchReader.from_batches(batches[0].schema, iter(batches)), "2020-03")
     assert stored_days(tmp_path) == [f"day=2020-03-0{d}/2020-03.parquet" for d in (1, 2, 3)]
     assert pq.read_metadata(tmp_path / "clean/trips/day=2020-03-01/2020-03.parquet").num_row_groups == 3
-    upstream = dg.build_output_context(asset_key=KEY, definition_metadata=BY_DAY)
-    loaded = lake.load_input(
+    with (
+        dg.build_output_context(asset_key=KEY, definition_metadata=BY_DAY) as upstream,
         dg.build_input_context(
             asset_key=KEY, partition_key="2020-03", asset_partitions_def=MONTHS, upstream_output=upstream
-        )
-    )
+        ) as context,
+    ):
+        loaded = lake.load_input(context)
     assert isinstance(loaded, ds.Dataset) and loaded.count_rows() == 6
     assert sorted(loaded.to_table(columns=["day"])["day"].to_pylist()) == [date(2020, 3, 1)] * 4 + [
         date(2020, 3, 2),
@@ -246,10 +249,12 @@ def test_a_file_of_small_batches_is_written_in_row_groups_of_at_least_batch_rows
     assert BATCH_ROWS == 131_072
     lake = LakeIOManager(root=str(tmp_path))
     key = dg.AssetKey(["clean", "rejected"])
-    context = dg.build_output_context(asset_key=key, partition_key="2020-03", asset_partitions_def=MONTHS)
-    lake.handle_output(
-        context, small_batches(batches, rows, date(2020, 3, 1)).read_all().select(["n"]).to_reader()
-    )
+    with dg.build_output_context(
+        asset_key=key, partition_key="2020-03", asset_partitions_def=MONTHS
+    ) as context:
+        lake.handle_output(
+            context, small_batches(batches, rows, date(2020, 3, 1)).read_all().select(["n"]).to_reader()
+        )
     assert row_groups(tmp_path / "clean/rejected/2020-03.parquet") == groups
     assert pq.read_metadata(tmp_path / "clean/rejected/2020-03.parquet").num_rows == batches * rows
 
@@ -269,23 +274,24 @@ def test_a_partition_buffers_its_days_and_writes_each_as_a_row_group_at_buffered
 def test_an_unpartitioned_asset_is_one_file_and_a_file_never_written_is_a_clear_error(tmp_path):
     lake = LakeIOManager(root=str(tmp_path))
     key = dg.AssetKey(["reference", "zones"])
-    upstream = dg.build_output_context(asset_key=key)
-    with pytest.raises(
-        FileNotFoundError, match=r"reference/zones\.parquet does not exist; is the partition materialized"
+    with (
+        dg.build_output_context(asset_key=key) as upstream,
+        dg.build_input_context(asset_key=key, upstream_output=upstream) as reading,
     ):
-        lake.load_input(dg.build_input_context(asset_key=key, upstream_output=upstream))
-    lake.handle_output(dg.build_output_context(asset_key=key), pa.table({"id": [1, 2]}))
-    assert lake.load_input(
-        dg.build_input_context(asset_key=key, upstream_output=upstream)
-    ).to_table().to_pydict() == {"id": [1, 2]}
+        with pytest.raises(
+            FileNotFoundError, match=r"reference/zones\.parquet does not exist; is the partition materialized"
+        ):
+            lake.load_input(reading)
+        lake.handle_output(upstream, pa.table({"id": [1, 2]}))
+        assert lake.load_input(reading).to_table().to_pydict() == {"id": [1, 2]}
     monthly = dg.AssetKey(["raw", "trips"])
-    context = dg.build_input_context(
-        asset_key=monthly,
-        partition_key="2020-05",
-        asset_partitions_def=MONTHS,
-        upstream_output=dg.build_output_context(asset_key=monthly),
-    )
-    with pytest.raises(FileNotFoundError, match=r"raw/trips/2020-05\.parquet does not exist"):
+    with (
+        dg.build_output_context(asset_key=monthly) as upstream,
+        dg.build_input_context(
+            asset_key=monthly, partition_key="2020-05", asset_partitions_def=MONTHS, upstream_output=upstream
+        ) as context,
+        pytest.raises(FileNotFoundError, match=r"raw/trips/2020-05\.parquet does not exist"),
+    ):
         lake.load_input(context)
 
 
