@@ -9,7 +9,7 @@ from taxi_platform import notifications
 from taxi_platform.notifications import Alerter
 from taxi_platform.sensors.cursor import Cursor
 
-BATCH = 200  # executions read per check and tick
+EXECUTIONS_PER_CHECK = 200  # the newest executions of each check read per tick
 # Failed checks are taken by the time their result was written, for this long back; a result is sent
 # once (its execution id is kept in the cursor for as long). Results written while no sensor ran for
 # longer than this are not sent.
@@ -34,7 +34,7 @@ def build_check_failure_sensor(minimum_interval_seconds: int) -> dg.SensorDefini
             (
                 record
                 for key in check_keys
-                for record in _check_executions(context.instance, key, BATCH, failed_only=True)
+                for record in _check_executions(context.instance, key, EXECUTIONS_PER_CHECK, failed_only=True)
                 if record.event and record.event.timestamp > now - CHECK_WINDOW_SECONDS
             ),
             key=lambda record: record.event.timestamp if record.event else 0,

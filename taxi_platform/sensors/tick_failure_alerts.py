@@ -8,7 +8,7 @@ from taxi_platform import notifications
 from taxi_platform.notifications import Alerter
 from taxi_platform.sensors.cursor import Cursor
 
-BATCH = 200  # failed ticks read per sensor or schedule and tick
+FAILED_TICKS_PER_LOOK = 200  # the failed ticks of each sensor or schedule read per tick
 # Per sensor or schedule, the time of its last failed tick alerted (or of the first look at it).
 CURSOR = Cursor(
     "tick_failure_alerts", dict[str, float], afresh="each sensor and schedule is watched from now"
@@ -40,7 +40,7 @@ def build_tick_failure_sensor(minimum_interval_seconds: int) -> dg.SensorDefinit
                 state.instigator_origin_id,
                 state.selector_id,
                 after=since,
-                limit=BATCH,
+                limit=FAILED_TICKS_PER_LOOK,
                 statuses=[TickStatus.FAILURE],
             )
             if since is None:  # the first look at an instigator starts from now
