@@ -1,11 +1,9 @@
-"""The anomaly checks of each clean month: WARN, never blocking, judged on the figures the ingest
-step recorded rather than on the data.
+"""The anomaly checks of each clean month: WARN, never blocking (what they flag and what to do:
+README.md, Operating > Checks).
 
-A month's clean rows, and its rejected share (rejected_rows / raw_rows), are compared with the same
-figures of the dataset's last TRAILING_MONTHS present (materialized) months before it: a value outside
-median ± K·MAD (the MAD scaled to a standard deviation) is flagged. The figures are the metadata of
-each month's latest materialization, read from the Dagster instance, so a check costs milliseconds.
-In a single-run backfill of several months every month is judged and one result is reported per check.
+They judge the figures the ingest step recorded rather than the data: the metadata of each month's
+latest materialization, read from the Dagster instance, so a check costs milliseconds. In a single-run
+backfill of several months every month is judged and one result is reported per check.
 """
 
 import statistics
