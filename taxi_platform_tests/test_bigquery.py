@@ -26,6 +26,7 @@ from taxi_platform.io_managers.bigquery import (
     BigQuerySQL,
     BigQueryWarehouse,
     _bq_type,
+    current_metadata,
     lake_table_definition,
     new_columns,
     staging_table_definition,
@@ -107,18 +108,13 @@ def test_an_arrow_type_bigquery_has_no_column_for_is_refused():
 @pytest.mark.fast
 def test_the_lake_external_table_definition():
     """The emulator accepts an external table but keeps no external configuration: the definition
-    sent is checked as the JSON BigQuery receives."""
-    prefix = "gs://taxi-lake/prod/clean/green_trips"
-    sent = lake_table_definition("p.taxi.green_trips_lake", prefix, "pickup_date")
+    sent is checked as the JSON BigQuery receives (a BigLake table over an Iceberg metadata file)."""
+    metadata = "gs://taxi-lake/prod/clean/green_trips/metadata/00003-ab12.metadata.json"
+    sent = lake_table_definition("p.taxi.green_trips_lake", metadata, "p.us.lake")
     assert sent.to_api_repr()["externalDataConfiguration"] == {
-        "sourceFormat": "PARQUET",
-        "sourceUris": [f"{prefix}/*.parquet"],
-        "hivePartitioningOptions": {"mode": "CUSTOM", "sourceUriPrefix": f"{prefix}/{{pickup_date:DATE}}"},
-    }
-    zones = lake_table_definition("p.taxi.taxi_zones_lake", "gs://taxi-lake/prod/reference/taxi_zones", None)
-    assert zones.to_api_repr()["externalDataConfiguration"] == {
-        "sourceFormat": "PARQUET",
-        "sourceUris": ["gs://taxi-lake/prod/reference/taxi_zones/*.parquet"],
+        "sourceFormat": "ICEBERG",
+        "sourceUris": [metadata],
+        "connectionId": "p.us.lake",
     }
 
 
@@ -220,15 +216,20 @@ def test_the_table_is_partitioned_clustered_and_typed(taxi_env, published, bigqu
 
 
 @pytest.mark.emulators
-def test_the_lake_external_table_is_created_then_updated(bigquery_emulator, dataset):
+def test_the_lake_external_table_is_created_then_updated(bigquery_emulator, dataset, gcs):
+    """Defined over the metadata file that the table's version hint names, in the bucket."""
     sql = BigQuerySQL(bigquery=BigQueryResource(project=bigquery_emulator, location="US"), dataset=dataset)
-    warehouse = BigQueryWarehouse(sql=sql, lake_root="gs://taxi-lake/prod")
+    warehouse = BigQueryWarehouse(sql=sql, lake_root=gcs.root, lake_connection="p.us.lake")
     bigquery.Client(project=bigquery_emulator).create_dataset(dataset)
+    table = f"{gcs.root}/clean/green_trips"
+    hint = gcs.emulator.client.bucket(gcs.emulator.bucket).blob(
+        f"{gcs.prefix}/clean/green_trips/metadata/version-hint.text"
+    )
+    hint.upload_from_string("00004-5e7c")
+    assert current_metadata(table) == f"{table}/metadata/00004-5e7c.metadata.json"
     assert sql.tables() == set()
     for _ in range(2):  # the second time the table exists (Conflict): its definition is updated
-        warehouse._create_lake_table(
-            "green_trips_lake", "gs://taxi-lake/prod/clean/green_trips", "pickup_date"
-        )
+        warehouse._create_lake_table("green_trips_lake", table, "pickup_date")
     assert sql.tables() == {"green_trips_lake"}
 
 

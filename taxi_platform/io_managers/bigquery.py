@@ -82,6 +82,11 @@ class BigQueryWarehouse(WarehouseIOManager):
     error (`_transient`) is tried again whole under `retry`, each retry a warning in the run's log."""
 
     sql: BigQuerySQL
+    lake_connection: str = Field(
+        default="",
+        description="The BigLake connection (project.location.connection) through which BigQuery reads "
+        "the lake's Iceberg tables, for `<table>_lake` tables.",
+    )
     retry: RetrySettings = Field(
         default=BIGQUERY_WRITE, description="Tries of a write meeting transient errors."
     )
@@ -145,7 +150,7 @@ class BigQueryWarehouse(WarehouseIOManager):
     def _create_lake_table(self, name, prefix, partition_column) -> None:
         from google.api_core.exceptions import Conflict
 
-        table = lake_table_definition(self.sql.table_id(name), prefix, partition_column)
+        table = lake_table_definition(self.sql.table_id(name), current_metadata(prefix), self.lake_connection)
         with self.sql.bigquery.get_client() as client:
             try:
                 client.create_table(table)
@@ -247,17 +252,24 @@ def staging_table_definition(table_id: str, schema, now: datetime):
     return table
 
 
-def lake_table_definition(table_id: str, prefix: str, partition_column: str | None):
-    """A BigQuery external table over the parquet under `prefix`, hive-partitioned by a DATE column."""
+def current_metadata(table_uri: str) -> str:
+    """The metadata file of an Iceberg table's current version in a bucket, as its version hint
+    (`metadata/version-hint.text`, written after each commit) names it."""
+    from google.cloud import storage
+
+    bucket, path = table_uri.removeprefix("gs://").split("/", 1)
+    hint = storage.Client().bucket(bucket).blob(f"{path}/metadata/version-hint.text").download_as_text()
+    return f"{table_uri}/metadata/{hint.strip()}.metadata.json"
+
+
+def lake_table_definition(table_id: str, metadata_uri: str, connection: str):
+    """A BigLake external table over a version of the lake's Iceberg table (its metadata file):
+    (re)defined at each load, so it reads the version the warehouse loaded."""
     from google.cloud import bigquery
 
-    external = bigquery.ExternalConfig("PARQUET")
-    external.source_uris = [f"{prefix}/*.parquet"]  # not the lake's staged *.tmp objects
-    if partition_column:
-        hive = bigquery.HivePartitioningOptions()
-        hive.mode = "CUSTOM"
-        hive.source_uri_prefix = f"{prefix}/{{{partition_column}:DATE}}"
-        external.hive_partitioning = hive
+    external = bigquery.ExternalConfig("ICEBERG")
+    external.source_uris = [metadata_uri]
+    external.connection_id = connection
     table = bigquery.Table(table_id)
     table.external_data_configuration = external
     return table

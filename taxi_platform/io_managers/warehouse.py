@@ -19,8 +19,8 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
   (`WarehouseSQL`: DuckDBSQL here, BigQuerySQL), which the IO manager also stores through.
 - BigQuery's back end is `taxi_platform.io_managers.bigquery` (imported by the gcp profile only).
 - Definition metadata `warehouse/lake_table: "clean/green_trips"` also (re)creates `<table>_lake`
-  over that asset's hive-partitioned parquet in the lake at `lake_root`: a BigQuery external table
-  (hive partitions), or a DuckDB view; the lake's files queried where they lie.
+  over that asset's Iceberg table in the lake at `lake_root`: a BigQuery external table, or a
+  DuckDB view through DuckDB's `iceberg` extension; the lake's current version queried where it lies.
 """
 
 import re
@@ -314,13 +314,29 @@ class DuckDBWarehouse(WarehouseIOManager):
             ).to_arrow_table()
 
     def _create_lake_table(self, name, prefix, partition_column) -> None:
-        files = f"{Path(prefix).resolve().as_posix()}/*/*.parquet"
         with self.sql.connect() as con:
+            _install_iceberg_reader(con)
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.sql.dataset)}")
             con.execute(
                 f"CREATE OR REPLACE VIEW {self.sql.ref(name)} AS SELECT * FROM"
-                f" read_parquet({_literal(files)}, hive_partitioning = true, union_by_name = true)"
+                f" iceberg_scan({_literal(Path(prefix).resolve().as_posix())})"
             )
+
+
+def _install_iceberg_reader(con) -> None:
+    """DuckDB's `iceberg` extension (and `avro`, which it reads manifests with), installed from their
+    wheels rather than downloaded: once installed, every DuckDB of this machine loads them when a
+    query needs them. iceberg_scan finds a table's current version through its version hint."""
+    import importlib.resources
+
+    import duckdb
+
+    for name in ("avro", "iceberg"):
+        extension = importlib.resources.files(f"duckdb_extension_{name}").joinpath(
+            "extensions", f"v{duckdb.__version__}", f"{name}.duckdb_extension"
+        )
+        con.install_extension(str(extension))
+        con.load_extension(name)
 
 
 def _descriptions(schema: pa.Schema, meta) -> dict[str, str]:
