@@ -13,8 +13,10 @@ import dagster as dg
 import psycopg
 import pytest
 
+from taxi_platform.datasets import DATASETS
 from taxi_platform.definitions import defs
-from taxi_platform_tests.helpers import gzip_csv, materialize
+from taxi_platform.lake.resource import Lake
+from taxi_platform_tests.helpers import green_trip_keys, gzip_csv, lake_digests, lake_files, materialize
 from taxi_platform_tests.test_faults import EVERY_STORE, MONTH, SOURCE, published_state, served_lines
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres]
@@ -114,3 +116,39 @@ def test_a_rollback_to_a_run_that_published_nothing_fails_naming_the_kept_runs(
         in failure.step_failure_data.error.message
     )
     assert published_state(taxi_env, postgres_url, pg_schema) == before
+
+
+def test_the_vacuum_job_removes_only_what_retention_allows_and_never_the_current_version(
+    taxi_env, monkeypatch
+):
+    for _ in range(2):
+        materialize(*green_trip_keys(), partition=MONTH)
+    current = {key: lake_digests(taxi_env, key) for key in green_trip_keys()}
+    lake = Lake(root=str(taxi_env / "lake"))
+    clean = dg.AssetKey.from_user_string("clean/green_trips")
+    first = lake.versions(clean, MONTH)[-1].version
+
+    def vacuum() -> dict:
+        result = defs().resolve_job_def("vacuum_lake").execute_in_process()
+        (output,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_OUTPUT]
+        return {k: v.value for k, v in output.event_specific_data.metadata.items()}
+
+    assert vacuum()["files_removed"] == 0  # the default retention, 30 days, keeps both versions
+    assert lake.read(
+        clean, MONTH, DATASETS["green"].partitions_def, "pickup_date", version=first
+    ).count_rows()
+    monkeypatch.setenv("TAXI_LAKE_RETENTION_DAYS", "0")
+    removed = vacuum()
+    days = len(lake_files(taxi_env, "clean/green_trips"))
+    # The first version's files: a file a day of clean, the month's rejected, raw's file and its index entry.
+    assert (
+        removed["clean/green_trips"],
+        removed["clean/green_trips_rejected"],
+        removed["raw/green_trips"],
+    ) == (
+        days,
+        1,
+        2,
+    )
+    assert {key: lake_digests(taxi_env, key) for key in green_trip_keys()} == current
+    assert [v.version for v in lake.versions(clean, MONTH)] == [lake.versions(clean, MONTH)[0].version]
