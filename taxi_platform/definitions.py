@@ -12,6 +12,7 @@ from taxi_platform.checks.anomalies import build_anomaly_checks
 from taxi_platform.checks.freshness import build_freshness_check
 from taxi_platform.datasets import DATASETS
 from taxi_platform.jobs import build_ingest_job
+from taxi_platform.lake_conversion import convert_lake
 from taxi_platform.profiles import load_profile
 from taxi_platform.rollback import rollback_month
 from taxi_platform.schedules import build_monthly_schedule
@@ -41,7 +42,7 @@ def defs() -> dg.Definitions:
             for spec in DATASETS.values()
             for check in (build_freshness_check(spec), build_anomaly_checks(spec))
         ],
-        jobs=[*jobs.values(), rollback_month, vacuum_lake],
+        jobs=[*jobs.values(), rollback_month, vacuum_lake, convert_lake],
         schedules=[
             *(build_monthly_schedule(spec, jobs[name]) for name, spec in DATASETS.items()),
             vacuum_daily,
