@@ -4,6 +4,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+# gcsfs reads this at import (as profiles.load_profile sets it for the platform): its experimental
+# file system needs an API the Cloud Storage emulator does not have.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
 from synthetic.months import FREQUENT, write_source_month
 from synthetic.source_server import SourceServer
 from taxi_platform.datasets import DATASETS

@@ -9,8 +9,8 @@ from taxi_platform.assets import SINK_OPTIONS, AssetOptions, build_sink_asset, p
 from taxi_platform.assets.zones import ZONES
 from taxi_platform.datasets import PICKUP_DATE, TRIP_KEY, DatasetSpec
 from taxi_platform.io_managers import PARTITION_COLUMN
-from taxi_platform.io_managers.ledger import Audited
 from taxi_platform.io_managers.postgres import UNIQUE_KEY
+from taxi_platform.ledger import Audited
 
 POSTGRES_OPTIONS = SINK_OPTIONS | AssetOptions(
     group_name="postgres",

@@ -7,10 +7,10 @@ import pyarrow.dataset as ds
 
 from taxi_platform.assets import SINK_OPTIONS, AssetOptions, build_sink_asset, provenance
 from taxi_platform.assets.zones import ZONES
-from taxi_platform.datasets import PICKUP_DATE, DatasetSpec
-from taxi_platform.io_managers import PARTITION_COLUMN
-from taxi_platform.io_managers.ledger import Audited
+from taxi_platform.datasets import NEW_YORK, PICKUP_DATE, DatasetSpec
+from taxi_platform.io_managers import PARTITION_COLUMN, TIME_ZONE
 from taxi_platform.io_managers.warehouse import CLUSTER_BY, LAKE_TABLE
+from taxi_platform.ledger import Audited
 from taxi_platform.metadata import CLEAN_DESCRIPTIONS, column_schema
 
 WAREHOUSE_OPTIONS = SINK_OPTIONS | AssetOptions(
@@ -26,6 +26,7 @@ def build_warehouse_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     options = WAREHOUSE_OPTIONS | AssetOptions(
         metadata={
             PARTITION_COLUMN: PICKUP_DATE,
+            TIME_ZONE: NEW_YORK,  # the TLC's times are New York's, without a zone
             CLUSTER_BY: ["pu_location_id", "do_location_id"],
             LAKE_TABLE: spec.clean_key.to_user_string(),
             "dagster/column_schema": column_schema(spec.clean_schema, CLEAN_DESCRIPTIONS),

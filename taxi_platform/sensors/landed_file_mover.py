@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from taxi_platform.io_managers.lake import LakeIOManager
+from taxi_platform.lake.resource import Lake
 from taxi_platform.sources.landing import LANDED_FILE_TAG, OutsideLanding, move_to_processed
 
 
@@ -23,14 +23,12 @@ def build_landed_file_mover(jobs: Mapping, minimum_interval_seconds: int) -> dg.
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Moves a landed file to landing/processed/ once its run succeeded.",
     )
-    def landed_file_mover(
-        context: dg.RunStatusSensorContext, lake_io_manager: dg.ResourceParam[LakeIOManager]
-    ):
+    def landed_file_mover(context: dg.RunStatusSensorContext, lake: Lake):
         uri = context.dagster_run.tags.get(LANDED_FILE_TAG)
         if not uri:
             return
         try:
-            moved = move_to_processed(uri, lake_io_manager.root, lake_io_manager.gcs_endpoint)
+            moved = move_to_processed(uri, lake.root, lake.gcs_endpoint)
         except OutsideLanding as error:
             context.log.error(f"run {context.dagster_run.run_id}: nothing moved: {error}")
             return

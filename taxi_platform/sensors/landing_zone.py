@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from taxi_platform.io_managers.lake import LakeIOManager
+from taxi_platform.lake.resource import Lake
 from taxi_platform.profiles import SensorSettings
 from taxi_platform.sensors.cursor import Cursor
 from taxi_platform.sources.landing import (
@@ -64,8 +64,8 @@ def build_landing_sensor(
         "(<dataset>_tripdata_<YYYY-MM>.csv.gz or .parquet), read from that file, once it has held "
         f"still for {stable_seconds} s.",
     )
-    def landing_sensor(context: dg.SensorEvaluationContext, lake_io_manager: dg.ResourceParam[LakeIOManager]):
-        root, gcs_endpoint = lake_io_manager.root, lake_io_manager.gcs_endpoint
+    def landing_sensor(context: dg.SensorEvaluationContext, lake: Lake):
+        root, gcs_endpoint = lake.root, lake.gcs_endpoint
         before, now = CURSOR.read(context) or {}, clock()
         seen: dict[str, Seen] = {}
         run_requests, settling, waiting, bad = [], [], [], []
