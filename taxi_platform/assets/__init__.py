@@ -121,7 +121,7 @@ def build_sink_asset(
         for month, rows in by_month(context, clean).items():
             context.add_asset_metadata({"dagster/row_count": rows.count_rows()}, partition_key=month)
             known = provenance(context.instance, spec.raw_key, spec.clean_key, month, started_at)
-            audited[month] = Audited(rows, known | {"lake_version": version_of(rows)})
+            audited[month] = Audited(rows, known | {"lake_version": version_of(rows), "operation": "load"})
         return audited
 
     return sink
