@@ -12,10 +12,12 @@ from taxi_platform.checks.anomalies import build_anomaly_checks
 from taxi_platform.checks.freshness import build_freshness_check
 from taxi_platform.datasets import DATASETS
 from taxi_platform.jobs import build_ingest_job
+from taxi_platform.lake_conversion import convert_lake
 from taxi_platform.profiles import load_profile
 from taxi_platform.rollback import rollback_month
 from taxi_platform.schedules import build_monthly_schedule
 from taxi_platform.sensors import build_sensors
+from taxi_platform.vacuum import vacuum_daily, vacuum_lake
 
 
 def build_assets() -> list[dg.AssetsDefinition]:
@@ -40,8 +42,11 @@ def defs() -> dg.Definitions:
             for spec in DATASETS.values()
             for check in (build_freshness_check(spec), build_anomaly_checks(spec))
         ],
-        jobs=[*jobs.values(), rollback_month],
-        schedules=[build_monthly_schedule(spec, jobs[name]) for name, spec in DATASETS.items()],
+        jobs=[*jobs.values(), rollback_month, vacuum_lake, convert_lake],
+        schedules=[
+            *(build_monthly_schedule(spec, jobs[name]) for name, spec in DATASETS.items()),
+            vacuum_daily,
+        ],
         sensors=build_sensors(jobs, profile.sensors),
         resources=profile.resources,
         # A run's steps share its process: a month's steps form a chain, and a process per step costs

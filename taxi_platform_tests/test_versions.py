@@ -1,4 +1,5 @@
-"""Every month a version: a wrong month rolled back in the lake and every sink, and rolled back again.
+"""Every month a version: a wrong month rolled back in the lake and every sink, and rolled back again;
+the vacuum's retention; an old parquet lake converted.
 
 Green 2020-10 is published (version 1), then republished with every amount doubled, which passes every
 check (version 2); `rollback_month` puts it back. Each state is read from the stores themselves: the
@@ -8,16 +9,28 @@ lake's tables through their readers (rows and sha256 of the rows), PostgreSQL an
 
 import csv
 import io
+from datetime import date
 
 import dagster as dg
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from taxi_platform.datasets import DATASETS
 from taxi_platform.definitions import defs
-from taxi_platform_tests.helpers import gzip_csv, materialize
+from taxi_platform.lake.resource import Lake
+from taxi_platform_tests.helpers import (
+    green_trip_keys,
+    gzip_csv,
+    lake_digests,
+    lake_files,
+    lake_table,
+    materialize,
+)
 from taxi_platform_tests.test_faults import EVERY_STORE, MONTH, SOURCE, published_state, served_lines
 
-pytestmark = [pytest.mark.faults, pytest.mark.postgres]
+pytestmark = pytest.mark.postgres
 AMOUNTS = (
     "fare_amount",
     "extra",
@@ -60,6 +73,7 @@ def ledger(url: str, schema: str) -> list[tuple]:
         ).fetchall()
 
 
+@pytest.mark.faults
 def test_a_wrong_month_is_rolled_back_everywhere_and_the_rollback_rolled_back(
     taxi_env, published, publish, postgres_url, pg_schema
 ):
@@ -95,6 +109,7 @@ def test_a_wrong_month_is_rolled_back_everywhere_and_the_rollback_rolled_back(
     assert loads[-1][3] > loads[-2][3] > loads[1][3] > loads[0][3]  # every load a newer lake version
 
 
+@pytest.mark.faults
 def test_a_rollback_to_a_run_that_published_nothing_fails_naming_the_kept_runs(
     taxi_env, postgres_url, pg_schema
 ):
@@ -114,3 +129,81 @@ def test_a_rollback_to_a_run_that_published_nothing_fails_naming_the_kept_runs(
         in failure.step_failure_data.error.message
     )
     assert published_state(taxi_env, postgres_url, pg_schema) == before
+
+
+def test_the_vacuum_job_removes_only_what_retention_allows_and_never_the_current_version(
+    taxi_env, monkeypatch
+):
+    for _ in range(2):
+        materialize(*green_trip_keys(), partition=MONTH)
+    current = {key: lake_digests(taxi_env, key) for key in green_trip_keys()}
+    lake = Lake(root=str(taxi_env / "lake"))
+    clean = dg.AssetKey.from_user_string("clean/green_trips")
+    first = lake.versions(clean, MONTH)[-1].version
+
+    def vacuum() -> dict:
+        result = defs().resolve_job_def("vacuum_lake").execute_in_process()
+        (output,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_OUTPUT]
+        return {k: v.value for k, v in output.event_specific_data.metadata.items()}
+
+    assert vacuum()["files_removed"] == 0  # the default retention, 30 days, keeps both versions
+    assert lake.read(
+        clean, MONTH, DATASETS["green"].partitions_def, "pickup_date", version=first
+    ).count_rows()
+    monkeypatch.setenv("TAXI_LAKE_RETENTION_DAYS", "0")
+    removed = vacuum()
+    days = len(lake_files(taxi_env, "clean/green_trips"))
+    # The first version's files: a file a day of clean, the month's rejected, raw's file and its index entry.
+    assert (
+        removed["clean/green_trips"],
+        removed["clean/green_trips_rejected"],
+        removed["raw/green_trips"],
+    ) == (
+        days,
+        1,
+        2,
+    )
+    assert {key: lake_digests(taxi_env, key) for key in green_trip_keys()} == current
+    assert [v.version for v in lake.versions(clean, MONTH)] == [lake.versions(clean, MONTH)[0].version]
+
+
+def test_a_lake_of_the_old_parquet_layout_converts_in_place_once(taxi_env):
+    """The layout before the Iceberg tables, written as it was; each month becomes its tables' first
+    version, the old files go, and a second conversion finds nothing to do."""
+    lake = taxi_env / "lake"
+    days = {date(2020, 10, 1): 3, date(2020, 10, 2): 2}
+    for day, rows in days.items():
+        folder = lake / f"clean/green_trips/pickup_date={day}"
+        folder.mkdir(parents=True)
+        pq.write_table(
+            pa.table({"trip_key": list(range(rows)), "fare": [2.5] * rows}), folder / "2020-10.parquet"
+        )
+    pq.write_table(
+        pa.table({"VendorID": pa.array([1] * 6, pa.int32())}), _made(lake / "raw/green_trips/2020-10.parquet")
+    )
+    rejected = pa.table({"trip_key": [9], "fare": [0.0], "reject_reason": ["duplicate_row"]})
+    pq.write_table(rejected, _made(lake / "clean/green_trips_rejected/2020-10.parquet"))
+    pq.write_table(pa.table({"location_id": [1, 2]}), _made(lake / "reference/taxi_zones.parquet"))
+
+    def convert() -> int:
+        result = defs().resolve_job_def("convert_lake").execute_in_process()
+        (output,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_OUTPUT]
+        return output.event_specific_data.metadata["months_converted"].value
+
+    assert convert() == 1
+    assert lake_files(taxi_env, "clean/green_trips") == {f"pickup_date={day}": n for day, n in days.items()}
+    assert lake_files(taxi_env, "raw/green_trips") == {"2020-10": 6}
+    assert lake_files(taxi_env, "clean/green_trips_rejected") == {"2020-10": 1}
+    assert lake_table(taxi_env, "reference/taxi_zones").to_pydict() == {"location_id": [1, 2]}
+    clean = lake_table(taxi_env, "clean/green_trips", MONTH, "pickup_date")
+    assert sorted(clean["pickup_date"].to_pylist()) == [date(2020, 10, 1)] * 3 + [date(2020, 10, 2)] * 2
+    assert (
+        not [p for p in lake.rglob("2020-10.parquet")]
+        and not (lake / "reference/taxi_zones.parquet").exists()
+    )
+    assert convert() == 0
+
+
+def _made(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

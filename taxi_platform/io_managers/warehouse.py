@@ -315,7 +315,7 @@ class DuckDBWarehouse(WarehouseIOManager):
 
     def _create_lake_table(self, name, prefix, partition_column) -> None:
         with self.sql.connect() as con:
-            _install_iceberg_reader(con)
+            install_iceberg_reader(con)
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.sql.dataset)}")
             con.execute(
                 f"CREATE OR REPLACE VIEW {self.sql.ref(name)} AS SELECT * FROM"
@@ -323,7 +323,7 @@ class DuckDBWarehouse(WarehouseIOManager):
             )
 
 
-def _install_iceberg_reader(con) -> None:
+def install_iceberg_reader(con) -> None:
     """DuckDB's `iceberg` extension (and `avro`, which it reads manifests with), installed from their
     wheels rather than downloaded: once installed, every DuckDB of this machine loads them when a
     query needs them. iceberg_scan finds a table's current version through its version hint."""

@@ -211,14 +211,20 @@ class Lake(dg.ConfigurableResource):
         if not table.exists():
             return []
         retention = timedelta(days=self.retention_days)
+        before = datetime.now(UTC) - retention
         live = {_path(f) for f in table.expire(retention)}
         folder = self.path(key)
-        if versioned_files:  # the data files are the ones the remaining index versions name
-            named = file_dataset(self.filesystem()[0], sorted(live), None).to_table(columns=["file"])
-            live |= {f"{folder}/{name}" for name in named["file"].to_pylist()} if live else set()
-        else:
-            folder = f"{folder}/data"
-        return self._remove_unread(folder, live, datetime.now(UTC) - retention, recursive=not versioned_files)
+        table_folder = f"{folder}/{INDEX}" if versioned_files else folder
+        removed = self._remove_unread(f"{table_folder}/data", live, before, recursive=True)
+        if versioned_files:  # and the data files that no remaining index version names
+            index = file_dataset(self.filesystem()[0], sorted(live), None)
+            named = (
+                {f"{folder}/{name}" for name in index.to_table(columns=["file"])["file"].to_pylist()}
+                if live
+                else set()
+            )
+            removed += self._remove_unread(folder, named, before, recursive=False)
+        return sorted(removed)
 
     def _remove_unread(self, folder: str, live: set[str], before: datetime, recursive: bool) -> list[str]:
         fs, _ = self.filesystem()
