@@ -60,11 +60,41 @@ class LedgerSink(ABC):
         the sink's), or in a transaction of their own when None. The table is created if missing, and
         its `missing_columns` added first."""
 
+    @abstractmethod
+    def held_versions(self, asset_key: str) -> dict[str | None, int]:
+        """{partition key: the newest `lake_version` this sink's ledger says it published} of the asset."""
+
 
 def missing_columns(existing: Iterable[str]) -> list[pa.Field]:
     """The ledger's columns a ledger table with `existing` columns lacks, for the sink to add."""
     have = set(existing)
     return [field for field in LEDGER_SCHEMA if field.name not in have]
+
+
+class StaleLakeVersion(ValueError):
+    """A sink asked to load a lake version older than the one it already holds."""
+
+
+def refuse_older(context: dg.OutputContext, provenance: Mapping, sink: LedgerSink) -> None:
+    """Raise StaleLakeVersion when a partition's lake version is older than the one the sink holds:
+    of two runs loading one month, the one that read the lake first cannot overwrite the newer."""
+    offered = {
+        key: known["lake_version"]
+        for key, known in provenance.items()
+        if known.get("lake_version") is not None
+    }
+    if not offered:
+        return
+    asset = context.asset_key.to_user_string()
+    held = sink.held_versions(asset)
+    older = {
+        key: (version, held[key]) for key, version in offered.items() if key in held and version < held[key]
+    }
+    if older:
+        raise StaleLakeVersion(
+            f"{asset}: refused to load lake versions older than those it holds: "
+            + ", ".join(f"{key} version {version} < {newer}" for key, (version, newer) in older.items())
+        )
 
 
 LedgerRows = Callable[[Mapping[str | None, int | None]], pa.Table]
@@ -85,6 +115,7 @@ def write_audited(
     if provenance is None:
         return write(rows, None)
     try:
+        refuse_older(context, provenance, sink)
         return write(rows, lambda loaded: ledger_rows(context, provenance, loaded))
     except Exception as error:
         record_failure(context, provenance, error, sink)

@@ -4,7 +4,8 @@ one, and the next writer succeeds. Two writers of one month at once, ten times: 
 exactly one of them, in the lake and in the sinks that load it, and the loser says why.
 
 The writer is a child process publishing through the `Lake` resource (the ingest step's own path,
-without the download), on a month large enough (200,000 rows) for its staging to take a while.
+without the download), on a month of 60,000 rows in 12 batches; the kill instants are spread over the
+time an unkilled writer takes from its start of staging to its exit.
 """
 
 import hashlib
@@ -29,7 +30,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.slow]
 
 MONTHS = dg.MonthlyPartitionsDefinition(start_date="2020-01", fmt="%Y-%m")
 KEY = dg.AssetKey(["clean", "trips"])
-MONTH, ROWS = "2020-03", 200_000
+MONTH, ROWS, BATCH = "2020-03", 60_000, 5_000
 
 WRITER = """
 import sys
@@ -39,16 +40,17 @@ import dagster as dg
 from taxi_platform.lake.resource import Lake
 from taxi_platform.lake.tables import PublishConflict
 
-root, variant, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+root, variant, rows, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 months = dg.MonthlyPartitionsDefinition(start_date="2020-01", fmt="%Y-%m")
 lake = Lake(root=root)
 key = dg.AssetKey(["clean", "trips"])
 staged = lake.stage(key, months, "day")
+print("ready", flush=True)  # imported: staging and the commit begin
 writer = staged.writer("2020-03", pa.schema([("n", pa.int64()), ("amount", pa.float64()), ("day", pa.date32())]))
-for start in range(0, rows, 20_000):
-    n = pa.array(range(start, start + 20_000), pa.int64())
-    day = pa.array([date(2020, 3, 1) + timedelta(days=i % 31) for i in range(start, start + 20_000)], pa.date32())
-    writer.add(pa.record_batch([n, pa.array([variant * 1.5] * 20_000), day], names=["n", "amount", "day"]))
+for start in range(0, rows, batch):
+    n = pa.array(range(start, start + batch), pa.int64())
+    day = pa.array([date(2020, 3, 1) + timedelta(days=i % 31) for i in range(start, start + batch)], pa.date32())
+    writer.add(pa.record_batch([n, pa.array([variant * 1.5] * batch), day], names=["n", "amount", "day"]))
 writer.close()
 print("staged", flush=True)
 try:
@@ -63,7 +65,7 @@ print("published", flush=True)
 
 def start_writer(root, variant: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(root), str(variant), str(ROWS)],
+        [sys.executable, "-c", WRITER, str(root), str(variant), str(ROWS), str(BATCH)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -122,13 +124,15 @@ def stores(tmp_path, postgres_url, pg_schema):
 def test_a_writer_killed_at_any_instant_leaves_the_old_month_or_the_new_one(stores, postgres_url, pg_schema):
     lake, postgres, warehouse, path = stores
     first = start_writer(lake.root, 1)
+    assert first.stdout.readline() == "ready\n"
     started = time.monotonic()
     assert first.wait(timeout=300) == 0, first.stderr.read()
-    whole = time.monotonic() - started  # one unkilled writer: start, staging and commit
+    whole = time.monotonic() - started  # one unkilled writer's staging and commit
     old, new = expected(1), expected(2)
     outcomes = []
     for instant in range(1, 21):
         writer = start_writer(lake.root, 2)
+        assert writer.stdout.readline() == "ready\n"
         time.sleep(whole * instant / 21)
         writer.send_signal(signal.SIGKILL)
         writer.wait()

@@ -19,7 +19,10 @@ import pytest
 
 from taxi_platform.datasets import DATASETS
 from taxi_platform.definitions import defs
+from taxi_platform.io_managers.postgres import PostgresIOManager
+from taxi_platform.io_managers.warehouse import DuckDBSQL, DuckDBWarehouse
 from taxi_platform.lake.resource import Lake
+from taxi_platform.ledger import Audited, StaleLakeVersion
 from taxi_platform_tests.helpers import (
     green_trip_keys,
     gzip_csv,
@@ -207,3 +210,42 @@ def test_a_lake_of_the_old_parquet_layout_converts_in_place_once(taxi_env):
 def _made(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.mark.faults
+def test_a_sink_refuses_a_lake_version_older_than_the_one_it_holds(
+    taxi_env, published, publish, postgres_url, pg_schema
+):
+    """A run that read the lake before another published and loaded a newer version would overwrite
+    it: both sinks refuse, name the versions, record the failed attempt, and keep the newer month."""
+    materialize(*EVERY_STORE, partition=MONTH)
+    publish(SOURCE, doubled(served_lines(published)))
+    materialize(*EVERY_STORE, partition=MONTH)
+    newer = published_state(taxi_env, postgres_url, pg_schema)
+    spec = DATASETS["green"]
+    lake = Lake(root=str(taxi_env / "lake"))
+    old_version = lake.versions(spec.clean_key, MONTH)[1].version
+    stale = lake.read(spec.clean_key, MONTH, spec.partitions_def, "pickup_date", version=old_version)
+    definitions = defs()
+    managers = {  # as the local profile builds them
+        spec.postgres_key: PostgresIOManager(url=postgres_url, db_schema=pg_schema),
+        spec.warehouse_key: DuckDBWarehouse(sql=DuckDBSQL(path=str(taxi_env / "warehouse.duckdb"))),
+    }
+    for key, manager in managers.items():
+        asset = definitions.get_assets_def(key)
+        with (
+            dg.build_output_context(
+                asset_key=key,
+                partition_key=MONTH,
+                asset_partitions_def=spec.partitions_def,
+                definition_metadata=asset.specs_by_key[key].metadata,
+            ) as context,
+            pytest.raises(StaleLakeVersion, match=rf"{MONTH} version {old_version} < \d+"),
+        ):
+            manager.handle_output(context, Audited(stale, {"lake_version": old_version}))
+    assert published_state(taxi_env, postgres_url, pg_schema) == newer
+    with psycopg.connect(postgres_url) as conn:
+        (failed,) = conn.execute(
+            f'SELECT error FROM "{pg_schema}".load_audit WHERE outcome = %s', ["failed"]
+        ).fetchone()
+    assert failed.startswith("postgres/green_trips: refused to load lake versions older than those it holds")

@@ -24,7 +24,7 @@ from taxi_platform.io_managers.warehouse import (
     check_drift,
     checked_name,
 )
-from taxi_platform.ledger import LEDGER_TABLE, missing_columns
+from taxi_platform.ledger import LEDGER_TABLE, PUBLISHED, missing_columns
 from taxi_platform.retrying import BIGQUERY_WRITE, RetrySettings, retried
 
 T = TypeVar("T")
@@ -178,6 +178,29 @@ class BigQueryWarehouse(WarehouseIOManager):
                 f"ALTER TABLE `{table_id}` ADD COLUMN IF NOT EXISTS `{field.name}` {field.field_type}{options}"
             ).result()
         return table_id
+
+    def held_versions(self, asset_key: str) -> dict[str | None, int]:
+        from google.api_core.exceptions import NotFound
+        from google.cloud import bigquery
+
+        table_id = self.sql.table_id(LEDGER_TABLE)
+        with self.sql.bigquery.get_client() as client:
+            try:
+                if "lake_version" not in [field.name for field in client.get_table(table_id).schema]:
+                    return {}
+            except NotFound:
+                return {}
+            job = client.query(
+                f"SELECT partition_key, MAX(lake_version) AS version FROM `{table_id}` WHERE asset_key = @asset"
+                " AND outcome = @outcome AND lake_version IS NOT NULL GROUP BY partition_key",
+                job_config=bigquery.QueryJobConfig(
+                    query_parameters=[
+                        bigquery.ScalarQueryParameter("asset", "STRING", asset_key),
+                        bigquery.ScalarQueryParameter("outcome", "STRING", PUBLISHED),
+                    ]
+                ),
+            )
+            return {row["partition_key"]: row["version"] for row in job.result()}
 
     def append_ledger(self, rows: pa.Table, within=None) -> None:
         """Loaded on its own (BigQuery has no transaction to join): `within` is never given. The table

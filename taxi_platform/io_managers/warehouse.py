@@ -38,7 +38,14 @@ from pydantic import Field
 
 from taxi_platform.io_managers import PARTITION_COLUMN, TIME_ZONE, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import as_dataset
-from taxi_platform.ledger import LEDGER_TABLE, LedgerRows, LedgerSink, missing_columns, write_audited
+from taxi_platform.ledger import (
+    LEDGER_TABLE,
+    PUBLISHED,
+    LedgerRows,
+    LedgerSink,
+    missing_columns,
+    write_audited,
+)
 from taxi_platform.retrying import DUCKDB_LOCK, RetriesExhausted, RetrySettings, RunLogged, retried
 
 CLUSTER_BY = "warehouse/cluster_by"
@@ -282,6 +289,22 @@ class DuckDBWarehouse(WarehouseIOManager):
                 self.append_ledger(ledger, within=con)
             con.commit()
         return {"warehouse_path": dg.MetadataValue.path(self.sql.path)}
+
+    def held_versions(self, asset_key: str) -> dict[str | None, int]:
+        with self.sql.connect(self.sql.table_id(LEDGER_TABLE)) as con:
+            have = con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+                [self.sql.dataset, LEDGER_TABLE],
+            ).fetchall()
+            if ("lake_version",) not in have:
+                return {}
+            return dict(
+                con.execute(
+                    f"SELECT partition_key, max(lake_version) FROM {self.sql.ref(LEDGER_TABLE)}"
+                    " WHERE asset_key = ? AND outcome = ? AND lake_version IS NOT NULL GROUP BY partition_key",
+                    [asset_key, PUBLISHED],
+                ).fetchall()
+            )
 
     def append_ledger(self, rows: pa.Table, within=None) -> None:
         if within is None:  # DuckDB commits each statement of its own; these two go together

@@ -42,6 +42,7 @@ from taxi_platform.io_managers.postgres.partition_swap import replace_partitions
 from taxi_platform.ledger import (
     LEDGER_SCHEMA,
     LEDGER_TABLE,
+    PUBLISHED,
     LedgerRows,
     LedgerSink,
     missing_columns,
@@ -110,6 +111,16 @@ class PostgresIOManager(dg.ConfigurableIOManager, LedgerSink):
         else:
             ensure_table(within, self.db_schema, LEDGER_TABLE, LEDGER_SCHEMA, None)
         copy_rows(within, sql.Identifier(self.db_schema, LEDGER_TABLE), rows.to_reader())
+
+    def held_versions(self, asset_key: str) -> dict[str | None, int]:
+        with self.connect() as conn:
+            if "lake_version" not in columns(conn, self.db_schema, LEDGER_TABLE):
+                return {}
+            query = sql.SQL(
+                "SELECT partition_key, max(lake_version) FROM {} WHERE asset_key = %s AND outcome = %s"
+                " AND lake_version IS NOT NULL GROUP BY partition_key"
+            ).format(sql.Identifier(self.db_schema, LEDGER_TABLE))
+            return dict(conn.execute(query, [asset_key, PUBLISHED]).fetchall())
 
     def _write_with_retries(self, log, target: str, write, replayable: bool) -> int:
         """`write(conn)` in a transaction of its own, tried again on transient errors (see the module)."""
