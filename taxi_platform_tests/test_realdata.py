@@ -10,13 +10,18 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from synthetic.source_server import SourceServer
 from taxi_platform.checks.blocking import CHECKS
 from taxi_platform_tests import real_data as fetching
-from taxi_platform_tests.helpers import course_counts, green_trip_keys, materializations, materialize
+from taxi_platform_tests.helpers import (
+    course_counts,
+    green_trip_keys,
+    lake_table,
+    materializations,
+    materialize,
+)
 
 README = Path(__file__).parent.parent / "README.md"
 REASONS = [
@@ -91,7 +96,7 @@ def test_the_real_zones_keep_na_and_unknown_as_text(real_source):
     result = materialize("reference/taxi_zones")
     rows = int(fetching.manifest()["misc/taxi_zone_lookup.csv"]["rows"])
     assert materializations(result)[("reference/taxi_zones", None)]["dagster/row_count"] == rows == 265
-    zones = pq.read_table(real_source / "lake/reference/taxi_zones.parquet").to_pylist()
+    zones = lake_table(real_source, "reference/taxi_zones").sort_by("location_id").to_pylist()
     assert zones[0] == {"location_id": 1, "borough": "EWR", "zone": "Newark Airport", "service_zone": "EWR"}
     assert zones[-2:] == [
         {"location_id": 264, "borough": "Unknown", "zone": "NV", "service_zone": "N/A"},
