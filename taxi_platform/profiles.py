@@ -22,6 +22,7 @@ from pathlib import Path
 import dagster as dg
 
 from taxi_platform.alerts import Alerter
+from taxi_platform.dbt_runner import DbtWarehouseCli
 from taxi_platform.io_managers.arrow_data import use_jemalloc
 from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.io_managers.postgres import PostgresIOManager
@@ -138,6 +139,7 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
             "lake_io_manager": LakeIOManager(root=lake_root),
             "warehouse_sql": sql,
             "warehouse_io_manager": DuckDBWarehouse(sql=sql, lake_root=lake_root),
+            "dbt": DbtWarehouseCli(target=profile, warehouse=sql),
         }
     from dagster_gcp import BigQueryResource  # the Google clients: only this profile imports them
 
@@ -156,4 +158,5 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
         "lake_io_manager": LakeIOManager(root=lake_root, gcs_endpoint=gcs_endpoint),
         "warehouse_sql": sql,
         "warehouse_io_manager": BigQueryWarehouse(sql=sql, lake_root=lake_root),
+        "dbt": DbtWarehouseCli(target=profile, warehouse=sql),
     }

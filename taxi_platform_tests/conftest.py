@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from taxi_platform.datasets import DATASETS
+from taxi_platform.dbt_runner import TRANSFORM
 from taxi_platform_tests.bigquery import bigquery_emulator  # noqa: F401 (emulator fixtures)
 from taxi_platform_tests.gcs import gcs, gcs_emulator  # noqa: F401
 from taxi_platform_tests.real_data import RealDataMissing, real_data_folder
@@ -21,6 +22,12 @@ def month_rows(month: str) -> int:
     """Rows of a synthetic month: a few thousand, different each month."""
     year, number = map(int, month.split("-"))
     return 2_000 + 97 * ((year * 12 + number) % 17)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dbt_manifest():
+    """The dbt project's manifest, parsed from the models as they are now (as `dagster dev` does)."""
+    TRANSFORM.preparer.prepare(TRANSFORM)
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,17 @@ import pyarrow as pa
 import pytest
 from dagster_gcp import BigQueryResource
 
-from taxi_platform.assets.marts import _chart
+from taxi_platform.charts import trips_per_day
+from taxi_platform.datasets import DATASETS
 from taxi_platform.io_managers.bigquery import BigQuerySQL, BigQueryWarehouse
 from taxi_platform_tests.helpers import course_month, green_trip_keys, materializations, materialize
 from taxi_platform_tests.test_warehouse import release
 
 UPSTREAM = (*green_trip_keys(), "warehouse/green_trips", "reference/taxi_zones", "warehouse/taxi_zones")
+MODELS = tuple(f"staging/stg_{name}_trips" for name in DATASETS) + (
+    "marts/daily_zone_trips",
+    "marts/monthly_summary",
+)
 MONTHS = ("2020-10", "2020-11")
 DAILY_COLUMNS = [
     "pickup_date",
@@ -106,14 +111,8 @@ def chart_png(metadata: dict) -> bytes:
 
 def materialize_marts(**resources):
     materialize(*UPSTREAM, months=(MONTHS[0], MONTHS[-1]), resources=resources)
-    return materializations(
-        materialize(
-            "marts/daily_zone_trips",
-            "marts/monthly_summary",
-            months=(MONTHS[0], MONTHS[-1]),
-            resources=resources,
-        )
-    )
+    materialize("core/dim_zones", "core/dim_payment_types", resources=resources)
+    return materializations(materialize(*MODELS, months=(MONTHS[0], MONTHS[-1]), resources=resources))
 
 
 def check_marts(published: Path, marts: dict, daily_rows: dict[str, list[dict]], summary_rows: list[dict]):
@@ -152,11 +151,13 @@ def check_marts(published: Path, marts: dict, daily_rows: dict[str, list[dict]],
         }
         # The chart: a PNG of exactly the pandas series (the product's drawing of them, byte for byte).
         png = chart_png(summary_meta)
-        assert png == base64.b64decode(_chart(summary, month))
+        assert png == base64.b64decode(trips_per_day(summary.to_pylist(), month))
         one_day_off = summary.set_column(
             2, "trips", pa.array([n + (i == 3) for i, n in enumerate(summary["trips"].to_pylist())])
         )
-        assert png != base64.b64decode(_chart(one_day_off, month))  # the comparison sees one trip
+        assert png != base64.b64decode(
+            trips_per_day(one_day_off.to_pylist(), month)
+        )  # the comparison sees one trip
         assert matplotlib.image.imread(io.BytesIO(png), format="png").shape[2] == 4  # decodes: RGBA
 
 

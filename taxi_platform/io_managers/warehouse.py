@@ -14,8 +14,8 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
   up to `max_tries` times with exponential backoff and jitter (a warning each time); any other error
   fails at once.
 - Schema drift: new columns are added; a changed type fails, naming the columns.
-- SQL in the warehouse (the marts' aggregations) goes through the `warehouse_sql` resource
-  (`WarehouseSQL`: DuckDBSQL here, BigQuerySQL), which the IO manager also stores through.
+- SQL in the warehouse goes through the `warehouse_sql` resource (`WarehouseSQL`: DuckDBSQL here,
+  BigQuerySQL), which the IO manager also stores through, and which gives dbt its connection.
 - BigQuery's back end is `taxi_platform.io_managers.bigquery` (imported by the gcp profile only).
 - Definition metadata `warehouse/lake_table: "clean/green_trips"` also (re)creates `<table>_lake`
   over that asset's hive-partitioned parquet in the lake at `lake_root`: a BigQuery external table
@@ -30,7 +30,6 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar
 
 import dagster as dg
 import pyarrow as pa
@@ -60,11 +59,9 @@ class Window:
 
 
 class WarehouseSQL(dg.ConfigurableResource, ABC):
-    """SQL in the warehouse's dataset: what the marts run, in the few spellings the dialects differ."""
+    """SQL in the warehouse's dataset (what Dagster reads of the dbt models), and how dbt connects to it."""
 
     dataset: str = Field(default="taxi", description="Dataset (BigQuery) or schema (DuckDB).")
-    float_type: ClassVar[str] = "DOUBLE"
-    int_type: ClassVar[str] = "BIGINT"
 
     def table_id(self, name: str) -> str:
         return f"{self.dataset}.{name}"
@@ -74,16 +71,16 @@ class WarehouseSQL(dg.ConfigurableResource, ABC):
         """A table's name as SQL of this warehouse."""
 
     @abstractmethod
-    def seconds_between(self, start: str, end: str) -> str:
-        """SQL of the whole seconds from the DATETIME `start` to `end`."""
-
-    @abstractmethod
     def execute(self, statement: str) -> pa.Table:
         """Run a statement in the warehouse; its rows (none for DDL)."""
 
     @abstractmethod
     def tables(self) -> set[str]:
         """The names of the tables in the dataset."""
+
+    @abstractmethod
+    def dbt_output(self) -> dict:
+        """This warehouse as a dbt profile's output (connection and dataset; no credential)."""
 
 
 class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
@@ -178,8 +175,15 @@ class DuckDBSQL(WarehouseSQL):
     def ref(self, name: str) -> str:
         return f"{_quote(self.dataset)}.{_quote(_checked_name(name))}"
 
-    def seconds_between(self, start: str, end: str) -> str:
-        return f"date_diff('second', {start}, {end})"
+    def dbt_output(self) -> dict:
+        """dbt-duckdb waits out another process's lock on the file as `connect` does: `max_tries`."""
+        return {
+            "type": "duckdb",
+            "path": self.path,
+            "schema": self.dataset,
+            "settings": {"memory_limit": self.memory_limit},
+            "retries": {"connect_attempts": self.max_tries},
+        }
 
     def execute(self, statement: str) -> pa.Table:
         with self.connect() as con:  # DuckDB answers every statement with a result, DDL's without rows
