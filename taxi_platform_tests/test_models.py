@@ -1,0 +1,185 @@
+"""The dbt models on the local warehouse (DuckDB), against figures computed with pandas from the served
+synthetic green months: fct_trips after the course's deduplication, the revenue mart to the cent, a
+two-month backfill in one run, a rerun replacing its month, a full refresh, a failing test blocking
+the publication, and the tables of the Python marts taken over."""
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+from taxi_platform_tests.helpers import (
+    course_month,
+    green_trip_keys,
+    materializations,
+    materialize,
+    release_csv_gz,
+)
+from taxi_platform_tests.test_warehouse import release
+
+pytestmark = [pytest.mark.slow]
+
+UPSTREAM = (*green_trip_keys(), "warehouse/green_trips", "reference/taxi_zones", "warehouse/taxi_zones")
+DIMENSIONS = ("core/dim_zones", "core/dim_payment_types")
+MODELS = (
+    *(f"staging/stg_{name}_trips" for name in ("yellow", "green", "fhv", "fhvhv")),
+    "core/fct_trips_pending",
+    "core/fct_trips",
+    "core/fct_fhv_trips",
+    "marts/fct_monthly_zone_revenue",
+    "marts/daily_zone_trips",
+    "marts/monthly_summary",
+)
+MONTHS = ("2020-10", "2020-11")
+PICKUP_DATE = 13  # fct_trips' column
+TRIP = ["VendorID", "lpep_pickup_datetime", "PULocationID"]  # the course's trip: with service_type
+AMOUNTS = {
+    "fare_amount": "revenue_monthly_fare",
+    "tip_amount": "revenue_monthly_tip_amount",
+    "total_amount": "revenue_monthly_total_amount",
+    "congestion_surcharge": "revenue_monthly_congestion_surcharge",
+}
+
+
+def with_near_duplicates(published, month: str) -> bytes:
+    """The served month plus, for 40 of its trips, a second record of the same trip (vendor, pickup
+    second and zone): 30 that end a minute later with a dollar more, 10 that end at the same time and
+    differ only in store_and_fwd_flag (so the revenue does not depend on which one is kept)."""
+    source = release(published, month)
+    table = pacsv.read_csv(source).to_pandas()
+    table = table[table["passenger_count"] > 0].head(400)  # rows that pass the cleaning rules
+    later = table.iloc[:30].copy()
+    later["lpep_dropoff_datetime"] = pd.to_datetime(later["lpep_dropoff_datetime"]) + pd.Timedelta(minutes=1)
+    later["total_amount"] += 1
+    tied = table.iloc[100:110].copy()
+    tied["store_and_fwd_flag"] = tied["store_and_fwd_flag"].map({"N": "Y", "Y": "N"}).fillna("Y")
+    original = pacsv.read_csv(source)
+    extra = pa.Table.from_pandas(pd.concat([later, tied]), preserve_index=False).cast(original.schema)
+    return release_csv_gz(pa.concat_tables([original, extra]))
+
+
+def expected_trips(source, month: str) -> pd.DataFrame:
+    """fct_trips of the month with pandas: the clean rows, one per vendor, pickup second and pickup
+    zone, the earliest dropoff kept."""
+    _, clean, _ = course_month(source, month)
+    ordered = clean.assign(dropoff=pd.to_datetime(clean["lpep_dropoff_datetime"])).sort_values(
+        "dropoff", kind="stable"
+    )
+    return ordered.drop_duplicates(subset=TRIP, keep="first")
+
+
+def expected_revenue(trips: pd.DataFrame, zones: pd.DataFrame) -> dict[str, tuple]:
+    """{pickup zone: (trips, each amount's sum to the cent)}."""
+    named = trips.merge(zones, left_on="PULocationID", right_on="LocationID", how="left")
+    named["Zone"] = named["Zone"].fillna("Unknown Zone")
+    sums = named.groupby("Zone").agg(trips=("Zone", "size"), **{a: (a, "sum") for a in AMOUNTS})
+    return {zone: (int(row["trips"]), *(round(row[a], 2) for a in AMOUNTS)) for zone, row in sums.iterrows()}
+
+
+def query(data_dir, sql: str, params=()) -> list[tuple]:
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(sql, params).fetchall()
+
+
+def stored_revenue(data_dir, month: str) -> dict[str, tuple]:
+    columns = ", ".join(f"round({c}, 2)" for c in AMOUNTS.values())
+    rows = query(
+        data_dir,
+        f"SELECT pickup_zone, total_monthly_trips, {columns} FROM taxi.fct_monthly_zone_revenue"
+        " WHERE revenue_month = ? AND service_type = 'Green'",
+        [pd.Timestamp(f"{month}-01").date()],
+    )
+    return {zone: tuple(rest) for zone, *rest in rows}
+
+
+def month_rows(data_dir, table: str, month: str) -> list[tuple]:
+    """Every row of the table's month, sorted: to compare a month before and after."""
+    rows = query(data_dir, f"SELECT * FROM taxi.{table} WHERE strftime(pickup_date, '%Y-%m') = ?", [month])
+    return sorted(rows, key=repr)
+
+
+def check_results(result) -> dict[str, tuple[bool, dict]]:
+    """{check name: (passed, metadata)} of a run's check evaluations."""
+    return {
+        e.asset_check_evaluation_data.check_name: (
+            e.asset_check_evaluation_data.passed,
+            {k: v.value for k, v in e.asset_check_evaluation_data.metadata.items()},
+        )
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+@pytest.fixture
+def loaded(taxi_env, published, publish):
+    """Green 2020-10 and 2020-11 (with near duplicates) in the warehouse, with the zones and the
+    dimensions; no yellow, fhv or fhvhv month (a partly loaded warehouse)."""
+    publish("releases/green/green_tripdata_2020-11.csv.gz", with_near_duplicates(published, "2020-11"))
+    materialize(*UPSTREAM, months=(MONTHS[0], MONTHS[-1]))
+    materialize(*DIMENSIONS)
+    return taxi_env
+
+
+def test_a_two_month_backfill_in_one_run_matches_pandas_and_a_rerun_replaces_its_month(
+    loaded, published, overlay
+):
+    result = materialize(*MODELS, months=(MONTHS[0], MONTHS[-1]))  # one run, one dbt build
+    zones = pd.read_csv(published / "misc" / "taxi_zone_lookup.csv", keep_default_na=False)
+    sources = {"2020-10": release(published, "2020-10"), "2020-11": release(overlay, "2020-11")}
+    meta = materializations(result)
+    for month, source in sources.items():
+        trips = expected_trips(source, month)
+        stored = query(
+            loaded,
+            "SELECT count(*), count(DISTINCT trip_id) FROM taxi.fct_trips WHERE strftime(pickup_date, '%Y-%m') = ?",
+            [month],
+        )
+        assert stored == [(len(trips), len(trips))]
+        assert meta[("core/fct_trips", month)]["dagster/row_count"] == len(trips)
+        assert stored_revenue(loaded, month) == expected_revenue(trips, zones)
+        # The mart adds up, zone by zone, to the trips it summarizes.
+        assert not query(
+            loaded,
+            "SELECT r.pickup_zone FROM taxi.fct_monthly_zone_revenue r JOIN (SELECT coalesce(pickup_zone,"
+            " 'Unknown Zone') AS zone, sum(total_amount) AS total FROM taxi.fct_trips WHERE strftime("
+            "pickup_date, '%Y-%m') = ? GROUP BY 1) t ON t.zone = r.pickup_zone WHERE strftime("
+            "r.revenue_month, '%Y-%m') = ? AND abs(t.total - r.revenue_monthly_total_amount) > 0.005",
+            [month, month],
+        )
+    dropped = len(course_month(sources["2020-11"], "2020-11")[1]) - len(
+        expected_trips(sources["2020-11"], "2020-11")
+    )
+    assert dropped == 40  # the near duplicates, beyond the exact copies the cleaning rejects
+    checks = check_results(result)
+    assert checks and {m["judged"] for _, m in checks.values()} == {"2020-10, 2020-11"}
+    assert all(passed for name, (passed, _) in checks.items() if not name.startswith("at_least"))
+
+    def months_of() -> dict:
+        """fct_trips' rows and the revenue to the cent (a sum of floats varies in its last bits)."""
+        trips = {("fct_trips", m): month_rows(loaded, "fct_trips", m) for m in MONTHS}
+        return trips | {("revenue", m): stored_revenue(loaded, m) for m in MONTHS}
+
+    before = months_of()
+    materialize(*MODELS, partition="2020-11")
+    assert months_of() == before  # the same rows (the tie-break holds), no duplicate
+
+    # The source month loses a day (a republished month): the rerun replaces the whole month.
+    with duckdb.connect(str(loaded / "warehouse.duckdb")) as con:
+        con.execute("DELETE FROM taxi.green_trips WHERE pickup_date = DATE '2020-11-15'")
+    materialize(*MODELS, partition="2020-11")
+    after = months_of()
+    assert after[("fct_trips", "2020-10")] == before[("fct_trips", "2020-10")]
+    kept = [r for r in before[("fct_trips", "2020-11")] if r[PICKUP_DATE].isoformat() != "2020-11-15"]
+    assert len(kept) < len(before[("fct_trips", "2020-11")]) and after[("fct_trips", "2020-11")] == kept
+
+
+def test_a_full_refresh_rebuilds_every_month(loaded):
+    """Run config `full_refresh` (after a model's SQL changed): every month rebuilt from the warehouse."""
+    materialize(*MODELS, months=(MONTHS[0], MONTHS[-1]))
+    before = month_rows(loaded, "fct_trips", "2020-10")
+    with duckdb.connect(str(loaded / "warehouse.duckdb")) as con:
+        con.execute("DELETE FROM taxi.fct_trips WHERE pickup_date < DATE '2020-11-01'")
+    config = {"ops": {"monthly_models": {"config": {"full_refresh": True}}}}
+    materialize("core/fct_trips_pending", "core/fct_trips", partition="2020-11", run_config=config)
+    assert month_rows(loaded, "fct_trips", "2020-10") == before
