@@ -3,6 +3,7 @@ synthetic green months: fct_trips after the course's deduplication, the revenue 
 two-month backfill in one run, a rerun replacing its month, a full refresh, a failing test blocking
 the publication, and the tables of the Python marts taken over."""
 
+import dagster as dg
 import duckdb
 import pandas as pd
 import pyarrow as pa
@@ -183,3 +184,67 @@ def test_a_full_refresh_rebuilds_every_month(loaded):
     config = {"ops": {"monthly_models": {"config": {"full_refresh": True}}}}
     materialize("core/fct_trips_pending", "core/fct_trips", partition="2020-11", run_config=config)
     assert month_rows(loaded, "fct_trips", "2020-10") == before
+
+
+def test_a_failing_test_blocks_the_month_and_leaves_the_published_rows(loaded):
+    """A trip whose pickup zone is not in dim_zones, injected through the source: fct_trips_pending's
+    relationships test fails, a blocking check; fct_trips and the revenue mart keep their month."""
+    materialize(*MODELS, months=(MONTHS[0], MONTHS[-1]))
+    published = {t: month_rows(loaded, t, "2020-11") for t in ("fct_trips", "fct_trips_pending")}
+    revenue = stored_revenue(loaded, "2020-11")
+    with duckdb.connect(str(loaded / "warehouse.duckdb")) as con:
+        con.execute(
+            "INSERT INTO taxi.green_trips SELECT * REPLACE (999 AS pu_location_id, trip_key + 1 AS trip_key)"
+            " FROM taxi.green_trips WHERE pickup_date = DATE '2020-11-02' LIMIT 1"
+        )
+    result = materialize(*MODELS, partition="2020-11", raise_on_error=False)
+    assert not result.success
+    relationships = "relationships_fct_trips_pending_pickup_location_id__location_id__ref_dim_zones_"
+    passed, metadata = check_results(result)[relationships]
+    assert not passed and metadata["judged"] == "2020-11"
+    assert defs_check_is_blocking("core/fct_trips_pending", relationships)
+    built = {key for key, _ in materializations(result)}
+    assert "core/fct_trips_pending" in built  # written and audited ...
+    assert not {"core/fct_trips", "marts/fct_monthly_zone_revenue"} & built  # ... never published
+    assert month_rows(loaded, "fct_trips", "2020-11") == published["fct_trips"]
+    assert stored_revenue(loaded, "2020-11") == revenue
+    assert len(month_rows(loaded, "fct_trips_pending", "2020-11")) == len(published["fct_trips_pending"]) + 1
+
+
+def defs_check_is_blocking(asset: str, check: str) -> bool:
+    from taxi_platform.definitions import defs
+
+    graph = defs().resolve_asset_graph()
+    return graph.get(dg.AssetCheckKey(dg.AssetKey.from_user_string(asset), check)).blocking
+
+
+OLD_MARTS = {
+    "daily_zone_trips": "pickup_date DATE, dataset VARCHAR, pu_location_id BIGINT, borough VARCHAR, zone"
+    " VARCHAR, trips BIGINT, revenue DOUBLE, avg_distance DOUBLE, avg_duration_minutes DOUBLE",
+    "monthly_summary": "pickup_date DATE, dataset VARCHAR, trips BIGINT, revenue DOUBLE",
+}
+
+
+def test_the_dbt_marts_take_over_the_tables_of_the_python_marts(loaded):
+    """A deployment upgraded from the Python marts: their tables (the warehouse IO manager's types)
+    hold 2020-09 and a stale 2020-10; dbt replaces 2020-10 in place and keeps 2020-09."""
+    with duckdb.connect(str(loaded / "warehouse.duckdb")) as con:
+        for table, columns in OLD_MARTS.items():
+            con.execute(f"CREATE TABLE taxi.{table} ({columns})")
+            names = [c.split()[0] for c in columns.split(", ")]
+            values = {"pickup_date": "d", "dataset": "'green'", "trips": "999999"}
+            con.execute(
+                f"INSERT INTO taxi.{table} SELECT {', '.join(values.get(n, 'NULL') for n in names)}"
+                " FROM (VALUES (DATE '2020-09-30'), (DATE '2020-10-01')) AS days(d)"
+            )
+    materialize(*MODELS, partition="2020-10")
+    for table, columns in OLD_MARTS.items():
+        described = query(loaded, f"SELECT column_name, column_type FROM (DESCRIBE taxi.{table})")
+        assert ", ".join(f"{name} {kind}" for name, kind in described) == columns
+        assert query(loaded, f"SELECT pickup_date, trips FROM taxi.{table} WHERE trips = 999999") == [
+            (pd.Timestamp("2020-09-30").date(), 999999)
+        ]
+        assert (
+            query(loaded, f"SELECT count(*) FROM taxi.{table} WHERE pickup_date >= DATE '2020-10-01'")[0][0]
+            > 28
+        )
