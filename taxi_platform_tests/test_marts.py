@@ -14,6 +14,7 @@ from dagster_gcp import BigQueryResource
 
 from taxi_platform.charts import trips_per_day
 from taxi_platform.datasets import DATASETS
+from taxi_platform.dbt_runner import DbtWarehouseCli
 from taxi_platform.io_managers.bigquery import BigQuerySQL, BigQueryWarehouse
 from taxi_platform_tests.helpers import course_month, green_trip_keys, materializations, materialize
 from taxi_platform_tests.test_warehouse import release
@@ -186,7 +187,11 @@ def test_the_marts_in_bigquery(taxi_env, published, bigquery_emulator):
         bigquery=BigQueryResource(project=bigquery_emulator, location="US"), dataset="taxi_marts_test"
     )
     try:
-        marts = materialize_marts(warehouse_io_manager=BigQueryWarehouse(sql=sql), warehouse_sql=sql)
+        marts = materialize_marts(
+            warehouse_io_manager=BigQueryWarehouse(sql=sql),
+            warehouse_sql=sql,
+            dbt=DbtWarehouseCli(target="gcp", warehouse=sql),
+        )
         daily = {
             month: sql.execute(
                 f"SELECT * FROM {sql.ref('daily_zone_trips')} WHERE FORMAT_DATE('%Y-%m', pickup_date) = '{month}'"

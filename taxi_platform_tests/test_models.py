@@ -248,3 +248,53 @@ def test_the_dbt_marts_take_over_the_tables_of_the_python_marts(loaded):
             query(loaded, f"SELECT count(*) FROM taxi.{table} WHERE pickup_date >= DATE '2020-10-01'")[0][0]
             > 28
         )
+
+
+@pytest.mark.emulators
+def test_the_models_build_in_bigquery_and_a_rerun_overwrites_its_month_partition(
+    taxi_env, published, bigquery_emulator
+):
+    """The same project on the BigQuery emulator (dbt-bigquery through BIGQUERY_EMULATOR_HOST): every
+    model for two months in one run, then 2020-11 again, as the incremental insert_overwrite of its
+    month's partition (the statement dbt ran is read back)."""
+    from dagster_gcp import BigQueryResource
+    from google.cloud import bigquery
+
+    from taxi_platform.dbt_runner import TRANSFORM, DbtWarehouseCli
+    from taxi_platform.io_managers.bigquery import BigQuerySQL, BigQueryWarehouse
+
+    sql = BigQuerySQL(bigquery=BigQueryResource(project=bigquery_emulator, location="US"), dataset="taxi_dbt")
+    resources = {
+        "warehouse_io_manager": BigQueryWarehouse(sql=sql),
+        "warehouse_sql": sql,
+        "dbt": DbtWarehouseCli(target="gcp", warehouse=sql),
+    }
+    try:
+        materialize(*UPSTREAM, months=(MONTHS[0], MONTHS[-1]), resources=resources)
+        materialize(*DIMENSIONS, resources=resources)
+        materialize(*MODELS, months=(MONTHS[0], MONTHS[-1]), resources=resources)
+        materialize(*MODELS, partition="2020-11", resources=resources)
+        counts = sql.execute(
+            f"SELECT FORMAT_DATE('%Y-%m', pickup_date) AS month, COUNT(*) AS n, COUNT(DISTINCT trip_id) AS ids"
+            f" FROM {sql.ref('fct_trips')} GROUP BY 1 ORDER BY 1"
+        ).to_pylist()
+        expected = [len(expected_trips(release(published, m), m)) for m in MONTHS]
+        assert counts == [{"month": m, "n": n, "ids": n} for m, n in zip(MONTHS, expected, strict=True)]
+        revenue = sql.execute(
+            f"SELECT SUM(total_monthly_trips) AS trips FROM {sql.ref('fct_monthly_zone_revenue')}"
+        ).to_pylist()
+        assert revenue == [{"trips": sum(expected)}]
+    finally:
+        bigquery.Client(project=bigquery_emulator).delete_dataset(
+            "taxi_dbt", delete_contents=True, not_found_ok=True
+        )
+    ran = max(
+        TRANSFORM.project_dir.glob("target/*/run/taxi_transform/models/core/fct_trips.sql"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    statement = " ".join(ran.read_text().split()).lower()
+    assert "merge into `taxi-test-project`.`taxi_dbt`.`fct_trips`" in statement
+    assert (
+        "when not matched by source and date_trunc(dbt_internal_dest.pickup_date, month) in ( date"
+        " '2020-11-01' ) then delete when not matched then insert" in statement
+    )
