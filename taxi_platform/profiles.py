@@ -160,3 +160,16 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
         "warehouse_io_manager": BigQueryWarehouse(sql=sql, lake_root=lake_root),
         "dbt": DbtWarehouseCli(target=profile, warehouse=sql),
     }
+
+
+def dbt_profile(environ: Mapping[str, str] = os.environ) -> str:
+    """The dbt profiles.yml that the `dbt` resource of this environment runs with, for running dbt by
+    hand (`python -m taxi_platform.profiles > <folder>/profiles.yml`)."""
+    import yaml
+
+    with resources_for(environ)["dbt"].process_config_and_initialize_cm() as dbt:
+        return yaml.safe_dump(dbt.profile())
+
+
+if __name__ == "__main__":
+    print(dbt_profile(), end="")

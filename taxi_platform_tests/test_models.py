@@ -3,6 +3,9 @@ synthetic green months: fct_trips after the course's deduplication, the revenue 
 two-month backfill in one run, a rerun replacing its month, a full refresh, a failing test blocking
 the publication, and the tables of the Python marts taken over."""
 
+import threading
+import time
+
 import dagster as dg
 import duckdb
 import pandas as pd
@@ -12,6 +15,7 @@ import pytest
 
 from taxi_platform_tests.helpers import (
     course_month,
+    failure_message,
     green_trip_keys,
     materializations,
     materialize,
@@ -298,3 +302,27 @@ def test_the_models_build_in_bigquery_and_a_rerun_overwrites_its_month_partition
         "when not matched by source and date_trunc(dbt_internal_dest.pickup_date, month) in ( date"
         " '2020-11-01' ) then delete when not matched then insert" in statement
     )
+
+
+@pytest.mark.faults
+def test_dbt_waits_out_a_duckdb_file_held_by_another_process(loaded):
+    """dbt-duckdb's connect retries are the warehouse's `max_tries`: with one try a held file fails
+    the run; with the default, dbt waits until the other process lets go, then builds."""
+    from taxi_platform.dbt_runner import DbtWarehouseCli
+    from taxi_platform.io_managers.warehouse import DuckDBSQL
+    from taxi_platform_tests.test_sink_faults import LockHolder
+
+    path = loaded / "warehouse.duckdb"
+    once = DbtWarehouseCli(target="local", warehouse=DuckDBSQL(path=str(path), max_tries=1))
+    with LockHolder(path):
+        result = materialize(
+            "core/fct_trips_pending", partition="2020-10", resources={"dbt": once}, raise_on_error=False
+        )
+    assert not result.success and "lock" in failure_message(result).lower()
+
+    with LockHolder(path) as holder:
+        threading.Timer(8, holder.release).start()
+        started = time.monotonic()
+        result = materialize("staging/stg_green_trips", "core/fct_trips_pending", partition="2020-10")
+    assert result.success and time.monotonic() - started > 8
+    assert query(loaded, "SELECT count(*) FROM taxi.fct_trips_pending")[0][0] > 0
