@@ -15,6 +15,7 @@ import pytest
 
 from taxi_platform_tests.helpers import (
     course_month,
+    dagster_materialize,
     failure_message,
     green_trip_keys,
     materializations,
@@ -326,3 +327,23 @@ def test_dbt_waits_out_a_duckdb_file_held_by_another_process(loaded):
         result = materialize("staging/stg_green_trips", "core/fct_trips_pending", partition="2020-10")
     assert result.success and time.monotonic() - started > 8
     assert query(loaded, "SELECT count(*) FROM taxi.fct_trips_pending")[0][0] > 0
+
+
+def test_two_cli_materializations_give_fct_trips_and_the_revenue_mart(taxi_env, published, tmp_path):
+    """From a clean DAGSTER_HOME, as an operator: green 2020-10 through the warehouse with the zones,
+    then the dbt models; fct_trips matches pandas and the revenue mart adds up to it zone by zone."""
+    home = tmp_path / "home"
+    loads = dagster_materialize(*UPSTREAM, month="2020-10", home=home)
+    assert loads.returncode == 0, loads.stderr[-3000:]
+    models = dagster_materialize(*DIMENSIONS, *MODELS, month="2020-10", home=home)
+    assert models.returncode == 0, models.stderr[-3000:]
+    trips = expected_trips(release(published, "2020-10"), "2020-10")
+    assert query(taxi_env, "SELECT count(*) FROM taxi.fct_trips WHERE service_type = 'Green'") == [
+        (len(trips),)
+    ]
+    assert not query(
+        taxi_env,
+        "SELECT * FROM (SELECT coalesce(pickup_zone, 'Unknown Zone') AS zone, sum(total_amount) AS total"
+        " FROM taxi.fct_trips GROUP BY 1) t FULL JOIN taxi.fct_monthly_zone_revenue r ON r.pickup_zone = t.zone"
+        " WHERE r.pickup_zone IS NULL OR t.zone IS NULL OR abs(t.total - r.revenue_monthly_total_amount) > 0.005",
+    )

@@ -148,7 +148,7 @@ def test_the_ui_in_a_real_browser(published, taxi_env, pg_schema, tmp_path, monk
             page.get_by_role("button", name="settings", exact=True).click()
             page.get_by_role("menuitem", name="Expand all groups").click()
             page.keyboard.press("Escape")
-            page.set_viewport_size({"width": 2400, "height": 6000})  # the graph draws what is in view
+            page.set_viewport_size({"width": 3600, "height": 6000})  # the graph draws what is in view
             page.reload()
             page.locator("[class*=AssetNode_assetName]").first.wait_for()
             # The edges are drawn after the nodes (once in CI none was drawn yet when every node was):
