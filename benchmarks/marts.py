@@ -34,6 +34,12 @@ MONTHLY = (
     *MARTS,
 )
 WAYS = {"python-sql": MARTS, "dbt-marts": (*STAGING, *MARTS), "dbt-all": MONTHLY}
+# The columns the former marts summed and averaged (the dataset specs held them then).
+REVENUE_AND_DISTANCE = {
+    "yellow": ("total_amount", "trip_distance"),
+    "green": ("total_amount", "trip_distance"),
+    "fhvhv": ("base_passenger_fare", "trip_miles"),
+}
 DIMENSIONS = ("core/dim_zones", "core/dim_payment_types")  # built before any way, untimed
 FIRST_MONTH = "2021-01"
 
@@ -95,8 +101,9 @@ def python_sql_marts():
             start, end = window.start.date().isoformat(), window.end.date().isoformat()
             selects = []
             for spec in loaded:
-                revenue = f"SUM(t.{spec.revenue})" if spec.revenue else "CAST(NULL AS DOUBLE)"
-                distance = f"AVG(t.{spec.distance})" if spec.distance else "CAST(NULL AS DOUBLE)"
+                fare, miles = REVENUE_AND_DISTANCE.get(spec.name, (None, None))
+                revenue = f"SUM(t.{fare})" if fare else "CAST(NULL AS DOUBLE)"
+                distance = f"AVG(t.{miles})" if miles else "CAST(NULL AS DOUBLE)"
                 selects.append(
                     f"SELECT t.pickup_date, '{spec.name}' AS dataset, t.pu_location_id, z.borough, z.zone,"
                     f" COUNT(*) AS trips, {revenue} AS revenue, {distance} AS avg_distance,"
