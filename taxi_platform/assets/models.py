@@ -6,7 +6,8 @@ the `warehouse/…` tables; the dbt tests as their asset checks.
   the seed are built whole, by an asset of their own.
 - A test of error severity is a blocking check: dbt skips what is downstream of the model it fails,
   the run fails, and the automation waits. Each check result names the months it judged.
-- Run config `{"full_refresh": true}` rebuilds the selected models from every warehouse month.
+- Run config `{"ops": {"monthly_models": {"config": {"full_refresh": true}}}}` (or `dimensions`)
+  rebuilds the selected models from every warehouse month.
 - DuckDB has one writing process at a time: dbt runs in the `warehouse_loads` pool with the
   warehouse loads.
 """
@@ -31,7 +32,8 @@ MONTHS = dg.MonthlyPartitionsDefinition(
 )
 # A month before a dataset's first month simply has none of its trips.
 SAME_MONTH = dg.TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True)
-MONTHLY = "tag:monthly"
+MONTHLY_TAG = "monthly"  # dbt_project.yml tags the models built month by month
+MONTHLY = f"tag:{MONTHLY_TAG}"
 DIMENSIONS = [["core", "dim_zones"], ["core", "dim_payment_types"]]
 CHARTED = dg.AssetKey(["marts", "monthly_summary"])
 
@@ -75,6 +77,7 @@ class TransformTranslator(DagsterDbtTranslator):
         return SINKS_FOLLOW_UPSTREAM
 
     def get_asset_spec(self, manifest, unique_id, project) -> dg.AssetSpec:
+        """dbt on DuckDB or BigQuery, whichever the profile chose (the manifest is parsed with DuckDB)."""
         spec = super().get_asset_spec(manifest, unique_id, project)
         return spec.replace_attributes(kinds={"dbt", "duckdb", "bigquery"})
 
@@ -83,12 +86,17 @@ TRANSLATOR = TransformTranslator()
 
 
 def _monthly(dbt_resource_props: Mapping[str, Any]) -> bool:
-    return "monthly" in dbt_resource_props.get("tags", [])
+    return MONTHLY_TAG in dbt_resource_props.get("tags", [])
 
 
 def build_model_assets() -> list[dg.AssetsDefinition]:
     """The monthly models, and the dimensions with the seed (the manifest read once)."""
     TRANSFORM.prepare_if_dev()
+    if not TRANSFORM.manifest_path.exists():
+        raise FileNotFoundError(
+            f"{TRANSFORM.manifest_path} is missing: prepare the dbt project first with"
+            " `dagster-dbt project prepare-and-package --file taxi_platform/dbt_runner.py`"
+        )
     manifest = json.loads(TRANSFORM.manifest_path.read_text())
     model_meta = {
         TRANSLATOR.get_asset_key(node): node["config"]["meta"]
