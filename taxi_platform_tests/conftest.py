@@ -26,8 +26,17 @@ def month_rows(month: str) -> int:
 
 @pytest.fixture(scope="session", autouse=True)
 def dbt_manifest():
-    """The dbt project's manifest, parsed from the models as they are now (as `dagster dev` does)."""
-    TRANSFORM.preparer.prepare(TRANSFORM)
+    """The dbt project's manifest, parsed again (as `dagster dev` does) when a file of the project is
+    newer than it."""
+    project = TRANSFORM.project_dir
+    files = [
+        f
+        for f in project.rglob("*")
+        if f.is_file() and TRANSFORM.target_path.name not in f.relative_to(project).parts
+    ]
+    manifest = TRANSFORM.manifest_path
+    if not manifest.exists() or max(f.stat().st_mtime for f in files) > manifest.stat().st_mtime:
+        TRANSFORM.preparer.prepare(TRANSFORM)
 
 
 @pytest.fixture(scope="session")

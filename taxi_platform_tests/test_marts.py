@@ -162,7 +162,7 @@ def check_marts(published: Path, marts: dict, daily_rows: dict[str, list[dict]],
         assert matplotlib.image.imread(io.BytesIO(png), format="png").shape[2] == 4  # decodes: RGBA
 
 
-@pytest.mark.fast
+@pytest.mark.slow
 def test_the_marts_in_duckdb(taxi_env, published):
     marts = materialize_marts()
     with duckdb.connect(str(taxi_env / "warehouse.duckdb"), read_only=True) as con:
