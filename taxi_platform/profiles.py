@@ -24,9 +24,10 @@ import dagster as dg
 from taxi_platform.alerts import Alerter
 from taxi_platform.dbt_runner import DbtWarehouseCli
 from taxi_platform.io_managers.arrow_data import use_jemalloc
-from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.io_managers.postgres import PostgresIOManager
 from taxi_platform.io_managers.warehouse import DuckDBSQL, DuckDBWarehouse
+from taxi_platform.lake.lake_io_manager import LakeIOManager
+from taxi_platform.lake.resource import Lake
 from taxi_platform.sources.public import RELEASES_URL, SOURCE_CHOICES, TLC_URL, TaxiSource
 
 PROFILES = ("local", "gcp")
@@ -55,6 +56,9 @@ def load_profile(environ: Mapping[str, str] = os.environ) -> Profile:
     """The resources and sensor settings the environment asks for."""
     if "ARROW_DEFAULT_MEMORY_POOL" not in environ:
         use_jemalloc()
+    # gcsfs (the lake's Iceberg metadata in a bucket) reads this at import: its experimental file
+    # system needs Google's storage-control API, which standard buckets and the emulator do without.
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     return Profile(resources_for(environ), sensor_settings(environ))
 
 
@@ -131,12 +135,19 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
         ),
     }
     dataset = environ.get("TAXI_WAREHOUSE_DATASET", "taxi")
+    retention_days = float(environ.get("TAXI_LAKE_RETENTION_DAYS", "30"))
     if profile == "local":
         lake_root = os.path.join(data_dir, "lake")
+        lake = Lake(
+            root=lake_root,
+            retention_days=retention_days,
+            catalog_url=dg.EnvVar("TAXI_LAKE_CATALOG_URL") if environ.get("TAXI_LAKE_CATALOG_URL") else "",
+        )
         sql = DuckDBSQL(path=os.path.join(data_dir, "warehouse.duckdb"), dataset=dataset)
         return {
             **resources,
-            "lake_io_manager": LakeIOManager(root=lake_root),
+            "lake": lake,
+            "lake_io_manager": LakeIOManager(lake=lake),
             "warehouse_sql": sql,
             "warehouse_io_manager": DuckDBWarehouse(sql=sql, lake_root=lake_root),
             "dbt": DbtWarehouseCli(target=profile, warehouse=sql),
@@ -153,11 +164,26 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
         ),
         dataset=dataset,
     )
+    # The lake's Iceberg catalog: its own database, or the platform's PostgreSQL (resolved when a run
+    # starts, from a secret in a cluster: a run without either fails naming TAXI_POSTGRES_URL).
+    catalog_url = "TAXI_LAKE_CATALOG_URL" if environ.get("TAXI_LAKE_CATALOG_URL") else "TAXI_POSTGRES_URL"
+    lake = Lake(
+        root=lake_root,
+        gcs_endpoint=gcs_endpoint,
+        retention_days=retention_days,
+        catalog_url=dg.EnvVar(catalog_url),
+    )
     return {
         **resources,
-        "lake_io_manager": LakeIOManager(root=lake_root, gcs_endpoint=gcs_endpoint),
+        "lake": lake,
+        "lake_io_manager": LakeIOManager(lake=lake),
         "warehouse_sql": sql,
-        "warehouse_io_manager": BigQueryWarehouse(sql=sql, lake_root=lake_root),
+        # BigQuery reads the lake's Delta tables only through a BigLake connection.
+        "warehouse_io_manager": BigQueryWarehouse(
+            sql=sql,
+            lake_root=lake_root if environ.get("TAXI_BQ_CONNECTION") else "",
+            lake_connection=environ.get("TAXI_BQ_CONNECTION", ""),
+        ),
         "dbt": DbtWarehouseCli(target=profile, warehouse=sql),
     }
 

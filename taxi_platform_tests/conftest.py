@@ -3,6 +3,10 @@ from pathlib import Path
 
 import pytest
 
+# gcsfs reads this at import (as profiles.load_profile sets it for the platform): its experimental
+# file system needs an API the Cloud Storage emulator does not have.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
 from taxi_platform.datasets import DATASETS
 from taxi_platform.dbt_runner import TRANSFORM
 from taxi_platform_tests.bigquery import bigquery_emulator  # noqa: F401 (emulator fixtures)

@@ -44,6 +44,7 @@ class GcsPrefix:
 
     emulator: FakeGcs
     prefix: str
+    catalog_url: str  # the lake's Iceberg catalog: a SQLite file of the test's own
 
     @property
     def root(self) -> str:
@@ -52,11 +53,13 @@ class GcsPrefix:
     def objects(self, under: str = "") -> dict[str, int]:
         return self.emulator.objects(f"{self.prefix}/{under}".rstrip("/"))
 
-    def lake(self):
+    def lake(self, **options):
         """The lake IO manager on this prefix, reaching the emulator."""
-        from taxi_platform.io_managers.lake import LakeIOManager
+        from taxi_platform.lake.lake_io_manager import LakeIOManager
+        from taxi_platform.lake.resource import Lake
 
-        return LakeIOManager(root=self.root, gcs_endpoint=self.emulator.url)
+        settings = {"root": self.root, "gcs_endpoint": self.emulator.url, "catalog_url": self.catalog_url}
+        return LakeIOManager(lake=Lake(**(settings | options)))
 
     def read(self, name: str) -> bytes:
         return self.emulator.read(f"{self.prefix}/{name}")
@@ -89,10 +92,13 @@ def gcs_emulator() -> FakeGcs:
 
 
 @pytest.fixture
-def gcs(gcs_emulator, monkeypatch) -> GcsPrefix:
-    """STORAGE_EMULATOR_HOST set for the test, and a fresh prefix in the bucket."""
+def gcs(gcs_emulator, monkeypatch, tmp_path) -> GcsPrefix:
+    """STORAGE_EMULATOR_HOST set for the test, a fresh prefix in the bucket, and a catalog of its own
+    (TAXI_LAKE_CATALOG_URL, for the gcp profile)."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
-    return GcsPrefix(gcs_emulator, f"t{uuid.uuid4().hex[:12]}")
+    catalog_url = f"sqlite:///{tmp_path}/lake-catalog.db"
+    monkeypatch.setenv("TAXI_LAKE_CATALOG_URL", catalog_url)
+    return GcsPrefix(gcs_emulator, f"t{uuid.uuid4().hex[:12]}", catalog_url)
 
 
 def _restore(value: str | None) -> None:

@@ -12,8 +12,12 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+from pyiceberg.expressions import AlwaysTrue
 
 from taxi_platform.definitions import defs
+from taxi_platform.lake.resource import Lake
+from taxi_platform.lake.staging import PARTITION_KEY
 
 
 def materialize(*keys: str, **options):
@@ -166,3 +170,77 @@ def dagster_materialize(*keys: str, month: str, home: Path) -> subprocess.Comple
         env={**os.environ, "DAGSTER_HOME": str(home)},
         timeout=600,
     )
+
+
+def lake_files(where: "Path | Lake", key: str) -> dict[str, int]:
+    """{partition folder or partition key: rows} that the lake's table of `key` ("clean/green_trips")
+    holds now, read from the table's metadata; `where`: a local data dir (its lake/) or a Lake."""
+    lake = where if isinstance(where, Lake) else Lake(root=str(Path(where) / "lake"))
+    asset = dg.AssetKey.from_user_string(key)
+    versioned = lake.table(asset, versioned_files=True).exists()
+    table = lake.table(asset, versioned)
+    if not table.exists():
+        return {}
+    counts: dict[str, int] = {}
+    for path, rows in table.files(AlwaysTrue())[1]:
+        folder = path.split("/data/")[-1].rsplit("/", 1)
+        name = folder[0] if len(folder) == 2 else "table"
+        if name.startswith(f"{PARTITION_KEY}="):
+            name = name.split("=", 1)[1]
+        if versioned:
+            rows = lake.read(asset, name, versioned_files=True).count_rows()
+        counts[name] = counts.get(name, 0) + rows
+    return dict(sorted(counts.items()))
+
+
+def lake_table(data_dir: Path, key: str, partition: str | None = None, column: str | None = None) -> pa.Table:
+    """What the lake's table of `key` holds now (one partition of it), read through its log."""
+    from taxi_platform.datasets import DATASETS
+
+    lake = Lake(root=str(Path(data_dir) / "lake"))
+    asset = dg.AssetKey.from_user_string(key)
+    months = next(iter(DATASETS.values())).partitions_def if partition else None
+    return lake.read(asset, partition, months, column).to_table()
+
+
+def unpublished_files(data_dir: Path, key: str) -> list[str]:
+    """Parquet files under the asset's lake folder that no version of its table has published (what a
+    failed write would leave staged); files of replaced versions are history, not unpublished."""
+    lake = Lake(root=str(Path(data_dir) / "lake"))
+    asset = dg.AssetKey.from_user_string(key)
+    folder = Path(lake.path(asset))
+    on_disk = {p for p in folder.rglob("*.parquet") if "metadata" not in p.parts}
+    published = set()
+    for versioned in (False, True):
+        table = lake.table(asset, versioned)
+        if not table.exists() or not table.load().snapshots():
+            continue
+        files = {
+            Path(f.removeprefix("file://"))
+            for f in table.load().inspect.all_files().column("file_path").to_pylist()
+        }
+        published |= files
+        if versioned and files:
+            named = ds.dataset([str(f) for f in files]).to_table(columns=["file"])["file"]
+            published |= {folder / name for name in named.to_pylist()}
+    return sorted(str(p.relative_to(folder)) for p in on_disk - published)
+
+
+def lake_digests(data_dir: Path, key: str) -> dict[str, tuple[int, str]]:
+    """{partition: (rows, sha256 of its rows in a fixed order)} of every partition the lake's table of
+    `key` holds now, as its readers see it."""
+    digests = {}
+    lake = Lake(root=str(Path(data_dir) / "lake"))
+    asset = dg.AssetKey.from_user_string(key)
+    versioned = lake.table(asset, versioned_files=True).exists()
+    partitions = sorted({name.split("=")[-1][:7] for name in lake_files(lake, key)})
+    for partition in partitions:
+        column = "pickup_date" if not versioned and key.endswith("_trips") else None
+        table = (
+            lake_table(data_dir, key, partition, column)
+            if not versioned
+            else lake.read(asset, partition, versioned_files=True).to_table()
+        )
+        rows = sorted(map(repr, table.to_pylist()))
+        digests[partition] = (table.num_rows, hashlib.sha256("\n".join(rows).encode()).hexdigest())
+    return digests

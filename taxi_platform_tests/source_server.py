@@ -115,7 +115,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         sent = 0
         try:
-            while sent < len(data) and not self.source.stopped.wait(TRICKLE_PAUSE_SECONDS):
+            # Paced by sleep, not by waiting on `stopped`: a timed wait stalls under a shifted clock.
+            while sent < len(data) and not self.source.stopped.is_set():
+                time.sleep(TRICKLE_PAUSE_SECONDS)
                 sent += self.wfile.write(data[sent : sent + TRICKLE_BYTES]) or 0
         except OSError:  # the client cut the connection
             pass

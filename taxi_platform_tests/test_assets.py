@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 from taxi_platform.checks import CHECKS
@@ -25,11 +24,14 @@ from taxi_platform_tests.helpers import (
     failure_message,
     green_trip_keys,
     gzip_csv,
+    lake_files,
+    lake_table,
     materializations,
     materialize,
     release_csv_gz,
     retries,
     sha256_of,
+    unpublished_files,
 )
 from taxi_platform_tests.synthetic import Quirks, source_table
 
@@ -48,17 +50,9 @@ def release(root: Path, month: str) -> Path:
     return root / f"releases/green/green_tripdata_{month}.csv.gz"
 
 
-def lake_files(data_dir: Path, key: str) -> dict[str, int]:
-    """{relative path: rows} of every parquet file an asset has in the lake."""
-    folder = data_dir / "lake" / key
-    return {
-        str(p.relative_to(folder)): pq.read_metadata(p).num_rows for p in sorted(folder.rglob("*.parquet"))
-    }
-
-
 def day_files(source: Path, month: str) -> dict[str, int]:
-    """The clean lake files the month must have: one a pickup day, with the course's row counts."""
-    return {f"pickup_date={day}/{month}.parquet": rows for day, rows in course_days(source, month).items()}
+    """The clean lake's day partitions the month must have, with the course's row counts."""
+    return {f"pickup_date={day}": rows for day, rows in course_days(source, month).items()}
 
 
 @pytest.mark.fast
@@ -82,30 +76,29 @@ def test_a_release_month_lands_raw_and_clean_with_the_course_figures(taxi_env, p
     )
 
     assert lake_files(taxi_env, "clean/green_trips") == day_files(source, "2020-10")
-    assert lake_files(taxi_env, "raw/green_trips") == {"2020-10.parquet": expected["raw"]}
-    stored_rejected = pq.read_table(taxi_env / "lake/clean/green_trips_rejected/2020-10.parquet")
+    assert lake_files(taxi_env, "raw/green_trips") == {"2020-10": expected["raw"]}
+    stored_rejected = lake_table(taxi_env, "clean/green_trips_rejected", "2020-10")
     reasons = pc.value_counts(stored_rejected["reject_reason"]).to_pylist()
     assert {c["values"]: c["counts"] for c in reasons} == {r: expected[r] for r in REASONS}
 
 
 @pytest.mark.fast
-def test_rerunning_a_month_replaces_exactly_that_month(taxi_env):
+def test_rerunning_a_month_replaces_exactly_that_month(taxi_env, published):
     materialize(*green_trip_keys(), partition="2020-10")
+    materialize(*green_trip_keys(), partition="2020-11")
     first = lake_files(taxi_env, "clean/green_trips")
-    clean_dir = taxi_env / "lake/clean/green_trips"
-    stale = clean_dir / "pickup_date=2020-10-13/part-0.parquet"  # left by an older writer
-    stale.write_bytes(b"stale")
-    neighbour = clean_dir / "pickup_date=2020-11-02/2020-11.parquet"
-    neighbour.parent.mkdir()
-    neighbour.write_bytes(b"another month's file")
+    november = lake_table(taxi_env, "clean/green_trips", "2020-11", "pickup_date")
 
     for _ in range(2):
         materialize(*green_trip_keys(), partition="2020-10")
-    assert not stale.exists()
-    assert neighbour.read_bytes() == b"another month's file"
-    neighbour.unlink()
     assert lake_files(taxi_env, "clean/green_trips") == first
-    assert not list(taxi_env.rglob("*.tmp"))
+    assert lake_files(taxi_env, "clean/green_trips") == day_files(
+        release(published, "2020-10"), "2020-10"
+    ) | day_files(release(published, "2020-11"), "2020-11")
+    assert lake_table(taxi_env, "clean/green_trips", "2020-11", "pickup_date").equals(november)
+    assert lake_files(taxi_env, "raw/green_trips") == {
+        m: course_counts(release(published, m), m)["raw"] for m in ("2020-10", "2020-11")
+    }
 
 
 @pytest.mark.fast
@@ -119,11 +112,7 @@ def test_a_single_run_backfill_of_three_months(taxi_env, published):
         assert meta[("clean/green_trips", month)]["dagster/row_count"] == expected["clean"]
         expected_days.update(day_files(release(published, month), month))
     assert lake_files(taxi_env, "clean/green_trips") == expected_days
-    assert sorted(lake_files(taxi_env, "raw/green_trips")) == [
-        "2020-10.parquet",
-        "2020-11.parquet",
-        "2020-12.parquet",
-    ]
+    assert sorted(lake_files(taxi_env, "raw/green_trips")) == ["2020-10", "2020-11", "2020-12"]
     assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()} == dict.fromkeys(
         CLEAN_CHECKS, True
     )
@@ -160,7 +149,7 @@ def test_the_rules_can_be_relaxed_by_run_config(taxi_env, published):
     assert clean["dagster/row_count"] == len(kept)
     assert clean["rejected_passenger_count_not_positive"] == 0
     assert clean["relaxed_rules"] == "passenger_count"
-    assert pq.read_table(taxi_env / "lake/clean/green_trips").num_rows == len(kept)
+    assert lake_table(taxi_env, "clean/green_trips", "2020-10", "pickup_date").num_rows == len(kept)
     assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()} == dict.fromkeys(
         CLEAN_CHECKS, True
     )
@@ -222,7 +211,7 @@ def test_taxi_zones_keep_na_as_text(taxi_env, published):
         ]
     result = materialize("reference/taxi_zones")
     assert materializations(result)[("reference/taxi_zones", None)]["dagster/row_count"] == len(served)
-    zones = pq.read_table(taxi_env / "lake/reference/taxi_zones.parquet").to_pylist()
+    zones = lake_table(taxi_env, "reference/taxi_zones").to_pylist()
     assert zones == served
     assert zones[-2:] == [
         {"location_id": 264, "borough": "Unknown", "zone": "NV", "service_zone": "N/A"},
@@ -252,10 +241,10 @@ def test_the_dagster_cli_materializes_a_month(taxi_env, published, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     expected = course_counts(release(published, "2020-10"), "2020-10")
-    assert lake_files(taxi_env, "raw/green_trips") == {"2020-10.parquet": expected["raw"]}
+    assert lake_files(taxi_env, "raw/green_trips") == {"2020-10": expected["raw"]}
     assert lake_files(taxi_env, "clean/green_trips") == day_files(release(published, "2020-10"), "2020-10")
     assert lake_files(taxi_env, "clean/green_trips_rejected") == {
-        "2020-10.parquet": expected["raw"] - expected["clean"]
+        "2020-10": expected["raw"] - expected["clean"]
     }
 
 
@@ -301,7 +290,7 @@ def test_a_bad_row_deep_in_a_file_fails_without_retries_and_the_stored_month_sur
     publish(name, gzip_csv("\n".join([header, *rows]) + "\n"))
     materialize(*green_trip_keys(), partition="2019-08")
     before = lake_files(taxi_env, "raw/green_trips")
-    assert before == {"2019-08.parquet": len(rows)}
+    assert before == {"2019-08": len(rows)}
 
     column = header.split(",").index("passenger_count")
     bad = rows[-1].split(",")
@@ -313,4 +302,5 @@ def test_a_bad_row_deep_in_a_file_fails_without_retries_and_the_stored_month_sur
     assert len(result.get_step_failure_events()) == 1 and retries(result) == []  # the policy waits 30 s
     assert "green 2019-08" in message and "green_tripdata_2019-08.csv.gz" in message and "1.5" in message
     assert lake_files(taxi_env, "raw/green_trips") == before
-    assert not list((taxi_env / "lake/_staging").rglob("*.parquet"))
+    for key in green_trip_keys():
+        assert unpublished_files(taxi_env, key) == []

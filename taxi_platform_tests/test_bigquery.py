@@ -3,30 +3,36 @@ schema drift check against the exact type names the real tables API answers."""
 
 import http.client
 import json
+import logging
 import os
+import re
 import threading
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pyarrow as pa
 import pytest
 from dagster_gcp import BigQueryResource
+from google.api_core.exceptions import BadRequest
 from google.cloud import bigquery
 
 from taxi_platform.datasets import DATASETS
 from taxi_platform.definitions import defs
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.bigquery import (
-    STAGING_LIFETIME,
     STAGING_PREFIX,
     BigQuerySQL,
     BigQueryWarehouse,
     _bq_type,
+    current_metadata,
     lake_table_definition,
     new_columns,
+    staging_table_definition,
 )
+from taxi_platform.ledger import LEDGER_SCHEMA, Audited
+from taxi_platform.retrying import RetriesExhausted, RetrySettings
 from taxi_platform_tests.helpers import green_trip_keys, materializations, sha256_of
 from taxi_platform_tests.test_lake import MONTHS
 from taxi_platform_tests.test_warehouse import clean_counts, release
@@ -102,18 +108,13 @@ def test_an_arrow_type_bigquery_has_no_column_for_is_refused():
 @pytest.mark.fast
 def test_the_lake_external_table_definition():
     """The emulator accepts an external table but keeps no external configuration: the definition
-    sent is checked as the JSON BigQuery receives."""
-    prefix = "gs://taxi-lake/prod/clean/green_trips"
-    sent = lake_table_definition("p.taxi.green_trips_lake", prefix, "pickup_date")
+    sent is checked as the JSON BigQuery receives (a BigLake table over an Iceberg metadata file)."""
+    metadata = "gs://taxi-lake/prod/clean/green_trips/metadata/00003-ab12.metadata.json"
+    sent = lake_table_definition("p.taxi.green_trips_lake", metadata, "p.us.lake")
     assert sent.to_api_repr()["externalDataConfiguration"] == {
-        "sourceFormat": "PARQUET",
-        "sourceUris": [f"{prefix}/*.parquet"],
-        "hivePartitioningOptions": {"mode": "CUSTOM", "sourceUriPrefix": f"{prefix}/{{pickup_date:DATE}}"},
-    }
-    zones = lake_table_definition("p.taxi.taxi_zones_lake", "gs://taxi-lake/prod/reference/taxi_zones", None)
-    assert zones.to_api_repr()["externalDataConfiguration"] == {
-        "sourceFormat": "PARQUET",
-        "sourceUris": ["gs://taxi-lake/prod/reference/taxi_zones/*.parquet"],
+        "sourceFormat": "ICEBERG",
+        "sourceUris": [metadata],
+        "connectionId": "p.us.lake",
     }
 
 
@@ -192,7 +193,7 @@ def test_the_table_is_partitioned_clustered_and_typed(taxi_env, published, bigqu
     fields = {f.name: f for f in table.schema}
     assert fields["lpep_pickup_datetime"].field_type == "DATETIME"
     assert fields["lpep_pickup_datetime"].description.endswith(
-        "New York local time, stored as DATETIME (no time zone)."
+        "America/New_York local time, stored as DATETIME (no time zone)."
     )
     assert fields["pickup_date"].field_type == "DATE"
     # The emulator answers the names it was sent (real BigQuery would answer INTEGER: see above).
@@ -215,15 +216,20 @@ def test_the_table_is_partitioned_clustered_and_typed(taxi_env, published, bigqu
 
 
 @pytest.mark.emulators
-def test_the_lake_external_table_is_created_then_updated(bigquery_emulator, dataset):
+def test_the_lake_external_table_is_created_then_updated(bigquery_emulator, dataset, gcs):
+    """Defined over the metadata file that the table's version hint names, in the bucket."""
     sql = BigQuerySQL(bigquery=BigQueryResource(project=bigquery_emulator, location="US"), dataset=dataset)
-    warehouse = BigQueryWarehouse(sql=sql, lake_root="gs://taxi-lake/prod")
+    warehouse = BigQueryWarehouse(sql=sql, lake_root=gcs.root, lake_connection="p.us.lake")
     bigquery.Client(project=bigquery_emulator).create_dataset(dataset)
+    table = f"{gcs.root}/clean/green_trips"
+    hint = gcs.emulator.client.bucket(gcs.emulator.bucket).blob(
+        f"{gcs.prefix}/clean/green_trips/metadata/version-hint.text"
+    )
+    hint.upload_from_string("00004-5e7c")
+    assert current_metadata(table) == f"{table}/metadata/00004-5e7c.metadata.json"
     assert sql.tables() == set()
     for _ in range(2):  # the second time the table exists (Conflict): its definition is updated
-        warehouse._create_lake_table(
-            "green_trips_lake", "gs://taxi-lake/prod/clean/green_trips", "pickup_date"
-        )
+        warehouse._create_lake_table("green_trips_lake", table, "pickup_date")
     assert sql.tables() == {"green_trips_lake"}
 
 
@@ -344,8 +350,10 @@ def test_a_new_column_is_added_and_a_changed_type_fails_leaving_the_table(small)
 @pytest.mark.emulators
 def test_a_failed_merge_leaves_the_month_and_no_staging_table(small):
     store(small, trips(date(2020, 3, 1), date(2020, 3, 9)), "2020-03")
-    with pytest.raises(Exception, match="nope"):  # the window on a column the table lacks
+    with pytest.raises(BadRequest) as raised:  # the window on a column the table lacks: not transient
         store(small, trips(date(2020, 3, 2)), "2020-03", metadata={PARTITION_COLUMN: "nope"})
+    assert [error["reason"] for error in raised.value.errors] == ["invalidQuery"]
+    assert 'does not have a column named "nope"' in raised.value.message
     assert small.sql.tables() == {"trips"}  # the staging table is gone
     assert by_n(load(small, "2020-03")) == trips(date(2020, 3, 1), date(2020, 3, 9)).to_pydict()
 
@@ -419,9 +427,11 @@ class _Recording(BaseHTTPRequestHandler):
         upstream = http.client.HTTPConnection(self.upstream, timeout=60)
         upstream.request(self.command, self.path, body, headers)
         answer = upstream.getresponse()
-        data = answer.read()
+        data = self.answer(self.path.split("?")[0], answer.read())
         self.send_response(answer.status)
         for name, value in answer.getheaders():
+            if name.lower() == "location":  # a resumable upload goes on through the proxy too
+                value = value.replace(f"//{self.upstream}/", f"//127.0.0.1:{self.server.server_port}/")
             if name.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
@@ -429,10 +439,39 @@ class _Recording(BaseHTTPRequestHandler):
         self.wfile.write(data)
         upstream.close()
 
+    def answer(self, path: str, data: bytes) -> bytes:
+        """The emulator's answer to `path`, as passed back."""
+        return data
+
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _pass_on
 
     def log_message(self, *args):
         pass
+
+
+class _FailingLoads(_Recording):
+    """The recording proxy, but the first `failures` load jobs come back failed with a backend error,
+    as BigQuery answers a job its backend could not finish (the rows the emulator loaded stay in the
+    staging table, as they may in BigQuery)."""
+
+    failures = 0
+
+    def answer(self, path: str, data: bytes) -> bytes:
+        # The load job as the upload's last request (a resumable upload's PUT) answers it.
+        if not (self.command == "PUT" and path.startswith("/upload/")) or _FailingLoads.failures == 0:
+            return data
+        _FailingLoads.failures -= 1
+        job = json.loads(data)
+        error = {"reason": "backendError", "message": "injected: the backend could not finish the job"}
+        job["status"] = {"state": "DONE", "errorResult": error, "errors": [error]}
+        return json.dumps(job).encode()
+
+
+def test_a_staging_table_expires_its_lifetime_after_its_creation():
+    created = datetime(2026, 12, 7, 9, 30, 15, 250_000, tzinfo=UTC)
+    table = staging_table_definition("p.d._staging_trips_0a1b2c3d4e5f", [], created)
+    assert table.expires == datetime(2026, 12, 8, 9, 30, 15, 250_000, tzinfo=UTC)
+    assert table.to_api_repr()["expirationTime"] == str(int(table.expires.timestamp() * 1000))
 
 
 @pytest.mark.emulators
@@ -448,9 +487,7 @@ def test_the_staging_table_expires_by_itself_from_its_creation(small, monkeypatc
     try:
         with monkeypatch.context() as through_the_proxy:
             through_the_proxy.setenv("BIGQUERY_EMULATOR_HOST", f"http://127.0.0.1:{proxy.server_port}")
-            before = datetime.now(UTC)
             store(small, trips(date(2020, 3, 1), date(2020, 3, 2)), "2020-03")
-            after = datetime.now(UTC)
     finally:
         proxy.shutdown()
         proxy.server_close()
@@ -464,11 +501,113 @@ def test_the_staging_table_expires_by_itself_from_its_creation(small, monkeypatc
         and body["tableReference"]["tableId"].startswith(STAGING_PREFIX)
     ]
     staging = body["tableReference"]["tableId"]
-    expires = datetime.fromtimestamp(int(body["expirationTime"]) / 1000, UTC)
-    assert before + STAGING_LIFETIME - timedelta(seconds=1) <= expires <= after + STAGING_LIFETIME
-    [loaded] = [i for i, (method, path, _) in enumerate(requests) if path.startswith("/upload/")]
+    assert "expirationTime" in body  # its value: test_a_staging_table_expires_its_lifetime_after_its_creation
+    [loaded] = [
+        i for i, (method, path, _) in enumerate(requests) if method == "PUT" and path.startswith("/upload/")
+    ]
     [deleted] = [i for i, (method, path, _) in enumerate(requests) if method == "DELETE"]
     assert created < loaded < deleted
     assert requests[deleted][1] == f"{tables}/{staging}"
     assert small.sql.tables() == {"trips"}
     assert by_n(load(small, "2020-03")) == trips(date(2020, 3, 1), date(2020, 3, 2)).to_pydict()
+
+
+@pytest.mark.emulators
+def test_a_ledger_table_of_an_earlier_version_gains_the_new_columns(small, bigquery_emulator, dataset):
+    """A ledger table made before `code_version` was one of its columns: the next audited write adds
+    the column, and the earlier row reads it as null."""
+    client = bigquery.Client(project=bigquery_emulator)
+    client.create_dataset(f"{bigquery_emulator}.{dataset}", exists_ok=True)
+    earlier = [field for field in LEDGER_SCHEMA if field.name != "code_version"]
+    table_id = f"{bigquery_emulator}.{dataset}.load_audit"
+    client.create_table(bigquery.Table(table_id, schema=as_written(pa.schema(earlier))))
+    client.query(
+        f"INSERT INTO `{table_id}` (asset_key, outcome) VALUES ('warehouse/earlier', 'published')"
+    ).result()
+    store(small, Audited(trips(date(2020, 3, 1), date(2020, 3, 2)), {"code_version": "0.1.0+abc"}), "2020-03")
+    answer = client.query(
+        f"SELECT asset_key, code_version, rows_loaded FROM `{table_id}` ORDER BY 1"
+    ).result()
+    assert [tuple(row.values()) for row in answer] == [
+        ("warehouse/earlier", None, None),
+        ("warehouse/trips", "0.1.0+abc", 2),
+    ]
+    # The columns as the table's data has them (the emulator's metadata does not follow ALTER TABLE).
+    stored = small.sql.execute(f"SELECT * FROM `{table_id}` LIMIT 0").schema
+    assert stored.names == [field.name for field in earlier] + ["code_version"]
+
+
+@pytest.fixture
+def failing_loads(monkeypatch):
+    """The emulator behind a `_FailingLoads` proxy; set `_FailingLoads.failures` to fail loads."""
+    _FailingLoads.upstream = os.environ["BIGQUERY_EMULATOR_HOST"].removeprefix("http://")
+    _FailingLoads.requests, _FailingLoads.failures = [], 0
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _FailingLoads)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", f"http://127.0.0.1:{proxy.server_port}")
+    yield _FailingLoads
+    proxy.shutdown()
+    proxy.server_close()
+
+
+@pytest.fixture
+def bigquery_retries():
+    """The retry warnings of BigQuery writes outside a run (in a run: the run's log)."""
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logger = logging.getLogger("taxi_platform.io_managers.bigquery")
+    logger.addHandler(handler)
+    yield warnings
+    logger.removeHandler(handler)
+
+
+@pytest.mark.emulators
+@pytest.mark.faults
+def test_a_load_job_failed_by_the_backend_is_tried_again_whole_leaving_the_other_month(
+    small, failing_loads, bigquery_retries
+):
+    store(small, trips(date(2020, 3, 1), date(2020, 3, 9)), "2020-03")
+    april = trips(date(2020, 4, 1), date(2020, 4, 2))
+    store(small, april, "2020-04")
+    manager = BigQueryWarehouse(sql=small.sql, retry=RetrySettings(tries=3, first_wait=0.01, jitter=0))
+    replacement = trips(date(2020, 3, 5), date(2020, 3, 6))
+    failing_loads.failures, failing_loads.requests = 1, []
+    store(manager, replacement, "2020-03")
+    assert bigquery_retries == [
+        f"{small.sql.table_id('trips')} rows with day in [2020-03-01, 2020-04-01) (BigQuery): try 1 of 3"
+        " failed with InternalServerError: 500 injected: the backend could not finish the job; reason:"
+        " backendError, message: injected: the backend could not finish the job; trying again in 0.01 s"
+    ]
+    loads = [
+        path for method, path, _ in failing_loads.requests if method == "PUT" and path.startswith("/upload/")
+    ]
+    assert len(loads) == 2
+    assert by_n(load(small, "2020-03")) == replacement.to_pydict()
+    assert by_n(load(small, "2020-04")) == april.to_pydict()
+    assert small.sql.tables() == {"trips"}  # the failed try's staging table deleted too
+
+
+@pytest.mark.emulators
+@pytest.mark.faults
+def test_load_jobs_failing_through_every_try_fail_the_write_leaving_the_months(
+    small, failing_loads, bigquery_retries
+):
+    march, april = trips(date(2020, 3, 1), date(2020, 3, 9)), trips(date(2020, 4, 1), date(2020, 4, 2))
+    store(small, march, "2020-03")
+    store(small, april, "2020-04")
+    manager = BigQueryWarehouse(sql=small.sql, retry=RetrySettings(tries=2, first_wait=0.01, jitter=0))
+    failing_loads.failures = 2
+    with pytest.raises(RetriesExhausted) as raised:
+        store(manager, trips(date(2020, 3, 5)), "2020-03")
+    assert re.fullmatch(
+        re.escape(f"{small.sql.table_id('trips')} rows with day in [2020-03-01, 2020-04-01) (BigQuery):")
+        + r" failed after 2 tries over [0-9.]+ s \(tries 2\); the last: InternalServerError: 500 injected:"
+        r" the backend could not finish the job; reason: backendError, message: injected: the backend could"
+        r" not finish the job",
+        str(raised.value),
+    ), raised.value
+    assert len(bigquery_retries) == 1
+    assert by_n(load(small, "2020-03")) == march.to_pydict()
+    assert by_n(load(small, "2020-04")) == april.to_pydict()
+    assert small.sql.tables() == {"trips"}

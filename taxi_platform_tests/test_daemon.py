@@ -126,7 +126,9 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(tmp_path,
             )
             # Nothing runs again: every run has ended, and each sensor has since ticked twice, asking
             # for nothing.
-            wait_for("the sensors to settle", lambda: quiet(instance, SENSORS), timeout=SETTLE, details=details)
+            wait_for(
+                "the sensors to settle", lambda: quiet(instance, SENSORS), timeout=SETTLE, details=details
+            )
             assert {
                 layer: len(materializations(instance, layer, "2020-11")) for layer in KEYS
             } == dict.fromkeys(KEYS, 2)
@@ -158,7 +160,9 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(tmp_path,
                 details=details,
             )
             assert postgres_count(postgres_url, pg_schema, "2020-12") == clean["2020-12"]
-            wait_for("the sensors to settle", lambda: quiet(instance, SENSORS), timeout=SETTLE, details=details)
+            wait_for(
+                "the sensors to settle", lambda: quiet(instance, SENSORS), timeout=SETTLE, details=details
+            )
             assert not instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
     assert dagster.exit_codes == {"daemon": 0}, dagster.log("daemon")
     assert not dagster.outlived, "processes of the daemon outlived it (its code server, run workers)"

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from taxi_platform.io_managers.lake import LakeIOManager
+from taxi_platform.lake.resource import Lake
 from taxi_platform.sensors.landing_zone import build_landed_file_mover
 from taxi_platform.sources.landing import LANDED_FILE_TAG, OutsideLanding, inside_landing
 from taxi_platform_tests.test_sensors import JOBS, NOW, Logged, landing_tick
@@ -70,7 +70,7 @@ def mover_after_success(lake: Path, tag: str) -> list[tuple[str, str]]:
             dagster_event=result.get_run_success_event(),
             dagster_instance=instance,
             dagster_run=result.dagster_run,
-            resources={"lake_io_manager": LakeIOManager(root=str(lake))},
+            resources={"lake": Lake(root=str(lake))},
         )
         context.log.addHandler(logged)
         mover(context)

@@ -6,8 +6,8 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from taxi_platform.io_managers.ledger import Audited
 from taxi_platform.io_managers.postgres import PostgresIOManager, PostgresWriteError
+from taxi_platform.ledger import LEDGER_SCHEMA, Audited
 from taxi_platform.profiles import code_version
 from taxi_platform_tests.helpers import (
     dagster_materialize,
@@ -98,3 +98,28 @@ def test_a_month_loaded_from_the_cli_answers_the_ledger_query(
         ).fetchall()
         held = conn.execute(f'SELECT count(*) FROM "{pg_schema}".green_trips_2020_10').fetchone()[0]
     assert answer == [(sha256_of(published / f"releases/green/green_tripdata_{MONTH}.csv.gz"), held)]
+
+
+def test_a_ledger_table_of_an_earlier_version_gains_the_new_columns(postgres_url, pg_schema):
+    """A ledger table made before `code_version` was one of its columns: the next audited write adds
+    the column, and the earlier row reads it as null."""
+    earlier = [field for field in LEDGER_SCHEMA if field.name != "code_version"]
+    types = {pa.string(): "text", pa.int64(): "bigint", pa.timestamp("us", tz="UTC"): "timestamptz"}
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{pg_schema}"')
+        conn.execute(
+            f'CREATE TABLE "{pg_schema}".load_audit ('
+            + ", ".join(f'"{field.name}" {types[field.type]}' for field in earlier)
+            + ")"
+        )
+        conn.execute(
+            f"INSERT INTO \"{pg_schema}\".load_audit (asset_key, outcome) VALUES ('postgres/earlier', 'published')"
+        )
+    manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema)
+    write(manager, "2020-03", Audited(trips("2020-03", 4), {"code_version": "0.1.0+abc"}))
+    rows = ledger(postgres_url, pg_schema)
+    assert sorted((row["asset_key"], row["code_version"], row["rows_loaded"]) for row in rows) == [
+        ("postgres/earlier", None, None),
+        ("postgres/trips", "0.1.0+abc", 4),
+    ]
+    assert list(rows[0]) == [field.name for field in earlier] + ["code_version"]

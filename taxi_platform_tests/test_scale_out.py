@@ -242,6 +242,7 @@ def gcp_definitions(monkeypatch) -> dg.Definitions:
     """The code location as the cluster loads it: the gcp profile of the doc's ConfigMap."""
     for name, value in re.findall(r"--from-literal=(TAXI_\w+)=([^\s\\\"]+)", DOC):
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TAXI_POSTGRES_URL", "postgresql://taxi@cloud-sql/taxi")  # the doc's secret
     return defs()
 
 
@@ -251,7 +252,7 @@ def test_every_job_of_the_code_location_runs_on_the_k8s_job_executor_as_the_doc_
     """Step pods share no disk: their outputs go to the bucket and BigQuery (the gcp profile), and the
     doc's run config sizes them."""
     resources = gcp_definitions.resources
-    assert resources["lake_io_manager"].root.startswith("gs://")
+    assert resources["lake"].root.startswith("gs://")
     assert isinstance(resources["warehouse_io_manager"], BigQueryWarehouse)
     run_config = yaml_block("# run config")
     on_k8s = copy(gcp_definitions, executor=k8s_job_executor)

@@ -14,8 +14,8 @@ import pytest
 
 from taxi_platform.datasets import DATASETS, GREEN
 from taxi_platform.definitions import defs
-from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.jobs import build_ingest_job
+from taxi_platform.lake.resource import Lake
 from taxi_platform.profiles import SensorSettings, sensor_settings
 from taxi_platform.sensors.landing_zone import build_landing_sensor
 from taxi_platform.sensors.new_months import build_source_sensor, months_to_check
@@ -225,7 +225,7 @@ def landing_tick(lake: Path, cursor: str | None = None, *, stable_seconds: int =
             instance=instance,
             cursor=cursor,
             definitions=DEFS,
-            resources={"lake_io_manager": LakeIOManager(root=str(lake))},
+            resources={"lake": Lake(root=str(lake))},
         )
         context.log.addHandler(logged)
         result = sensor.evaluate_tick(context)

@@ -5,11 +5,13 @@ unchanged (its row count and the md5 of its rows). The tests wait on what the se
 (pg_stat_activity, pg_locks) and on the warnings the writers log, never on time.
 
 A serialization failure (40001) is not provoked: the writer runs at READ COMMITTED and reads no rows a
-concurrent transaction could make it serialize on; it is retried like the deadlock (see `_transient`).
+concurrent transaction could make it serialize on; it is retried like the deadlock (see `transient` in
+io_managers/postgres/connection.py).
 """
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +34,7 @@ from fsspec.implementations.local import LocalFileSystem
 from taxi_platform.io_managers.postgres import PostgresIOManager, PostgresWriteError
 from taxi_platform.io_managers.warehouse import DuckDBSQL, DuckDBWarehouse, WarehouseLocked
 from taxi_platform.profiles import resources_for
+from taxi_platform.retrying import RetrySettings
 from taxi_platform_tests.helpers import failure_message
 from taxi_platform_tests.test_lake import days
 from taxi_platform_tests.test_postgres import (
@@ -53,6 +56,11 @@ from taxi_platform_tests.test_warehouse import load, store
 pytestmark = [pytest.mark.faults, pytest.mark.filterwarnings("ignore:XDG_RUNTIME_DIR is not set")]
 REPOSITORY = Path(__file__).resolve().parents[1]
 MARCH = "trips_2020_03"
+
+
+def quick(**settings) -> RetrySettings:
+    """Retry settings without jitter and with short waits, so that each wait is known (from 0.01 s)."""
+    return RetrySettings(**({"first_wait": 0.01, "max_wait": 0.1, "jitter": 0} | settings))
 
 
 class RetryWarnings(logging.Handler):
@@ -146,7 +154,7 @@ def backend_gone(url: str, pid: int) -> bool:
 def test_a_backend_terminated_during_copy_is_tried_again_and_the_other_month_is_untouched(
     postgres_url, pg_schema, published_months, tmp_path
 ):
-    manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema, backoff_seconds=0.01)
+    manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema, retry=quick())
     replacement = trips("2020-03", 300)
     rows, warnings = GatedDataset(tmp_path / "march", replacement), RetryWarnings()
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -159,11 +167,12 @@ def test_a_backend_terminated_during_copy_is_tried_again_and_the_other_month_is_
         finally:
             rows.open()
         done.result(timeout=120)
-    [warning] = warnings.messages
-    assert warning.startswith(f"{pg_schema}.trips 2020-03: try 1 of 5 failed with ")
-    assert "AdminShutdown: terminating connection due to administrator command" in warning or (
-        "OperationalError: " in warning  # the client saw the socket closed before the server's FATAL
-    )
+    # The backend was gone before the gate opened: its FATAL message was waiting for the client, which
+    # reads it on its next write (libpq keeps a write's failure until it has read what the server said).
+    assert warnings.messages == [
+        f"{pg_schema}.trips 2020-03 (PostgreSQL): try 1 of 5 failed with AdminShutdown: terminating connection"
+        " due to administrator command; trying again in 0.01 s"
+    ]
     assert read(manager, "2020-03").sort_by("trip_key").equals(replacement)
     assert fingerprint(postgres_url, pg_schema, "2020-04") == published_months["2020-04"]
 
@@ -173,7 +182,7 @@ def test_a_stream_whose_backend_is_terminated_fails_without_a_retry_leaving_the_
     postgres_url, pg_schema, published_months
 ):
     """A RecordBatchReader cannot be read twice: the write fails at once, saying why."""
-    manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema, backoff_seconds=0.01)
+    manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema, retry=quick())
     rows, warnings = Gated(trips("2020-03", 300)), RetryWarnings()
     with ThreadPoolExecutor(max_workers=1) as pool:
         try:
@@ -209,7 +218,7 @@ def test_a_swap_that_meets_a_held_lock_times_out_and_succeeds_once_it_is_release
     postgres_url, pg_schema, published_months
 ):
     manager = PostgresIOManager(
-        url=postgres_url, db_schema=pg_schema, lock_timeout_seconds=0.2, backoff_seconds=0.05
+        url=postgres_url, db_schema=pg_schema, lock_timeout_seconds=0.2, retry=quick(first_wait=0.05)
     )
     replacement, warnings = trips("2020-03", 200), RetryWarnings()
     holder = hold_the_month(postgres_url, pg_schema)
@@ -221,7 +230,7 @@ def test_a_swap_that_meets_a_held_lock_times_out_and_succeeds_once_it_is_release
             holder.close()  # its transaction ends: the lock is released
         done.result(timeout=120)
     assert warnings.messages[0].startswith(
-        f"{pg_schema}.trips 2020-03: try 1 of 5 failed with LockNotAvailable: canceling statement due"
+        f"{pg_schema}.trips 2020-03 (PostgreSQL): try 1 of 5 failed with LockNotAvailable: canceling statement due"
         " to lock timeout"
     )
     assert read(manager, "2020-03").sort_by("trip_key").equals(replacement)
@@ -233,22 +242,23 @@ def test_a_lock_never_released_fails_clearly_after_the_tries_leaving_the_month(
     postgres_url, pg_schema, published_months
 ):
     manager = PostgresIOManager(
-        url=postgres_url, db_schema=pg_schema, lock_timeout_seconds=0.1, backoff_seconds=0.01, max_tries=3
+        url=postgres_url, db_schema=pg_schema, lock_timeout_seconds=0.1, retry=quick(tries=3)
     )
     warnings = RetryWarnings()
     holder = hold_the_month(postgres_url, pg_schema)
     try:
         with pytest.raises(
             PostgresWriteError,
-            match=rf"^{pg_schema}\.trips 2020-03: failed 3 times \(max_tries\); the last: LockNotAvailable:"
+            match=rf"^{pg_schema}\.trips 2020-03 \(PostgreSQL\): failed after 3 tries over [0-9.]+ s \(tries 3\); the last:"
+            r" LockNotAvailable:"
             " canceling statement due to lock timeout",
         ):
             write_logged(manager, "2020-03", trips("2020-03", 200), warnings)
     finally:
         holder.close()
     assert [m.split(" failed with ")[0] for m in warnings.messages] == [
-        f"{pg_schema}.trips 2020-03: try 1 of 3",
-        f"{pg_schema}.trips 2020-03: try 2 of 3",
+        f"{pg_schema}.trips 2020-03 (PostgreSQL): try 1 of 3",
+        f"{pg_schema}.trips 2020-03 (PostgreSQL): try 2 of 3",
     ]
     assert {m: fingerprint(postgres_url, pg_schema, m) for m in published_months} == published_months
     assert tables_in(postgres_url, pg_schema) == ["trips", MARCH, "trips_2020_04"]  # no staging left
@@ -308,7 +318,7 @@ def test_a_writer_chosen_as_a_deadlock_victim_is_tried_again_and_succeeds(
     separator = "&" if "?" in postgres_url else "?"
     quick_to_see_deadlocks = f"{postgres_url}{separator}options=-c%20deadlock_timeout%3D50ms"
     manager = PostgresIOManager(
-        url=quick_to_see_deadlocks, db_schema=pg_schema, lock_timeout_seconds=600, backoff_seconds=0.01
+        url=quick_to_see_deadlocks, db_schema=pg_schema, lock_timeout_seconds=600, retry=quick()
     )
     replacement = trips("2020-03", 250)
     rows, warnings = GatedDataset(tmp_path / "march", replacement), RetryWarnings()
@@ -330,7 +340,9 @@ def test_a_writer_chosen_as_a_deadlock_victim_is_tried_again_and_succeeds(
             other.close()
         done.result(timeout=120)
     [warning] = warnings.messages
-    assert warning.startswith(f"{pg_schema}.trips 2020-03: try 1 of 5 failed with DeadlockDetected: deadlock")
+    assert warning.startswith(
+        f"{pg_schema}.trips 2020-03 (PostgreSQL): try 1 of 5 failed with DeadlockDetected: deadlock"
+    )
     assert read(manager, "2020-03").sort_by("trip_key").equals(replacement)
     assert fingerprint(postgres_url, pg_schema, "2020-04") == published_months["2020-04"]
 
@@ -348,7 +360,9 @@ def assert_no_password(*texts: str) -> None:
 
 @pytest.mark.postgres
 def test_a_malformed_url_fails_at_once_and_clearly_without_its_password(caplog):
-    manager = PostgresIOManager(url=MALFORMED_URL, db_schema="taxi", backoff_seconds=3600)
+    manager = PostgresIOManager(
+        url=MALFORMED_URL, db_schema="taxi", retry=quick(first_wait=3600, max_wait=3600)
+    )
     warnings = RetryWarnings()
     with caplog.at_level(logging.DEBUG), pytest.raises(PostgresWriteError) as raised:
         write_logged(manager, "2020-03", trips("2020-03", 3), warnings)
@@ -393,19 +407,30 @@ def test_a_malformed_taxi_postgres_url_fails_the_run_with_no_password_in_its_eve
 
 
 @pytest.mark.postgres
-def test_a_refused_connection_is_tried_again_then_fails_naming_the_month():
+def test_a_refused_connection_is_tried_again_then_fails_naming_the_month_without_the_password():
+    """No server listens on the socket, whose folder is named like the password: the driver's message
+    quotes the path, so the password would leak through it if it were not redacted."""
     manager = PostgresIOManager(
-        url="postgresql://taxi:s3cretpw@127.0.0.1:1/taxi", db_schema="taxi", backoff_seconds=0.01, max_tries=2
+        url="postgresql://taxi:s3cretpw@/taxi?host=/nonexistent/s3cretpw&port=1",
+        db_schema="taxi",
+        retry=quick(tries=2),
     )
     warnings = RetryWarnings()
-    with pytest.raises(
-        PostgresWriteError,
-        match=r"^taxi\.trips 2020-03: failed 2 times \(max_tries\); the last: cannot connect to PostgreSQL:"
-        r" OperationalError: .*Connection refused",
-    ) as raised:
+    failure = (
+        "cannot connect to PostgreSQL: OperationalError: connection is bad: connection to server on socket"
+        ' "/nonexistent/***/.s.PGSQL.1" failed: No such file or directory'
+    )
+    with pytest.raises(PostgresWriteError) as raised:
         write_logged(manager, "2020-03", trips("2020-03", 3), warnings)
+    message = str(raised.value).splitlines()[0]
+    assert re.fullmatch(
+        r"taxi\.trips 2020-03 \(PostgreSQL\): failed after 2 tries over [0-9.]+ s \(tries 2\); the last: "
+        + re.escape(failure),
+        message,
+    ), message
     [warning] = warnings.messages
-    assert warning.startswith("taxi.trips 2020-03: try 1 of 2 failed with cannot connect to PostgreSQL")
+    assert warning.startswith(f"taxi.trips 2020-03 (PostgreSQL): try 1 of 2 failed with {failure}\n")
+    assert warning.endswith("; trying again in 0.01 s")
     assert "s3cretpw" not in "".join(traceback.format_exception(raised.value)) + warning
 
 
@@ -485,20 +510,21 @@ def test_a_duckdb_file_held_for_a_while_is_tried_again_then_written(
     tmp_path, duckdb_published, duckdb_retries
 ):
     path = tmp_path / "w.duckdb"
-    manager = DuckDBWarehouse(sql=DuckDBSQL(path=str(path), max_tries=10, backoff_seconds=0.05))
+    # No limit on the tries: the writer waits as long as the file is held, however long that takes here.
+    manager = DuckDBWarehouse(sql=DuckDBSQL(path=str(path), retry=quick(tries=None)))
     replacement = days(date(2020, 3, 7), date(2020, 3, 9))
     with ThreadPoolExecutor(max_workers=1) as pool, LockHolder(path) as holder:
         done = pool.submit(store, manager, replacement, "2020-03")
         assert duckdb_retries.first.wait(timeout=120), "the writer never found the file locked"
-        assert not done.done()  # it waits while the file is held
+        assert not done.done()  # it cannot finish while the file is held, nor give up
         holder.release()
         done.result(timeout=120)
-    first = duckdb_retries.messages[0]
-    assert first.startswith(
-        f"taxi.trips rows with day in [2020-03-01, 2020-04-01): the warehouse {path} is locked by another"
-        " process: try 1 of 10 failed with IOException; trying again in"
-    )
-    assert f"(PID {holder.process.pid})" in first  # the holder named
+    # One warning a try that met the lock, in order, each with the settings' wait after it.
+    purpose = f"taxi.trips rows with day in [2020-03-01, 2020-04-01) (the warehouse {path})"
+    for n, warning in enumerate(duckdb_retries.messages, start=1):
+        assert warning.startswith(f"{purpose}: try {n} failed with IOException: IO Error: Could not set lock")
+        assert f"(PID {holder.process.pid})" in warning  # the holder named
+        assert warning.endswith(f"; trying again in {min(0.01 * 2 ** (n - 1), 0.1):.2f} s")
     assert load(manager, "2020-03").to_pydict() == replacement.to_pydict()
     assert duckdb_fingerprint(path, "2020-04") == duckdb_published["2020-04"]
 
@@ -508,15 +534,15 @@ def test_a_duckdb_file_never_released_fails_clearly_after_the_tries_leaving_the_
     tmp_path, duckdb_published, duckdb_retries
 ):
     path = tmp_path / "w.duckdb"
-    manager = DuckDBWarehouse(sql=DuckDBSQL(path=str(path), max_tries=3, backoff_seconds=0.01))
+    manager = DuckDBWarehouse(sql=DuckDBSQL(path=str(path), retry=quick(tries=3)))
     with LockHolder(path) as holder:
         with pytest.raises(WarehouseLocked) as raised:
             store(manager, days(date(2020, 3, 7)), "2020-03")
         holder.release()
     assert str(raised.value).startswith(
-        f"taxi.trips rows with day in [2020-03-01, 2020-04-01): the warehouse {path} stayed locked by"
-        " another process through 3 tries (max_tries): IO Error: Could not set lock on file"
+        f"taxi.trips rows with day in [2020-03-01, 2020-04-01) (the warehouse {path}): failed after 3 tries"
     )
+    assert "(tries 3); the last: IOException: IO Error: Could not set lock on file" in str(raised.value)
     assert f"(PID {holder.process.pid})" in str(raised.value)
     assert isinstance(raised.value, TimeoutError) and isinstance(raised.value.__cause__, duckdb.IOException)
     assert len(duckdb_retries.messages) == 2

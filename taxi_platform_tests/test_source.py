@@ -3,6 +3,7 @@ month, probing its version, downloading it, and every way that can fail."""
 
 import email.utils
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from taxi_platform.assets import permanent_errors_not_retried
 from taxi_platform.datasets import DATASETS
+from taxi_platform.retrying import RetrySettings
 from taxi_platform.sources import landing
 from taxi_platform.sources.public import (
     FileVersion,
@@ -36,17 +38,35 @@ def server(published, tmp_path):
         yield server
 
 
-def source_for(server, **config) -> TaxiSource:
+# Short waits without jitter, so that the waits are known: 0.01 s, 0.02 s, 0.04 s, 0.08 s, then 0.1 s.
+QUICK = RetrySettings(tries=None, first_wait=0.01, max_wait=0.1, jitter=0, budget=5)
+
+
+def source_for(server, retry: RetrySettings = QUICK, **config) -> TaxiSource:
     """The source against `server`, with short waits and limits so that no test takes long."""
-    limits = {"retry_seconds": 5, "backoff_seconds": 0.01, "max_backoff_seconds": 0.1, "deadline_seconds": 10}
-    return TaxiSource(releases_url=f"{server.url}/releases", tlc_url=server.url, **(limits | config))
+    limits = {"deadline_seconds": 10}
+    return TaxiSource(
+        releases_url=f"{server.url}/releases", tlc_url=server.url, retry=retry, **(limits | config)
+    )
 
 
-def tries_in(error: SourceUnavailable) -> int:
-    """The number of tries a SourceUnavailable names."""
-    found = re.search(r" failed after ([0-9]+) tries ", str(error))
-    assert found, error
-    return int(found[1])
+class Retries(logging.Handler):
+    """The retry warnings the source logs, in order."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def retries():
+    handler, logger = Retries(), logging.getLogger("taxi_platform.sources.public")
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
 
 
 def fetch(source: TaxiSource, month: str, folder: Path):
@@ -145,7 +165,7 @@ def test_passing_faults_are_retried_until_the_whole_file_comes(server, published
 
 @pytest.mark.faults
 def test_an_outage_shorter_than_the_retry_time_heals_in_the_download(server, published, tmp_path):
-    source = source_for(server, retry_seconds=30)
+    source = source_for(server)
     path = path_of(server, source, "2020-11")
     server.outage(path, 2)
     download = fetch(source, "2020-11", tmp_path)
@@ -167,34 +187,44 @@ def test_an_outage_shorter_than_the_retry_time_heals_in_the_download(server, pub
     ],
     ids=["server-errors", "rate-limited", "connection-dropped", "cut-mid-file"],
 )
-def test_faults_that_outlast_the_retry_time_fail_with_url_month_and_tries(server, tmp_path, faults, error):
-    # More faults than tries fit in the retry time: each wait is at least half the backoff (0.01 s, doubling
-    # up to 0.1 s), so 0.3 s holds at most 9 waits, and so 10 tries.
-    source = source_for(server, retry_seconds=0.3)
-    server.fail(path_of(server, source, "2020-12"), *faults * 20)
+def test_faults_that_outlast_the_tries_fail_with_url_month_and_tries(
+    server, tmp_path, retries, faults, error
+):
+    source = source_for(server, RetrySettings(tries=4, first_wait=0.01, max_wait=0.1, jitter=0))
+    path = path_of(server, source, "2020-12")
+    server.fail(path, *faults * 20)
     with pytest.raises(
         SourceUnavailable,
-        match=rf"^green 2020-12: .*2020-12\.csv\.gz failed after [0-9]+ tries over .* \(retry_seconds 0\.3\): .*{error}",
-    ) as raised:
+        match=rf"^green 2020-12 \(http://127\.0\.0\.1:[0-9]+{path}\): failed after 4 tries over [0-9.]+ s \(tries 4\);"
+        rf" the last: .*{error}",
+    ):
         fetch(source, "2020-12", tmp_path)
-    assert tries_in(raised.value) == len(server.requests) > 1
+    assert server.requests == [("GET", path)] * 4
+    # One warning a retry, naming the month, the URL, the try and the wait: the settings' waits, in order.
+    assert [re.sub(r"failed with .*;", "failed with E;", m) for m in retries] == [
+        f"green 2020-12 ({server.url}{path}): try {n} of 4 failed with E; trying again in {wait} s"
+        for n, wait in [(1, "0.01"), (2, "0.02"), (3, "0.04")]
+    ]
+    assert all(re.search(error, message) for message in retries)
 
 
 @pytest.mark.faults
-def test_an_outage_longer_than_the_retry_time_is_left_to_the_step_retry(server, tmp_path):
-    source = source_for(server, retry_seconds=0.5)
+def test_an_outage_longer_than_the_retry_budget_is_left_to_the_step_retry(server, tmp_path, retries):
+    # A budget of 0: the first try fails, and no other starts.
+    source = source_for(server, RetrySettings(tries=None, first_wait=10, jitter=0, budget=0))
     server.outage(path_of(server, source, "2020-12"), 60)
     # The asset layer lets SourceUnavailable through to the step's retry policy.
     with (
         pytest.raises(
             SourceUnavailable,
-            match=r"^green 2020-12: http://127\.0\.0\.1:[0-9]+/releases/green/green_tripdata_2020-12\.csv\.gz"
-            r" failed after [0-9]+ tries over .* \(retry_seconds 0\.5\): HTTP 503$",
-        ) as raised,
+            match=r"^green 2020-12 \(http://127\.0\.0\.1:[0-9]+/releases/green/green_tripdata_2020-12\.csv\.gz\)"
+            r": failed after 1 try over [0-9.]+ s \(budget 0 s\); the last: HTTP 503$",
+        ),
         permanent_errors_not_retried(),
     ):
         fetch(source, "2020-12", tmp_path)
-    assert tries_in(raised.value) == len(server.requests) > 1
+    assert len(server.requests) == 1
+    assert retries == []
 
 
 @pytest.mark.faults
@@ -400,3 +430,28 @@ def test_the_landing_zone_lists_its_files_by_name_and_not_the_processed_ones(tmp
         listed[0].version
         != landing.LandedFile(a.as_posix(), "a.parquet", 1, a.stat().st_mtime_ns + 1).version
     )
+
+
+@pytest.mark.faults
+def test_a_retry_in_a_run_is_one_warning_in_the_runs_event_log(server, published, tmp_path):
+    """The source serving a run logs its retries in the run's event log (its init context's log), once
+    each: what, where, which try and the wait."""
+    path = "/releases/green/green_tripdata_2020-11.csv.gz"
+    server.fail(path, "503")
+
+    @dg.asset
+    def month(taxi_source: TaxiSource) -> int:
+        return fetch(taxi_source, "2020-11", tmp_path).bytes
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([month], resources={"taxi_source": source_for(server)}, instance=instance)
+        warnings = [
+            event.user_message
+            for event in instance.all_logs(result.run_id)
+            if event.level == logging.WARNING and event.step_key == "month"
+        ]
+    served = published / path.lstrip("/")
+    assert result.output_for_node("month") == served.stat().st_size
+    assert warnings == [
+        f"green 2020-11 ({server.url}{path}): try 1 failed with HTTP 503; trying again in 0.01 s"
+    ]

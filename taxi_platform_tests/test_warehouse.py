@@ -12,8 +12,11 @@ import pyarrow as pa
 import pytest
 
 from taxi_platform.io_managers import PARTITION_COLUMN
-from taxi_platform.io_managers.lake import LakeIOManager
 from taxi_platform.io_managers.warehouse import LAKE_TABLE, DuckDBSQL, DuckDBWarehouse
+from taxi_platform.lake.lake_io_manager import LakeIOManager
+from taxi_platform.lake.resource import Lake
+from taxi_platform.ledger import LEDGER_SCHEMA, Audited
+from taxi_platform.retrying import RetrySettings
 from taxi_platform_tests.helpers import course_counts, green_trip_keys, materializations, materialize
 from taxi_platform_tests.test_lake import MONTHS, days, write
 
@@ -82,7 +85,7 @@ def test_the_table_types_and_describes_its_columns(taxi_env, published):
         )
     )
     assert comments["lpep_pickup_datetime"].endswith(
-        "New York local time, stored as DATETIME (no time zone)."
+        "America/New_York local time, stored as DATETIME (no time zone)."
     )
     assert "hash of every trip column" in comments["trip_key"]
     expected = clean_counts(published, "2020-10")["2020-10"]
@@ -113,7 +116,7 @@ def test_zones_land_whole(taxi_env, published):
 
 
 def test_the_lake_table_queries_the_lake_files_where_they_lie(tmp_path):
-    lake = LakeIOManager(root=str(tmp_path / "lake"))
+    lake = LakeIOManager(lake=Lake(root=str(tmp_path / "lake")))
     warehouse = DuckDBWarehouse(
         sql=DuckDBSQL(path=str(tmp_path / "w.duckdb")), lake_root=str(tmp_path / "lake")
     )
@@ -238,10 +241,36 @@ def test_a_table_name_that_is_not_an_identifier_is_refused(tmp_path):
 
 def test_a_file_that_is_not_a_duckdb_database_fails_at_once(tmp_path, caplog):
     (tmp_path / "w.duckdb").write_bytes(b"not a database" * 1000)
-    manager = duckdb_warehouse(tmp_path, max_tries=100, backoff_seconds=3600)  # a retry would hang
+    manager = duckdb_warehouse(
+        tmp_path, retry=RetrySettings(tries=100, first_wait=3600, max_wait=3600)
+    )  # a retry would hang
     with (
         caplog.at_level(logging.WARNING, logger="taxi_platform.io_managers.warehouse"),
         pytest.raises(duckdb.IOException, match="not a valid DuckDB database file"),
     ):
         store(manager, days(date(2020, 3, 1)), "2020-03")
     assert caplog.records == []  # not tried again
+
+
+def test_a_ledger_table_of_an_earlier_version_gains_the_new_columns(tmp_path):
+    """A ledger table made before `code_version` was one of its columns: the next audited write adds
+    the column, and the earlier row reads it as null."""
+    earlier = pa.Table.from_pylist(
+        [{"asset_key": "warehouse/earlier", "outcome": "published"}],
+        pa.schema([field for field in LEDGER_SCHEMA if field.name != "code_version"]),
+    )
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        con.execute("CREATE SCHEMA taxi")
+        con.execute("CREATE TABLE taxi.load_audit AS SELECT * FROM earlier")
+    manager = duckdb_warehouse(tmp_path)
+    store(
+        manager, Audited(days(date(2020, 3, 1), date(2020, 3, 2)), {"code_version": "0.1.0+abc"}), "2020-03"
+    )
+    assert rows(manager, "SELECT asset_key, code_version, rows_loaded FROM taxi.load_audit ORDER BY 1") == [
+        ("warehouse/earlier", None, None),
+        ("warehouse/trips", "0.1.0+abc", 2),
+    ]
+    assert [name for (name,) in rows(manager, "SELECT column_name FROM (DESCRIBE taxi.load_audit)")] == [
+        *earlier.column_names,
+        "code_version",
+    ]

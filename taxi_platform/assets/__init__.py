@@ -9,7 +9,8 @@ import dagster as dg
 
 from taxi_platform.checks import CHECK_OUTCOMES
 from taxi_platform.datasets import DatasetSpec
-from taxi_platform.io_managers.ledger import Audited
+from taxi_platform.lake.resource import version_of
+from taxi_platform.ledger import Audited
 from taxi_platform.profiles import code_version
 from taxi_platform.sources.landing import OutsideLanding
 from taxi_platform.sources.public import SourceError, SourceUnavailable
@@ -115,7 +116,7 @@ def build_sink_asset(
         for month, rows in by_month(context, clean).items():
             context.add_asset_metadata({"dagster/row_count": rows.count_rows()}, partition_key=month)
             known = provenance(context.instance, raw_key, clean_key, month, started_at)
-            audited[month] = Audited(rows, known)
+            audited[month] = Audited(rows, known | {"lake_version": version_of(rows)})
         return audited
 
     return sink

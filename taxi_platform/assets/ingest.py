@@ -1,13 +1,15 @@
 """raw/<dataset>_trips, clean/<dataset>_trips and clean/<dataset>_trips_rejected, in one step a month.
 
 Write, audit, publish: the step downloads the month's source file (or takes the landed one), parses it
-once and stages its raw, clean and rejected rows together in the lake's private staging area of the
-run; the blocking checks then judge the staged files; only a month whose checks all pass is published
-(the lake moves its files into place). A month that fails leaves the published month as it was,
-reports its failed checks with their figures, and fails the step naming dataset, month and check.
+once and stages its raw, clean and rejected rows together in the lake (files no commit references
+yet); the blocking checks then judge the staged files; only a month whose checks all pass is published
+(the lake IO manager commits each table). A month that fails leaves the published month as it was,
+removes what it staged, reports its failed checks with their figures, and fails the step naming
+dataset, month and check.
 """
 
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime
 
 import dagster as dg
@@ -19,7 +21,8 @@ from taxi_platform.cleaning import MonthCleaner, reject_reasons, rejected_schema
 from taxi_platform.datasets import PICKUP_DATE, DatasetSpec
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.arrow_data import prefetched
-from taxi_platform.io_managers.lake import LakeIOManager, Staged
+from taxi_platform.lake.resource import VERSIONED_FILES, Lake
+from taxi_platform.lake.staging import Staged
 from taxi_platform.metadata import CLEAN_DESCRIPTIONS, clean_column_lineage, column_schema
 from taxi_platform.sources.landing import LANDED_FILE_TAG, inside_landing
 from taxi_platform.sources.public import TaxiSource
@@ -66,7 +69,8 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 "raw",
                 f"{spec.description} The month's source file as published (or as dropped into the "
                 "lake's landing/ folder): original columns, every row, typed as the file's form "
-                "(CSV.gz release or TLC parquet) declares.",
+                "(CSV.gz release or TLC parquet) declares. Lake: a file a month and version.",
+                metadata={VERSIONED_FILES: True},
             ),
             "clean": out(
                 clean_key,
@@ -99,23 +103,24 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext,
         config: IngestConfig,
         taxi_source: TaxiSource,
-        lake_io_manager: dg.ResourceParam[LakeIOManager],
+        lake: Lake,
     ):
         relaxed = frozenset(config.relax_positive)
         landed = context.run.tags.get(LANDED_FILE_TAG)
+        # Staged in the lake, where it stays until the IO manager publishes it or this step discards it.
+        staged = {
+            "raw": lake.stage(raw_key, spec.partitions_def, versioned_files=True),
+            "clean": lake.stage(clean_key, spec.partitions_def, PICKUP_DATE),
+            "rejected": lake.stage(rejected_key, spec.partitions_def),
+        }
         with (
             permanent_errors_not_retried(),
             tempfile.TemporaryDirectory(prefix="taxi-") as folder,
-            lake_io_manager.staging(context.run.run_id) as staging,
+            _discarded_on_failure(staged),
         ):
-            staged = {
-                "raw": staging.asset(raw_key, spec.partitions_def),
-                "clean": staging.asset(clean_key, spec.partitions_def, PICKUP_DATE),
-                "rejected": staging.asset(rejected_key, spec.partitions_def),
-            }
             failures: dict[str, dict[str, str]] = {name: {} for name in CHECKS}
             if landed:  # a run tag: taken only from inside the landing folder
-                landed = inside_landing(landed, lake_io_manager.root)
+                landed = inside_landing(landed, lake.root)
             for month in context.partition_keys:
                 file = taxi_source.locate(spec, month, landed)
                 download = taxi_source.fetch(file, folder)
@@ -123,6 +128,12 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 window = spec.partitions_def.time_window_for_partition_key(month)
                 cleaner = _stage_month(spec, month, rows, staged, window, relaxed)
                 download.path.unlink()
+                source = {
+                    "run_id": context.run.run_id,
+                    "source_sha256": download.metadata.get("source_sha256"),
+                }
+                for each in staged.values():
+                    each.details[month] = source
                 context.add_asset_metadata(
                     {
                         **download.metadata,
@@ -134,7 +145,7 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                     partition_key=month,
                 )
                 _add_clean_metadata(context, spec, month, cleaner, clean_key, rejected_key)
-                published = lake_io_manager.published_rows(clean_key, spec.partitions_def, PICKUP_DATE, month)
+                published = lake.published_rows(clean_key, month, spec.partitions_def, PICKUP_DATE)
                 min_share = 0.0 if config.allow_shrink else spec.min_share_of_published
                 findings = month_findings(
                     spec,
@@ -156,7 +167,7 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 for name, by_month in failures.items()
             ]
             failed = {name: by_month for name, by_month in failures.items() if by_month}
-            if failed:  # reported, never published: the staging area is discarded
+            if failed:  # reported, never published: what was staged is discarded
                 yield from results
                 raise dg.Failure(
                     description=f"{spec.name} not published, the published months are unchanged: "
@@ -173,6 +184,17 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             yield from results  # after the outputs: the results belong to the new materialization
 
     return ingest
+
+
+@contextmanager
+def _discarded_on_failure(staged: dict[str, Staged]):
+    """Remove what was staged when the month cannot be published (an error, a failed check)."""
+    try:
+        yield
+    except BaseException:
+        for each in staged.values():
+            each.discard()
+        raise
 
 
 def _stage_month(

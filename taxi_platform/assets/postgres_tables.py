@@ -10,8 +10,8 @@ from taxi_platform.assets.zones import ZONES
 from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import PICKUP_DATE, TRIP_KEY, DatasetSpec
 from taxi_platform.io_managers import PARTITION_COLUMN
-from taxi_platform.io_managers.ledger import Audited
 from taxi_platform.io_managers.postgres import UNIQUE_KEY
+from taxi_platform.ledger import Audited
 
 COMMON = AssetOptions(
     group_name="postgres",

@@ -8,10 +8,10 @@ import pyarrow.dataset as ds
 from taxi_platform.assets import AssetOptions, build_sink_asset, provenance
 from taxi_platform.assets.zones import ZONES
 from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM
-from taxi_platform.datasets import PICKUP_DATE, DatasetSpec
-from taxi_platform.io_managers import PARTITION_COLUMN
-from taxi_platform.io_managers.ledger import Audited
+from taxi_platform.datasets import NEW_YORK, PICKUP_DATE, DatasetSpec
+from taxi_platform.io_managers import PARTITION_COLUMN, TIME_ZONE
 from taxi_platform.io_managers.warehouse import CLUSTER_BY, LAKE_TABLE
+from taxi_platform.ledger import Audited
 from taxi_platform.metadata import CLEAN_DESCRIPTIONS, column_schema
 
 COMMON = AssetOptions(
@@ -29,6 +29,7 @@ def build_warehouse_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     options = COMMON | AssetOptions(
         metadata={
             PARTITION_COLUMN: PICKUP_DATE,
+            TIME_ZONE: NEW_YORK,  # the TLC's times are New York's, without a zone
             CLUSTER_BY: ["pu_location_id", "do_location_id"],
             LAKE_TABLE: f"clean/{spec.table}",
             "dagster/column_schema": column_schema(spec.clean_schema, CLEAN_DESCRIPTIONS),

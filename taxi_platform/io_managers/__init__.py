@@ -1,7 +1,9 @@
 """IO managers: the lake, PostgreSQL and the warehouse; generic, no taxi knowledge.
 
 A partitioned asset names its DATE column in definition metadata `PARTITION_COLUMN`: each IO
-manager stores a partition's rows by that column's values inside the partition's time window.
+manager stores a partition's rows by that column's values inside the partition's time window. An asset
+whose naive timestamps are local time names the zone (an IANA name) in `TIME_ZONE`, for the column
+descriptions that say so.
 """
 
 from collections.abc import Mapping
@@ -10,6 +12,7 @@ from typing import Any
 import dagster as dg
 
 PARTITION_COLUMN = "partition_column"
+TIME_ZONE = "time_zone"
 
 
 def time_window(partitions_def: dg.PartitionsDefinition, key: str) -> dg.TimeWindow:

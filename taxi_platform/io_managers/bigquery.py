@@ -4,31 +4,44 @@ of its own so that only the gcp profile imports the Google client libraries."""
 import json
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import requests
 from dagster_gcp import BigQueryResource
+from pydantic import Field
 
 from taxi_platform.io_managers.arrow_data import stream
-from taxi_platform.io_managers.ledger import LEDGER_TABLE
 from taxi_platform.io_managers.warehouse import (
     WarehouseIOManager,
     WarehouseSQL,
     Window,
-    _check_drift,
-    _checked_name,
+    check_drift,
+    checked_name,
 )
+from taxi_platform.ledger import LEDGER_TABLE, missing_columns
+from taxi_platform.retrying import BIGQUERY_WRITE, RetrySettings, retried
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from google.cloud.bigquery import SchemaField
 
 # The tables API answers a table's schema in the legacy type names; `_bq_type` writes the standard ones.
 _STANDARD_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL", "RECORD": "STRUCT"}
+# Job error reasons BigQuery's documentation says to retry.
+_TRANSIENT_REASONS = {
+    "backendError",
+    "internalError",
+    "rateLimitExceeded",
+    "jobBackendError",
+    "jobInternalError",
+}
 # A staging table is deleted when its load is merged or fails; one a killed run left expires.
 STAGING_LIFETIME = timedelta(days=1)
 STAGING_PREFIX = "_staging_"
@@ -40,10 +53,10 @@ class BigQuerySQL(WarehouseSQL):
     bigquery: BigQueryResource
 
     def table_id(self, name: str) -> str:
-        return f"{self.bigquery.project}.{_checked_name(self.dataset)}.{name}"
+        return f"{self.bigquery.project}.{checked_name(self.dataset)}.{name}"
 
     def ref(self, name: str) -> str:
-        return f"`{self.table_id(_checked_name(name))}`"
+        return f"`{self.table_id(checked_name(name))}`"
 
     def dbt_output(self) -> dict:
         """dbt-bigquery with Application Default Credentials (oauth), as the client here finds them."""
@@ -70,9 +83,18 @@ class BigQuerySQL(WarehouseSQL):
 
 
 class BigQueryWarehouse(WarehouseIOManager):
-    """The GCP warehouse: native partitioned, clustered BigQuery tables."""
+    """The GCP warehouse: native partitioned, clustered BigQuery tables. A write meeting a transient
+    error (`_transient`) is tried again whole under `retry`, each retry a warning in the run's log."""
 
     sql: BigQuerySQL
+    lake_connection: str = Field(
+        default="",
+        description="The BigLake connection (project.location.connection) through which BigQuery reads "
+        "the lake's Iceberg tables, for `<table>_lake` tables.",
+    )
+    retry: RetrySettings = Field(
+        default=BIGQUERY_WRITE, description="Tries of a write meeting transient errors."
+    )
 
     @property
     def warehouse(self) -> BigQuerySQL:
@@ -86,32 +108,36 @@ class BigQueryWarehouse(WarehouseIOManager):
             bigquery.SchemaField(f.name, _bq_type(f.type), description=descriptions.get(f.name))
             for f in data.schema
         ]
-        with sql.bigquery.get_client() as client:
-            dataset = bigquery.Dataset(f"{sql.bigquery.project}.{sql.dataset}")
-            dataset.location = sql.bigquery.location
-            client.create_dataset(dataset, exists_ok=True)
-            target = self._ensure_table(client, name, schema, window, cluster_by)
-            staging_id = sql.table_id(f"{STAGING_PREFIX}{name}_{uuid.uuid4().hex[:12]}")
-            try:
-                client.create_table(staging_table_definition(staging_id, schema))
-                self._load(client, staging_id, data, schema)
-                columns = ", ".join(f"`{f.name}`" for f in data.schema)
-                bounds = ""
-                if window:
-                    bounds = (
-                        f" AND T.`{window.column}` >= DATE '{window.start}'"
-                        f" AND T.`{window.column}` < DATE '{window.end}'"
-                    )
-                client.query(
-                    f"MERGE `{target}` T USING `{staging_id}` S ON FALSE"
-                    f" WHEN NOT MATCHED BY SOURCE{bounds} THEN DELETE"
-                    f" WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({columns})"
-                ).result()
-            finally:
-                client.delete_table(staging_id, not_found_ok=True)
-            stored = client.get_table(target)
+
+        def merge():
+            """The rows staged in a table of their own, then merged in place of the window's: tried
+            whole again on a transient error."""
+            with sql.bigquery.get_client() as client:
+                self._ensure_dataset(client)
+                target = self._ensure_table(client, name, schema, window, cluster_by)
+                staging_id = sql.table_id(f"{STAGING_PREFIX}{name}_{uuid.uuid4().hex[:12]}")
+                try:
+                    client.create_table(staging_table_definition(staging_id, schema, datetime.now(UTC)))
+                    self._load(client, staging_id, data, schema)
+                    columns = ", ".join(f"`{f.name}`" for f in data.schema)
+                    bounds = ""
+                    if window:
+                        bounds = (
+                            f" AND T.`{window.column}` >= DATE '{window.start}'"
+                            f" AND T.`{window.column}` < DATE '{window.end}'"
+                        )
+                    client.query(
+                        f"MERGE `{target}` T USING `{staging_id}` S ON FALSE"
+                        f" WHEN NOT MATCHED BY SOURCE{bounds} THEN DELETE"
+                        f" WHEN NOT MATCHED THEN INSERT ({columns}) VALUES ({columns})"
+                    ).result()
+                finally:
+                    client.delete_table(staging_id, not_found_ok=True)
+                return client.get_table(target)
+
+        stored = self._retried(merge, sql.table_id(name) + (f" rows with {window}" if window else ""))
         if ledger is not None:  # BigQuery has no transaction spanning the MERGE and this load
-            self._append_ledger(ledger)
+            self._retried(lambda: self.append_ledger(ledger), sql.table_id(LEDGER_TABLE))
         project = sql.bigquery.project
         url = (
             f"https://console.cloud.google.com/bigquery?project={project}"
@@ -123,10 +149,13 @@ class BigQueryWarehouse(WarehouseIOManager):
             "table_rows": stored.num_rows or 0,
         }
 
+    def _retried(self, call: Callable[[], T], what: str) -> T:
+        return retried(call, self.retry, transient=_transient, log=self.sql.log, what=what, where="BigQuery")
+
     def _create_lake_table(self, name, prefix, partition_column) -> None:
         from google.api_core.exceptions import Conflict
 
-        table = lake_table_definition(self.sql.table_id(name), prefix, partition_column)
+        table = lake_table_definition(self.sql.table_id(name), current_metadata(prefix), self.lake_connection)
         with self.sql.bigquery.get_client() as client:
             try:
                 client.create_table(table)
@@ -155,18 +184,38 @@ class BigQueryWarehouse(WarehouseIOManager):
             ).result()
         return table_id
 
-    def _append_ledger(self, rows: pa.Table) -> None:
+    def append_ledger(self, rows: pa.Table, within=None) -> None:
+        """Loaded on its own (BigQuery has no transaction to join): `within` is never given. The table
+        is created, or given its missing columns (at its end), first; the rows go in its column order."""
+        from google.api_core.exceptions import NotFound
         from google.cloud import bigquery
 
-        config = bigquery.LoadJobConfig(
-            source_format=bigquery.SourceFormat.PARQUET,
-            schema=[bigquery.SchemaField(f.name, _bq_type(f.type)) for f in rows.schema],
-            write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
-        )
+        table_id = self.sql.table_id(LEDGER_TABLE)
         with self.sql.bigquery.get_client() as client, tempfile.TemporaryFile() as file:
+            self._ensure_dataset(client)
+            try:
+                existing = [field.name for field in client.get_table(table_id).schema]
+            except NotFound:
+                existing = []
+            wanted = [bigquery.SchemaField(f.name, _bq_type(f.type)) for f in rows.schema]
+            self._ensure_table(client, LEDGER_TABLE, wanted, None, [])
+            if existing:
+                rows = rows.select(existing + [field.name for field in missing_columns(existing)])
+            config = bigquery.LoadJobConfig(
+                source_format=bigquery.SourceFormat.PARQUET,
+                schema=[bigquery.SchemaField(f.name, _bq_type(f.type)) for f in rows.schema],
+                write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+            )
             pq.write_table(rows, file)
             file.seek(0)
-            client.load_table_from_file(file, self.sql.table_id(LEDGER_TABLE), job_config=config).result()
+            client.load_table_from_file(file, table_id, job_config=config).result()
+
+    def _ensure_dataset(self, client) -> None:
+        from google.cloud import bigquery
+
+        dataset = bigquery.Dataset(f"{self.sql.bigquery.project}.{self.sql.dataset}")
+        dataset.location = self.sql.bigquery.location
+        client.create_dataset(dataset, exists_ok=True)
 
     def _load(self, client, staging_id: str, data: ds.Dataset, schema) -> None:
         from google.cloud import bigquery
@@ -199,26 +248,33 @@ class BigQueryWarehouse(WarehouseIOManager):
             return job.result().to_arrow(create_bqstorage_client=False)
 
 
-def staging_table_definition(table_id: str, schema):
-    """A staging table that BigQuery deletes by itself `STAGING_LIFETIME` after its creation."""
+def staging_table_definition(table_id: str, schema, now: datetime):
+    """A staging table created `now`, which BigQuery deletes by itself `STAGING_LIFETIME` later."""
     from google.cloud import bigquery
 
     table = bigquery.Table(table_id, schema=schema)
-    table.expires = datetime.now(UTC) + STAGING_LIFETIME
+    table.expires = now + STAGING_LIFETIME
     return table
 
 
-def lake_table_definition(table_id: str, prefix: str, partition_column: str | None):
-    """A BigQuery external table over the parquet under `prefix`, hive-partitioned by a DATE column."""
+def current_metadata(table_uri: str) -> str:
+    """The metadata file of an Iceberg table's current version in a bucket, as its version hint
+    (`metadata/version-hint.text`, written after each commit) names it."""
+    from google.cloud import storage
+
+    bucket, path = table_uri.removeprefix("gs://").split("/", 1)
+    hint = storage.Client().bucket(bucket).blob(f"{path}/metadata/version-hint.text").download_as_text()
+    return f"{table_uri}/metadata/{hint.strip()}.metadata.json"
+
+
+def lake_table_definition(table_id: str, metadata_uri: str, connection: str):
+    """A BigLake external table over a version of the lake's Iceberg table (its metadata file):
+    (re)defined at each load, so it reads the version the warehouse loaded."""
     from google.cloud import bigquery
 
-    external = bigquery.ExternalConfig("PARQUET")
-    external.source_uris = [f"{prefix}/*.parquet"]  # not the lake's staged *.tmp objects
-    if partition_column:
-        hive = bigquery.HivePartitioningOptions()
-        hive.mode = "CUSTOM"
-        hive.source_uri_prefix = f"{prefix}/{{{partition_column}:DATE}}"
-        external.hive_partitioning = hive
+    external = bigquery.ExternalConfig("ICEBERG")
+    external.source_uris = [metadata_uri]
+    external.connection_id = connection
     table = bigquery.Table(table_id)
     table.external_data_configuration = external
     return table
@@ -229,13 +285,34 @@ def new_columns(
 ) -> list["SchemaField"]:
     """The wanted fields the table lacks; a ValueError naming the columns whose type changed. Legacy
     and standard names of a type are the same type (INTEGER is INT64, FLOAT FLOAT64, BOOLEAN BOOL)."""
-    _check_drift(
+    check_drift(
         table_id,
         {f.name: standard_type(f.field_type) for f in existing},
         {f.name: standard_type(f.field_type) for f in wanted},
     )
     names = {f.name for f in existing}
     return [f for f in wanted if f.name not in names]
+
+
+def _transient(error: BaseException) -> bool:
+    """What is transient for BigQuery: the answers its documentation says to retry (429, 500, 502,
+    503, 504), a job that failed for a reason of the same kind (a backend or internal error, a rate
+    limit), and a connection lost. The client library tries each request again on its own; these are
+    what reaches a whole write nonetheless (a load job's failure, a request out of its own tries)."""
+    from google.api_core import exceptions
+
+    retried_statuses = (
+        exceptions.TooManyRequests,
+        exceptions.InternalServerError,
+        exceptions.BadGateway,
+        exceptions.ServiceUnavailable,
+        exceptions.GatewayTimeout,
+    )
+    if isinstance(error, retried_statuses):
+        return True
+    if isinstance(error, exceptions.GoogleAPICallError):
+        return any(e.get("reason") in _TRANSIENT_REASONS for e in error.errors or [] if isinstance(e, dict))
+    return isinstance(error, (ConnectionError, requests.ConnectionError))
 
 
 def standard_type(name: str | None) -> str:

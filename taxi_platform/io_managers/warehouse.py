@@ -5,27 +5,25 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
 - Definition metadata `PARTITION_COLUMN` (a DATE column) makes the table partitioned by it
   (BigQuery: a native day-partitioned table); `warehouse/cluster_by` lists clustering columns
   (BigQuery: clustering; DuckDB: rows are inserted in that order, which DuckDB's zone maps use).
-- Column names are kept as they are. Naive timestamps (New York local time in the TLC data) are
-  stored as DATETIME (DuckDB: TIMESTAMP without time zone), and their column description says so.
+- Column names are kept as they are. Naive timestamps are stored as DATETIME (DuckDB: TIMESTAMP
+  without time zone), and their column description says so, with the zone of definition metadata
+  `TIME_ZONE` when the asset names one.
 - Replacing a partition, or a single-run backfill's range, is atomic: DuckDB deletes and inserts in
   one transaction; BigQuery loads a staging table (which expires by itself, should the run die),
   then one MERGE deletes the window's rows and inserts the staged ones.
-- DuckDB's file has one writing process at a time: a file locked by another process is tried again,
-  up to `max_tries` times with exponential backoff and jitter (a warning each time); any other error
-  fails at once.
+- DuckDB's file has one writing process at a time: a file locked by another process is tried again
+  under `retry` (the one retry policy, `taxi_platform.retrying`; a warning each time in the run's
+  log); any other error fails at once.
 - Schema drift: new columns are added; a changed type fails, naming the columns.
 - SQL in the warehouse goes through the `warehouse_sql` resource (`WarehouseSQL`: DuckDBSQL here,
   BigQuerySQL), which the IO manager also stores through, and which gives dbt its connection.
 - BigQuery's back end is `taxi_platform.io_managers.bigquery` (imported by the gcp profile only).
 - Definition metadata `warehouse/lake_table: "clean/green_trips"` also (re)creates `<table>_lake`
-  over that asset's hive-partitioned parquet in the lake at `lake_root`: a BigQuery external table
-  (hive partitions), or a DuckDB view; the lake's files queried where they lie.
+  over that asset's Iceberg table in the lake at `lake_root`: a BigQuery external table, or a
+  DuckDB view through DuckDB's `iceberg` extension; the lake's current version queried where it lies.
 """
 
-import logging
-import random
 import re
-import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from datetime import datetime
@@ -37,15 +35,15 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from pydantic import Field
 
-from taxi_platform.io_managers import PARTITION_COLUMN, time_window, upstream_metadata
+from taxi_platform.io_managers import PARTITION_COLUMN, TIME_ZONE, time_window, upstream_metadata
 from taxi_platform.io_managers.arrow_data import as_dataset
-from taxi_platform.io_managers.ledger import LEDGER_TABLE, ledger_rows, record_failure, unwrap
+from taxi_platform.ledger import LEDGER_TABLE, LedgerRows, LedgerSink, missing_columns, write_audited
+from taxi_platform.retrying import DUCKDB_LOCK, RetriesExhausted, RetrySettings, RunLogged, retried
 
 CLUSTER_BY = "warehouse/cluster_by"
 LAKE_TABLE = "warehouse/lake_table"
-DATETIME_NOTE = "New York local time, stored as DATETIME (no time zone)."
+DATETIME_NOTE = "stored as DATETIME (no time zone)."
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-log = logging.getLogger(__name__)
 
 
 class Window:
@@ -58,7 +56,7 @@ class Window:
         return f"{self.column} in [{self.start}, {self.end})"
 
 
-class WarehouseSQL(dg.ConfigurableResource, ABC):
+class WarehouseSQL(RunLogged, ABC):
     """SQL in the warehouse's dataset (what Dagster reads of the dbt models), and how dbt connects to it."""
 
     dataset: str = Field(default="taxi", description="Dataset (BigQuery) or schema (DuckDB).")
@@ -83,7 +81,7 @@ class WarehouseSQL(dg.ConfigurableResource, ABC):
         """This warehouse as a dbt profile's output (connection and dataset; no credential)."""
 
 
-class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
+class WarehouseIOManager(dg.ConfigurableIOManager, LedgerSink):
     """The contract both back ends keep; subclasses implement `_replace`, `_read` and
     `_create_lake_table` through their `sql` resource."""
 
@@ -95,29 +93,24 @@ class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
         """The SQL resource the IO manager stores through."""
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
-        keys: list[str | None] = (
-            list(context.asset_partition_keys) if context.has_asset_partitions else [None]
-        )
-        obj, provenance = unwrap(obj, keys)
-        ledger = None
-        if provenance is not None:
-            parts = obj if isinstance(obj, dict) else {keys[0]: obj}
-            loaded = {key: as_dataset(rows).count_rows() for key, rows in parts.items()}
-            ledger = ledger_rows(context, provenance, loaded)
-        data = as_dataset(obj)
         meta = context.definition_metadata
-        name = _checked_name(context.asset_key.path[-1])
+        name = checked_name(context.asset_key.path[-1])
         window = None
         if context.has_asset_partitions:
             span = context.asset_partitions_time_window
             window = Window(meta[PARTITION_COLUMN], span.start, span.end)
-        descriptions = _descriptions(data.schema, meta)
-        try:
-            stored = self._replace(name, data, window, list(meta.get(CLUSTER_BY) or []), descriptions, ledger)
-        except Exception as error:
-            if provenance is not None:
-                record_failure(context, provenance, error, self._append_ledger)
-            raise
+
+        def write(rows, ledger: LedgerRows | None) -> tuple[ds.Dataset, dict]:
+            data = as_dataset(rows)
+            ledger_table = None
+            if ledger is not None:
+                parts = rows if isinstance(rows, dict) else {context.partition_key if window else None: rows}
+                ledger_table = ledger({key: as_dataset(part).count_rows() for key, part in parts.items()})
+            cluster_by = list(meta.get(CLUSTER_BY) or [])
+            descriptions = _descriptions(data.schema, meta)
+            return data, self._replace(name, data, window, cluster_by, descriptions, ledger_table)
+
+        data, stored = write_audited(context, obj, self, write)
         if meta.get(LAKE_TABLE) and self.lake_root:
             prefix = f"{self.lake_root.rstrip('/')}/{meta[LAKE_TABLE]}"
             self._create_lake_table(f"{name}_lake", prefix, window.column if window else None)
@@ -128,7 +121,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
 
     def load_input(self, context: dg.InputContext):
         meta = upstream_metadata(context)
-        name = _checked_name(context.asset_key.path[-1])
+        name = checked_name(context.asset_key.path[-1])
         if not context.has_asset_partitions:
             return self._read(name, None)
         tables = {}
@@ -140,11 +133,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager, ABC):
     @abstractmethod
     def _replace(self, name, data: ds.Dataset, window, cluster_by, descriptions, ledger) -> dict:
         """Replace the window's rows (all rows if None) by `data`, and append the `ledger` rows (if
-        any) to LEDGER_TABLE; metadata about the table."""
-
-    @abstractmethod
-    def _append_ledger(self, rows: pa.Table) -> None:
-        """Append rows to LEDGER_TABLE on their own (a failed attempt's)."""
+        any) with `append_ledger`; metadata about the table."""
 
     @abstractmethod
     def _read(self, name: str, window: Window | None) -> pa.Table:
@@ -159,21 +148,15 @@ class DuckDBSQL(WarehouseSQL):
     """The local warehouse: an embedded DuckDB file."""
 
     path: str = Field(description="The DuckDB database file.")
-    max_tries: int = Field(
-        default=8,
-        ge=1,
-        description="Tries to open the file while another process holds its lock, the first included.",
+    retry: RetrySettings = Field(
+        default=DUCKDB_LOCK, description="Tries to open the file while another process holds its lock."
     )
-    backoff_seconds: float = Field(
-        default=1.0, description="First wait between tries; doubles each try, with jitter."
-    )
-    max_backoff_seconds: float = Field(default=30.0, description="Longest wait between tries.")
     memory_limit: str = Field(
         default="1GB", description="DuckDB's memory; beyond it, sorts spill to <path>.tmp on disk."
     )
 
     def ref(self, name: str) -> str:
-        return f"{_quote(self.dataset)}.{_quote(_checked_name(name))}"
+        return f"{_quote(self.dataset)}.{_quote(checked_name(name))}"
 
     def dbt_output(self) -> dict:
         """dbt-duckdb waits out another process's lock on the file as `connect` does: `max_tries`."""
@@ -197,49 +180,35 @@ class DuckDBSQL(WarehouseSQL):
         return {name for (name,) in rows}
 
     @contextmanager
-    def connect(self, purpose: str = ""):
+    def connect(self, purpose: str = "the warehouse"):
         """One process at a time may hold the file (the warehouse pool keeps a deployment's own runs
-        in turn): another process's lock is waited out, up to `max_tries` tries with exponential
-        backoff and jitter, then WarehouseLocked; any other error fails at once. `purpose` (a table
-        and its rows) is named in the warnings and the error."""
+        in turn): another process's lock is waited out under `retry`, then WarehouseLocked; any other
+        error fails at once. `purpose` (a table and its rows) is named in the warnings and the error."""
         import duckdb
 
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        prefix = f"{purpose}: " if purpose else ""
-        backoff, tries = self.backoff_seconds, 0
-        while True:
-            tries += 1
-            try:
-                con = duckdb.connect(self.path, config={"memory_limit": self.memory_limit})
-                break
-            except duckdb.IOException as error:
-                if "lock" not in str(error).lower():
-                    raise
-                if tries >= self.max_tries:
-                    raise WarehouseLocked(
-                        f"{prefix}the warehouse {self.path} stayed locked by another process through"
-                        f" {tries} tries (max_tries): {error}"
-                    ) from error
-                wait = min(backoff * random.uniform(0.5, 1.5), self.max_backoff_seconds)
-                log.warning(
-                    "%sthe warehouse %s is locked by another process: try %d of %d failed with %s;"
-                    " trying again in %.2f s: %s",
-                    prefix,
-                    self.path,
-                    tries,
-                    self.max_tries,
-                    type(error).__name__,
-                    wait,
-                    error,
-                )
-                time.sleep(wait)
-                backoff = min(backoff * 2, self.max_backoff_seconds)
-        if tries > 1:
-            log.info("the warehouse %s is free: connected on try %d", self.path, tries)
+        try:
+            con = retried(
+                lambda: duckdb.connect(self.path, config={"memory_limit": self.memory_limit}),
+                self.retry,
+                transient=_locked,
+                log=self.log,
+                what=purpose,
+                where=f"the warehouse {self.path}",
+            )
+        except RetriesExhausted as exhausted:
+            raise WarehouseLocked(str(exhausted)) from exhausted.last
         try:
             yield con
         finally:
             con.close()
+
+
+def _locked(error: BaseException) -> bool:
+    """What is transient for DuckDB: its file locked by another process."""
+    import duckdb
+
+    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
 
 
 def _local_parquet(data: ds.Dataset) -> str | None:
@@ -299,7 +268,7 @@ class DuckDBWarehouse(WarehouseIOManager):
                 ).fetchall()
             )
             wanted = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE incoming)").fetchall())
-            _check_drift(self.sql.table_id(name), existing, wanted)
+            check_drift(self.sql.table_id(name), existing, wanted)
             for column in wanted.keys() - existing.keys():
                 con.execute(f"ALTER TABLE {target} ADD COLUMN {_quote(column)} {wanted[column]}")
             if window:
@@ -314,20 +283,29 @@ class DuckDBWarehouse(WarehouseIOManager):
             for column, text in descriptions.items():
                 con.execute(f"COMMENT ON COLUMN {target}.{_quote(column)} IS {_literal(text)}")
             if ledger is not None:  # in the same transaction: a ledger row iff its data is visible
-                self._insert_ledger(con, ledger)
+                self.append_ledger(ledger, within=con)
             con.commit()
         return {"warehouse_path": dg.MetadataValue.path(self.sql.path)}
 
-    def _append_ledger(self, rows: pa.Table) -> None:
-        with self.sql.connect(self.sql.table_id(LEDGER_TABLE)) as con:
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.sql.dataset)}")
-            self._insert_ledger(con, rows)
-
-    def _insert_ledger(self, con, rows: pa.Table) -> None:
+    def append_ledger(self, rows: pa.Table, within=None) -> None:
+        if within is None:  # DuckDB commits each statement of its own; these two go together
+            with self.sql.connect(self.sql.table_id(LEDGER_TABLE)) as con:
+                con.begin()
+                self.append_ledger(rows, con)
+                con.commit()
+            return
         ledger = self.sql.ref(LEDGER_TABLE)
-        con.register("ledger_rows", rows)
-        con.execute(f"CREATE TABLE IF NOT EXISTS {ledger} AS SELECT * FROM ledger_rows LIMIT 0")
-        con.execute(f"INSERT INTO {ledger} BY NAME SELECT * FROM ledger_rows")
+        within.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.sql.dataset)}")
+        within.register("ledger_rows", rows)
+        within.execute(f"CREATE TABLE IF NOT EXISTS {ledger} AS SELECT * FROM ledger_rows LIMIT 0")
+        existing = within.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            [self.sql.dataset, LEDGER_TABLE],
+        ).fetchall()
+        types = dict(within.execute("SELECT column_name, column_type FROM (DESCRIBE ledger_rows)").fetchall())
+        for field in missing_columns(name for (name,) in existing):
+            within.execute(f"ALTER TABLE {ledger} ADD COLUMN {_quote(field.name)} {types[field.name]}")
+        within.execute(f"INSERT INTO {ledger} BY NAME SELECT * FROM ledger_rows")
 
     def _read(self, name: str, window: Window | None) -> pa.Table:
         target = self.sql.ref(name)
@@ -340,33 +318,57 @@ class DuckDBWarehouse(WarehouseIOManager):
             ).to_arrow_table()
 
     def _create_lake_table(self, name, prefix, partition_column) -> None:
-        files = f"{Path(prefix).resolve().as_posix()}/*/*.parquet"
         with self.sql.connect() as con:
+            _install_iceberg_reader(con)
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.sql.dataset)}")
             con.execute(
                 f"CREATE OR REPLACE VIEW {self.sql.ref(name)} AS SELECT * FROM"
-                f" read_parquet({_literal(files)}, hive_partitioning = true, union_by_name = true)"
+                f" iceberg_scan({_literal(Path(prefix).resolve().as_posix())})"
             )
 
 
+def _install_iceberg_reader(con) -> None:
+    """DuckDB's `iceberg` extension (and `avro`, which it reads manifests with), installed from their
+    wheels rather than downloaded: once installed, every DuckDB of this machine loads them when a
+    query needs them. iceberg_scan finds a table's current version through its version hint."""
+    import importlib.resources
+
+    import duckdb
+
+    for name in ("avro", "iceberg"):
+        extension = importlib.resources.files(f"duckdb_extension_{name}").joinpath(
+            "extensions", f"v{duckdb.__version__}", f"{name}.duckdb_extension"
+        )
+        con.install_extension(str(extension))
+        con.load_extension(name)
+
+
 def _descriptions(schema: pa.Schema, meta) -> dict[str, str]:
-    """Column descriptions from the asset's column schema; naive timestamps say they are DATETIME."""
+    """Column descriptions from the asset's column schema; naive timestamps say they are DATETIME, and
+    local time of the asset's TIME_ZONE if it names one."""
     described = meta.get("dagster/column_schema")
     described = getattr(described, "schema", described)  # a TableSchemaMetadataValue or a TableSchema
     texts = {c.name: c.description for c in described.columns if c.description} if described else {}
+    note = (
+        f"{meta[TIME_ZONE]} local time, {DATETIME_NOTE}"
+        if meta.get(TIME_ZONE)
+        else DATETIME_NOTE.capitalize()
+    )
     for field in schema:
         if pa.types.is_timestamp(field.type) and field.type.tz is None:
-            texts[field.name] = " ".join(filter(None, [texts.get(field.name), DATETIME_NOTE]))
+            texts[field.name] = " ".join(filter(None, [texts.get(field.name), note]))
     return texts
 
 
-def _check_drift(table_id: str, existing: dict, wanted: dict) -> None:
+def check_drift(table_id: str, existing: dict, wanted: dict) -> None:
+    """A ValueError naming the columns whose type the data changed."""
     changed = {n: (existing[n], t) for n, t in wanted.items() if n in existing and existing[n] != t}
     if changed:
         raise ValueError(f"{table_id}: column types changed (table, data): {changed}")
 
 
-def _checked_name(name: str) -> str:
+def checked_name(name: str) -> str:
+    """`name`, if it is a plain identifier: table names are written into SQL."""
     if not _NAME.match(name):
         raise ValueError(f"{name!r} is not a valid warehouse table name")
     return name

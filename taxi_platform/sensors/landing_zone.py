@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import dagster as dg
 from pydantic import TypeAdapter, ValidationError
 
-from taxi_platform.io_managers.lake import LakeIOManager
+from taxi_platform.lake.resource import Lake
 from taxi_platform.profiles import SensorSettings
 from taxi_platform.sources.landing import (
     LANDED_FILE_TAG,
@@ -84,8 +84,8 @@ def build_landing_sensor(
         "(<dataset>_tripdata_<YYYY-MM>.csv.gz or .parquet), read from that file, once it has held "
         f"still for {stable_seconds} s.",
     )
-    def landing_sensor(context: dg.SensorEvaluationContext, lake_io_manager: dg.ResourceParam[LakeIOManager]):
-        root, gcs_endpoint = lake_io_manager.root, lake_io_manager.gcs_endpoint
+    def landing_sensor(context: dg.SensorEvaluationContext, lake: Lake):
+        root, gcs_endpoint = lake.root, lake.gcs_endpoint
         before, now = read_cursor(context), clock()
         seen: dict[str, Seen] = {}
         run_requests, settling, waiting, bad = [], [], [], []
@@ -143,14 +143,12 @@ def build_landed_file_mover(jobs: Mapping, minimum_interval_seconds: int) -> dg.
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Moves a landed file to landing/processed/ once its run succeeded.",
     )
-    def landed_file_mover(
-        context: dg.RunStatusSensorContext, lake_io_manager: dg.ResourceParam[LakeIOManager]
-    ):
+    def landed_file_mover(context: dg.RunStatusSensorContext, lake: Lake):
         uri = context.dagster_run.tags.get(LANDED_FILE_TAG)
         if not uri:
             return
         try:
-            moved = move_to_processed(uri, lake_io_manager.root, lake_io_manager.gcs_endpoint)
+            moved = move_to_processed(uri, lake.root, lake.gcs_endpoint)
         except OutsideLanding as error:
             context.log.error(f"run {context.dagster_run.run_id}: nothing moved: {error}")
             return

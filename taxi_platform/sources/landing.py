@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from taxi_platform.datasets import DATASETS, DatasetSpec
-from taxi_platform.io_managers.lake import filesystem
+from taxi_platform.lake.files import filesystem
 
 LANDED_FILE_TAG = "taxi/landed_file"
 _NAME = re.compile(r"^(?P<dataset>\w+?)_tripdata_(?P<month>\d{4}-\d{2})\.(?P<ext>csv\.gz|parquet)$")

@@ -5,8 +5,9 @@ A month comes from the public source `locate` picks, or from a file dropped into
 
 import contextlib
 import hashlib
+import math
 import os
-import random
+import select
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ import requests
 from pydantic import Field
 
 from taxi_platform.datasets import DatasetSpec
+from taxi_platform.retrying import SOURCE_DOWNLOAD, RetriesExhausted, RetrySettings, RunLogged, retried
 from taxi_platform.sources import landing
 
 RELEASES_URL = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
@@ -102,7 +104,7 @@ class Download:
         }
 
 
-class TaxiSource(dg.ConfigurableResource):
+class TaxiSource(RunLogged):
     """The two public sources of trip files: the course's CSV.gz releases and the TLC's parquet."""
 
     releases_url: str = Field(default=RELEASES_URL, description="Base of the course's releases.")
@@ -111,16 +113,11 @@ class TaxiSource(dg.ConfigurableResource):
         default="auto",
         description="auto: the releases for the months they hold, the TLC otherwise; or releases|tlc.",
     )
-    retry_seconds: float = Field(
-        default=330.0,
-        description="How long a download tries again after connection errors, resets, 5xx and 429 "
-        "(a source down for up to 5 minutes heals unattended); then SourceUnavailable, for the step's "
-        "retry policy.",
+    retry: RetrySettings = Field(
+        default=SOURCE_DOWNLOAD,
+        description="Tries of a download meeting connection errors, resets, 5xx and 429; when they run "
+        "out, SourceUnavailable, for the step's retry policy.",
     )
-    backoff_seconds: float = Field(
-        default=2.0, description="First wait between tries; doubles each try, with jitter."
-    )
-    max_backoff_seconds: float = Field(default=30.0, description="Longest wait between tries.")
     timeout_seconds: float = Field(
         default=60.0, description="Longest wait to connect, or for any one read of the answer."
     )
@@ -190,27 +187,23 @@ class TaxiSource(dg.ConfigurableResource):
         return self.download(file.url, dest, file.label, file.form)
 
     def download(self, url: str, dest: Path, label: str, form: str | None = None) -> Download:
-        """Stream `url` to `dest`. Connection errors, resets, 5xx and 429 are tried again with
-        exponential backoff and jitter for `retry_seconds`, then raise SourceUnavailable; so does
-        passing `deadline_seconds`. Any other answer, or a file not of `form`, fails at once."""
-        started = time.monotonic()
-        deadline = started + self.deadline_seconds
-        give_up = min(started + self.retry_seconds, deadline)
-        backoff, tries = self.backoff_seconds, 0
-        while True:
-            tries += 1
-            try:
-                return self._download_once(url, dest, label, form, deadline)
-            except _Retryable as error:
-                remaining = give_up - time.monotonic()
-                if remaining <= 0:
-                    raise SourceUnavailable(
-                        f"{label}: {url} failed after {tries} tries over {time.monotonic() - started:.1f} s"
-                        f" (retry_seconds {self.retry_seconds:g}): {error}"
-                    ) from error
-            # The last wait ends with the retry time, so one more try comes at its end.
-            time.sleep(min(backoff * random.uniform(0.5, 1.5), self.max_backoff_seconds, remaining))
-            backoff = min(backoff * 2, self.max_backoff_seconds)
+        """Stream `url` to `dest`. Connection errors, resets, 5xx and 429 are tried again under
+        `retry`, then raise SourceUnavailable; so does passing `deadline_seconds`. Any other answer,
+        or a file not of `form`, fails at once."""
+        deadline = time.monotonic() + self.deadline_seconds
+        budget = min(self.deadline_seconds, math.inf if self.retry.budget is None else self.retry.budget)
+        try:
+            return retried(
+                lambda: self._download_once(url, dest, label, form, deadline),
+                self.retry.model_copy(update={"budget": budget}),
+                transient=lambda error: isinstance(error, _Transient),
+                log=self.log,
+                what=label,
+                where=url,
+                describe=str,
+            )
+        except RetriesExhausted as exhausted:
+            raise SourceUnavailable(str(exhausted)) from exhausted.last
 
     def _download_once(self, url: str, dest: Path, label: str, form: str | None, deadline: float) -> Download:
         past_deadline = SourceUnavailable(
@@ -224,12 +217,12 @@ class TaxiSource(dg.ConfigurableResource):
         except (requests.ConnectionError, requests.Timeout) as error:
             if time.monotonic() >= deadline:
                 raise past_deadline from error
-            raise _Retryable(error) from error
+            raise _Transient(error) from error
         with response:
             if response.status_code in (403, 404):
                 raise MonthNotPublished(f"{label} is not published: {url} answered {response.status_code}")
             if response.status_code >= 500 or response.status_code == 429:
-                raise _Retryable(f"HTTP {response.status_code}")
+                raise _Transient(f"HTTP {response.status_code}")
             if response.status_code != 200:
                 raise SourceError(f"{label}: {url} answered HTTP {response.status_code}")
             if "text/html" in response.headers.get("Content-Type", ""):
@@ -244,9 +237,10 @@ class TaxiSource(dg.ConfigurableResource):
                             size += len(chunk)
                             out.write(chunk)
                 except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
-                    if watchdog.fired:
+                    # A read times out after at most the time left at the request: then it is the deadline.
+                    if watchdog.fired or time.monotonic() >= deadline:
                         raise past_deadline from error
-                    raise _Retryable(f"connection broke after {size} bytes: {error}") from error
+                    raise _Transient(f"connection broke after {size} bytes: {error}") from error
             if watchdog.fired:  # an answer without Content-Length ends quietly when cut
                 raise past_deadline
             _verify_form(dest, url, label, form)
@@ -260,28 +254,37 @@ class TaxiSource(dg.ConfigurableResource):
             )
 
 
-class _Retryable(Exception):
-    pass
+class _Transient(Exception):
+    """What is transient at the source: a connection error, a reset, 5xx or 429, within the deadline."""
 
 
 class _Watchdog:
     """Shuts the answer's socket after `seconds`, which ends a read blocked on it: a source that
-    trickles cannot hold a download past its deadline."""
+    trickles cannot hold a download past its deadline. It waits in `select` on a pipe of its own (which
+    `__exit__` writes to), whose timeout is relative: a threading timer's wait until a monotonic
+    instant stalls when the clock is shifted (libfaketime), and the deadline with it."""
 
     def __init__(self, response: requests.Response, seconds: float):
-        self.response = response
+        self.response, self.seconds = response, max(0.0, seconds)
         self.fired = False
-        self.timer = threading.Timer(seconds, self.fire)
-        self.timer.daemon = True
+        self.wake_read, self.wake_write = os.pipe()
+        self.thread = threading.Thread(target=self.watch, name="download-deadline", daemon=True)
 
     def __enter__(self) -> "_Watchdog":
-        self.timer.start()
+        self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        # Joined: the answer (and its file descriptor) is closed only once the timer is done with it.
-        self.timer.cancel()
-        self.timer.join()
+        # Joined: the answer (and its file descriptor) is closed only once the watch is done with it.
+        os.write(self.wake_write, b"x")
+        self.thread.join()
+        os.close(self.wake_read)
+        os.close(self.wake_write)
+
+    def watch(self) -> None:
+        woken, _, _ = select.select([self.wake_read], [], [], self.seconds)
+        if not woken:
+            self.fire()
 
     def fire(self) -> None:
         self.fired = True
