@@ -4,6 +4,6 @@
     python -m benchmarks.backfill        a backfill: one process vs two runs at a time
     python -m benchmarks.postgres_load   one clean month into PostgreSQL, three ways
 
-They import the product and the test package's public helpers (`taxi_platform_tests.synthetic`,
-`taxi_platform_tests.source_server`); what they share is in `benchmarks.common`. See README.md.
+They import the product and the top-level `synthetic` package (`synthetic.months`,
+`synthetic.source_server`); what they share is in `benchmarks.common`. See README.md.
 """

@@ -4,7 +4,7 @@
                                   [--modes serial,multiprocess,two_processes]
                                   [--url postgresql://postgres@127.0.0.1:5432/postgres] [--seed S]
 
-Synthetic months (taxi_platform_tests/synthetic.py, cached, CSV.gz releases) are served by a local HTTP server.
+Synthetic months (synthetic/months.py, cached, CSV.gz releases) are served by a local HTTP server.
 The backfill is the platform's: raw -> clean (+ rejected, + its blocking checks) -> postgres -> warehouse,
 in runs of `spec.months_per_run` months (green: 3, the assets' BackfillPolicy.multi_run), each run
 executed with `dagster.execute_job` on a Dagster instance of its own DAGSTER_HOME (sqlite storage,
@@ -39,9 +39,9 @@ from urllib.parse import urlsplit
 from psycopg import sql
 
 from benchmarks.common import default_url, execute, month_job, platform_env, report_result, run_child
+from synthetic.months import DEFAULT_SEED, cached_source_months, months_from
+from synthetic.source_server import SourceServer
 from taxi_platform.datasets import DATASETS
-from taxi_platform_tests.source_server import SourceServer
-from taxi_platform_tests.synthetic import DEFAULT_SEED, cached_source_months, months_from
 
 GOAL_SPEEDUP = 1.7  # issue 15
 WORKER_TIMEOUT = 1800  # seconds; a run stuck on a leaked pool slot would otherwise wait forever

@@ -43,13 +43,8 @@ def execute(url: str, statement, params=()) -> list[tuple]:
 
 def month_asset_keys(spec: DatasetSpec) -> list[str]:
     """A month's path from the source to the stores: raw, clean (+ rejected), Postgres, warehouse."""
-    return [
-        f"raw/{spec.table}",
-        f"clean/{spec.table}",
-        f"clean/{spec.table}_rejected",
-        f"postgres/{spec.table}",
-        f"warehouse/{spec.table}",
-    ]
+    keys = (spec.raw_key, spec.clean_key, spec.rejected_key, spec.postgres_key, spec.warehouse_key)
+    return [key.to_user_string() for key in keys]
 
 
 def month_selection(spec: DatasetSpec):

@@ -5,8 +5,8 @@
                                     [--url postgresql://postgres@127.0.0.1:5432/postgres] [--seed S]
                                     [--results benchmarks/results]
 
-A synthetic month (taxi_platform_tests/synthetic.py, cached) is served by a local HTTP server laid out like the
-sources (taxi_platform_tests/source_server.py). Each way then runs in its own subprocess, so its wall
+A synthetic month (synthetic/months.py, cached) is served by a local HTTP server laid out like the
+sources (synthetic/source_server.py). Each way then runs in its own subprocess, so its wall
 time (process start and imports included) and its peak RSS (its VmHWM, see common.peak_rss) are its own:
 
 - platform: `dagster.materialize` of raw/<ds>_trips, clean/<ds>_trips, clean/<ds>_trips_rejected,
@@ -69,9 +69,9 @@ from benchmarks.common import (
     run_child,
     small_run_note,
 )
+from synthetic.months import DEFAULT_SEED, cached_source_month
+from synthetic.source_server import SourceServer
 from taxi_platform.datasets import DATASETS, DatasetSpec
-from taxi_platform_tests.source_server import SourceServer
-from taxi_platform_tests.synthetic import DEFAULT_SEED, cached_source_month
 
 # Issue 15's goals: each ratio's bound (">=" for the speedups, "<=" for the time vs the floor), and
 # the platform's peak RSS: 1 GB up to SMALL_MONTH_ROWS (the 1.4M-row month), 2 GB above (20M rows).
@@ -282,8 +282,8 @@ def _check_counts(url: str, schema: str, spec: DatasetSpec, month: str, run: str
     if run == "platform":
         result["postgres_rows"] = _count_month(url, schema, spec.table, "pickup_date", month)
         result["warehouse_rows"] = _duckdb_count(work / "data" / "warehouse.duckdb", spec.table)
-        result["raw_rows"] = result["row_counts"][f"raw/{spec.table}"]
-        result["loaded_rows"] = result["row_counts"].get(f"clean/{spec.table}")
+        result["raw_rows"] = result["row_counts"][spec.raw_key.to_user_string()]
+        result["loaded_rows"] = result["row_counts"].get(spec.clean_key.to_user_string())
     else:
         result["postgres_rows"] = _count_month(url, schema, result["table"], None, month)
         if run.startswith("dlt-"):

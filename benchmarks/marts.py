@@ -4,7 +4,7 @@ SQL marts they replaced, on the same DuckDB warehouse; and the whole dbt build (
     python -m benchmarks.marts --rows 1400000 --months 1     # one month
     python -m benchmarks.marts --rows 100000 --months 12     # a 12-month backfill: one run, one dbt build
 
-The warehouse holds synthetic yellow months in the clean schema (`synthetic_yellow`) and the zones;
+The warehouse holds synthetic yellow months in the clean schema (`synthetic.months.synthetic_yellow`) and the zones;
 the dimensions are built beforehand. Each way then runs in a child process of its own from a copy of
 that warehouse (wall time with interpreter and Dagster start-up, peak RSS), as one Dagster run over
 the months:
@@ -57,7 +57,7 @@ def prepare(data_dir: Path, rows: int, count: int) -> None:
     import duckdb
     import pyarrow.csv as pacsv
 
-    from taxi_platform_tests.synthetic import ZONES_CSV, synthetic_yellow
+    from synthetic.months import ZONES_CSV, synthetic_yellow
 
     data_dir.mkdir(parents=True)
     with duckdb.connect(str(data_dir / "warehouse.duckdb")) as con:

@@ -40,10 +40,10 @@ import sqlalchemy
 from psycopg import sql
 
 from benchmarks.common import default_url, execute, small_run_note
+from synthetic.months import DEFAULT_SEED, synthetic_yellow
 from taxi_platform.datasets import DATASETS
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.postgres import UNIQUE_KEY, PostgresIOManager
-from taxi_platform_tests.synthetic import DEFAULT_SEED, synthetic_yellow
 
 DEFAULT_ROWS = 1_400_000
 MONTH = "2021-01"

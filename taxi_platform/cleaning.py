@@ -10,7 +10,6 @@ A raw row is rejected for the first rule it breaks, in this order:
    both kept (and the trip_key_unique check then fails).
 """
 
-from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -42,13 +41,6 @@ def reject_reasons(spec: DatasetSpec) -> list[str]:
     return [PICKUP_OUTSIDE_MONTH, *map(not_positive, spec.positive_columns), DUPLICATE_ROW]
 
 
-@dataclass(frozen=True)
-class CleanMonth:
-    clean: pa.Table
-    rejected: pa.Table  # the clean columns plus reject_reason
-    rejected_counts: dict[str, int]  # rows per rule, every rule of the dataset
-
-
 class MonthCleaner:
     """Splits one month's raw batches, in order, into clean and rejected rows; remembers the month's
     kept rows to find duplicates across batches."""
@@ -73,7 +65,7 @@ class MonthCleaner:
     def split(self, raw: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         """The batch's clean rows, and its rejected rows with their reject_reason."""
         table = to_clean_columns(raw, self.spec)
-        keys, checks = _hashes(table)
+        keys, checks = row_hashes(table)
         pickup = table[self.spec.pickup]
         table = table.append_column(TRIP_KEY, pa.array(keys)).append_column(
             PICKUP_DATE, pickup.cast(pa.date32())
@@ -159,16 +151,11 @@ def to_clean_columns(raw: pa.Table | pa.RecordBatch, spec: DatasetSpec) -> pa.Ta
     return pa.record_batch(columns) if isinstance(raw, pa.RecordBatch) else pa.table(columns)
 
 
-def trip_key(table: pa.Table) -> pa.Array:
-    """A 64-bit hash of every column of the row: trips carry no id, so all they record is the key.
+def row_hashes(table: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's trip_key, and a check hash combining the same column hashes another way.
 
-    Stable across runs and source forms for the same typed values (pandas' fixed-key siphash).
-    """
-    return pa.array(_hashes(table)[0])
-
-
-def _hashes(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """trip_key, and a check hash combining the same column hashes another way."""
+    trip_key is a 64-bit hash of every column of the row: trips carry no id, so all they record is the
+    key. Stable across runs and source forms for the same typed values (pandas' fixed-key siphash)."""
     combined = np.zeros(table.num_rows, dtype=np.uint64)
     check = np.zeros(table.num_rows, dtype=np.uint64)
     for position, column in enumerate(table.columns, start=1):
@@ -190,21 +177,6 @@ def _hashes(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 def _hash(values: np.ndarray) -> np.ndarray:
     return pd.util.hash_array(values, categorize=False)  # pyright: ignore[reportAttributeAccessIssue]  (pandas.util exports it lazily)
-
-
-def clean_month(
-    raw: pa.Table,
-    spec: DatasetSpec,
-    month_start: datetime,
-    month_end: datetime,
-    relaxed: frozenset[str] = frozenset(),
-) -> CleanMonth:
-    """Apply the rules to a whole month held in memory (the assets stream it through MonthCleaner)."""
-    cleaner = MonthCleaner(spec, month_start, month_end, relaxed)
-    parts = [cleaner.split(batch) for batch in raw.to_batches()]
-    clean = pa.Table.from_batches([c for c, _ in parts], spec.clean_schema)
-    rejected = pa.Table.from_batches([r for _, r in parts], rejected_schema(spec))
-    return CleanMonth(clean, rejected, cleaner.rejected_counts)
 
 
 def _in_month(pickup: pa.ChunkedArray, start: datetime, end: datetime) -> np.ndarray:

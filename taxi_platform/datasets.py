@@ -1,7 +1,7 @@
 """The dataset specs: the only place a taxi dataset is described.
 
-Every asset, check and (later) sensor of a dataset is generated from its `DatasetSpec`. Adding a dataset
-is adding an entry to `DATASETS`.
+Every asset, check, job, schedule and sensor of a dataset is generated from its `DatasetSpec`, which also
+names its asset keys, layer by layer. Adding a dataset is adding an entry to `DATASETS`.
 """
 
 from dataclasses import dataclass
@@ -80,13 +80,33 @@ class DatasetSpec:
     # month's is refused (run config `allow_shrink` lets one through).
     min_share_of_published: float = 0.5
     # Freshness: True, the TLC keeps publishing the dataset, each month about two months after it ends
-    # (taxi_platform.freshness); False, its months come from the course releases only (which never
+    # (taxi_platform.checks.freshness); False, its months come from the course releases only (which never
     # change), so no month after `releases.last` is ever due.
     continues_on_tlc: bool = True
 
     @property
     def table(self) -> str:
         return f"{self.name}_trips"
+
+    @property
+    def raw_key(self) -> dg.AssetKey:
+        return dg.AssetKey(["raw", self.table])
+
+    @property
+    def clean_key(self) -> dg.AssetKey:
+        return dg.AssetKey(["clean", self.table])
+
+    @property
+    def rejected_key(self) -> dg.AssetKey:
+        return dg.AssetKey(["clean", f"{self.table}_rejected"])
+
+    @property
+    def postgres_key(self) -> dg.AssetKey:
+        return dg.AssetKey(["postgres", self.table])
+
+    @property
+    def warehouse_key(self) -> dg.AssetKey:
+        return dg.AssetKey(["warehouse", self.table])
 
     def file_name(self, month: str, form: str) -> str:
         return f"{self.name}_tripdata_{month}.{'csv.gz' if form == 'csv' else 'parquet'}"

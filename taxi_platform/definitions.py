@@ -3,16 +3,17 @@ specs."""
 
 import dagster as dg
 
-from taxi_platform.anomalies import build_anomaly_checks
 from taxi_platform.assets.ingest import build_ingest_asset
 from taxi_platform.assets.models import build_model_assets
 from taxi_platform.assets.postgres_tables import build_postgres_asset, postgres_taxi_zones
 from taxi_platform.assets.warehouse_tables import build_warehouse_asset, warehouse_taxi_zones
 from taxi_platform.assets.zones import taxi_zones
+from taxi_platform.checks.anomalies import build_anomaly_checks
+from taxi_platform.checks.freshness import build_freshness_check
 from taxi_platform.datasets import DATASETS
-from taxi_platform.freshness import build_freshness_check
 from taxi_platform.jobs import build_ingest_job
 from taxi_platform.profiles import load_profile
+from taxi_platform.rollback import rollback_month
 from taxi_platform.schedules import build_monthly_schedule
 from taxi_platform.sensors import build_sensors
 
@@ -39,7 +40,7 @@ def defs() -> dg.Definitions:
             for spec in DATASETS.values()
             for check in (build_freshness_check(spec), build_anomaly_checks(spec))
         ],
-        jobs=list(jobs.values()),
+        jobs=[*jobs.values(), rollback_month],
         schedules=[build_monthly_schedule(spec, jobs[name]) for name, spec in DATASETS.items()],
         sensors=build_sensors(jobs, profile.sensors),
         resources=profile.resources,

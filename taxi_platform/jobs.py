@@ -11,9 +11,7 @@ from taxi_platform.datasets import DatasetSpec
 def build_ingest_job(spec: DatasetSpec):
     return dg.define_asset_job(
         f"{spec.name}_ingest",
-        selection=dg.AssetSelection.assets(
-            ["raw", spec.table], ["clean", spec.table], ["clean", f"{spec.table}_rejected"]
-        ),
+        selection=dg.AssetSelection.assets(spec.raw_key, spec.clean_key, spec.rejected_key),
         description=f"Ingest one {spec.name} month: download (or take the landed file), parse, clean.",
         tags={"dataset": spec.name},
     )

@@ -36,6 +36,9 @@ LEDGER_SCHEMA = pa.schema(
     # Each check's name and outcome; the package version, and the git commit when known.
     + [(name, pa.string()) for name in ("checks", "code_version")]
     + [(name, _TIMESTAMP) for name in ("started_at", "published_at")]
+    # The lake's version of the month that was loaded; "load", or "rollback" to the version that run
+    # `restored_run_id` had published (taxi_platform/rollback.py).
+    + [("lake_version", pa.int64()), ("operation", pa.string()), ("restored_run_id", pa.string())]
 )
 
 

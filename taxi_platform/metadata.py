@@ -18,7 +18,7 @@ def column_schema(schema: pa.Schema, descriptions: dict[str, str] | None = None)
 
 def clean_column_lineage(spec: DatasetSpec) -> dg.TableColumnLineage:
     """Each clean column comes from its raw column; the derived ones from the columns they use."""
-    raw_key = dg.AssetKey(["raw", spec.table])
+    raw_key = spec.raw_key
     pickup_source = next(c.source for c in spec.columns if c.name == spec.pickup)
     deps = {c.name: [dg.TableColumnDep(raw_key, c.source)] for c in spec.columns}
     deps[PICKUP_DATE] = [dg.TableColumnDep(raw_key, pickup_source)]

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from taxi_platform.alerts import Alerter
 from taxi_platform.dbt_runner import DbtWarehouseCli
 from taxi_platform.io_managers.arrow_data import use_jemalloc
 from taxi_platform.io_managers.postgres import PostgresIOManager
 from taxi_platform.io_managers.warehouse import DuckDBSQL, DuckDBWarehouse
 from taxi_platform.lake.lake_io_manager import LakeIOManager
 from taxi_platform.lake.resource import Lake
+from taxi_platform.notifications import Alerter
 from taxi_platform.sources.public import RELEASES_URL, SOURCE_CHOICES, TLC_URL, TaxiSource
 
 PROFILES = ("local", "gcp")

@@ -1,19 +1,20 @@
 import os
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 # gcsfs reads this at import (as profiles.load_profile sets it for the platform): its experimental
 # file system needs an API the Cloud Storage emulator does not have.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
+from synthetic.months import FREQUENT, write_source_month
+from synthetic.source_server import SourceServer
 from taxi_platform.datasets import DATASETS
 from taxi_platform.dbt_runner import TRANSFORM
 from taxi_platform_tests.bigquery import bigquery_emulator  # noqa: F401 (emulator fixtures)
 from taxi_platform_tests.gcs import gcs, gcs_emulator  # noqa: F401
 from taxi_platform_tests.real_data import RealDataMissing, real_data_folder
-from taxi_platform_tests.source_server import SourceServer
-from taxi_platform_tests.synthetic import FREQUENT, write_source_month
 
 GREEN = DATASETS["green"]
 # The synthetic source: green's course releases (CSV.gz) for 2020-04..2020-12, the TLC's parquet for
@@ -70,9 +71,18 @@ def overlay(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def source_server(published, overlay):
+def session_source_server(published, overlay):
     with SourceServer(overlay, published) as server:
         yield server
+
+
+@pytest.fixture
+def source_server(session_source_server):
+    """The session's source server for one test: no fault, outage or request of another test before it,
+    and none of its own left after it."""
+    session_source_server.reset()
+    yield session_source_server
+    session_source_server.reset()
 
 
 @pytest.fixture
@@ -90,6 +100,13 @@ def publish(overlay):
     yield write
     for file in written:
         file.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def instance():
+    """An ephemeral Dagster instance for one test, closed after it."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield instance
 
 
 @pytest.fixture

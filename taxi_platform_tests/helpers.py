@@ -6,6 +6,8 @@ import io
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -15,9 +17,39 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 from pyiceberg.expressions import AlwaysTrue
 
+from taxi_platform.cleaning import MonthCleaner, rejected_schema, row_hashes
+from taxi_platform.datasets import DatasetSpec
 from taxi_platform.definitions import defs
 from taxi_platform.lake.resource import Lake
 from taxi_platform.lake.staging import PARTITION_KEY
+
+
+@dataclass(frozen=True)
+class CleanMonth:
+    clean: pa.Table
+    rejected: pa.Table  # the clean columns plus reject_reason
+    rejected_counts: dict[str, int]  # rows per rule, every rule of the dataset
+
+
+def clean_month(
+    raw: pa.Table,
+    spec: DatasetSpec,
+    month_start: datetime,
+    month_end: datetime,
+    relaxed: frozenset[str] = frozenset(),
+) -> CleanMonth:
+    """The cleaning rules applied to a whole month held in memory, batch by batch as the ingest step
+    streams it through MonthCleaner."""
+    cleaner = MonthCleaner(spec, month_start, month_end, relaxed)
+    parts = [cleaner.split(batch) for batch in raw.to_batches()]
+    clean = pa.Table.from_batches([c for c, _ in parts], spec.clean_schema)
+    rejected = pa.Table.from_batches([r for _, r in parts], rejected_schema(spec))
+    return CleanMonth(clean, rejected, cleaner.rejected_counts)
+
+
+def trip_key(table: pa.Table) -> pa.Array:
+    """The trip_key of each row of a table in the clean columns."""
+    return pa.array(row_hashes(table)[0])
 
 
 def materialize(*keys: str, **options):
@@ -84,6 +116,13 @@ def failure_message(result) -> str:
             messages.append(error.message)
             error = error.cause
     return "\n".join(messages)
+
+
+def failure_description(result) -> str | None:
+    """The description of the `dagster.Failure` that failed the run's one failed step."""
+    (failure,) = result.get_step_failure_events()
+    data = failure.step_failure_data.user_failure_data
+    return data.description if data else None
 
 
 def course_month(csv_gz_or_parquet, month: str) -> tuple[int, pd.DataFrame, dict[str, int]]:

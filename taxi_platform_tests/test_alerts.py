@@ -6,15 +6,19 @@ import logging
 import dagster as dg
 import pytest
 
-from taxi_platform import alerts
-from taxi_platform.alerts import Alert, Alerter
-from taxi_platform.sensors.alerts import build_alert_sensors
+from taxi_platform import notifications
+from taxi_platform.notifications import Alert, Alerter
+from taxi_platform.sensors.check_failure_alerts import build_check_failure_sensor
+from taxi_platform.sensors.run_failure_alerts import build_run_failure_sensor
+from taxi_platform.sensors.tick_failure_alerts import build_tick_failure_sensor
 from taxi_platform_tests.helpers import green_trip_keys, materialize_with
 from taxi_platform_tests.receivers import SmtpReceiver, WebhookReceiver, wait_for
 
 pytestmark = pytest.mark.fast
 LOG = logging.getLogger("test_alerts")
-RUN_FAILURE, CHECK_FAILURE, TICK_FAILURE = build_alert_sensors(minimum_interval_seconds=30)
+RUN_FAILURE = build_run_failure_sensor(minimum_interval_seconds=30)
+CHECK_FAILURE = build_check_failure_sensor(minimum_interval_seconds=30)
+TICK_FAILURE = build_tick_failure_sensor(minimum_interval_seconds=30)
 
 
 @pytest.fixture
@@ -60,20 +64,19 @@ def test_without_urls_an_alert_is_only_logged(caplog):
 
 def test_secrets_never_reach_an_alert():
     error = 'connection to "postgresql://taxi:hunter22@db:5432/taxi" failed: password=hunter22 token=abc'
-    alert = alerts.check_failed(
+    alert = notifications.check_failed(
         dg.AssetKey(["clean", "green_trips"]), "rows_balance", "2020-10", "blocking", {"why": error}, None
     )
     assert "hunter22" not in alert.body and "abc" not in alert.body
-    assert "hunter22" not in alerts.first_line(error)
+    assert "hunter22" not in notifications.first_line(error)
 
 
 def test_a_failed_month_run_alerts_once_naming_the_dataset_month_assets_and_error(
-    taxi_env, source_server, overlay
+    taxi_env, source_server, overlay, instance
 ):
     month_file = overlay / "releases/green/green_tripdata_2020-09.csv.gz"
     month_file.parent.mkdir(parents=True, exist_ok=True)
     month_file.write_text("<!DOCTYPE html><html><body>Sign in</body></html>")
-    instance = dg.DagsterInstance.ephemeral()
     try:
         result = materialize_with(instance, *green_trip_keys(), partition="2020-09", raise_on_error=False)
     finally:
@@ -82,14 +85,14 @@ def test_a_failed_month_run_alerts_once_naming_the_dataset_month_assets_and_erro
     run = instance.get_run_by_id(result.run_id)
     failure = next(iter(instance.all_logs(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)))
     with WebhookReceiver() as hook:
-        context = dg.build_run_status_sensor_context(
+        with dg.build_run_status_sensor_context(
             sensor_name="run_failure_alerts",
             dagster_event=failure.dagster_event,
             dagster_instance=instance,
             dagster_run=run,
             resources={"alerter": alerter_for(hook)},
-        ).for_run_failure()
-        RUN_FAILURE(context)
+        ) as context:
+            RUN_FAILURE(context.for_run_failure())
         (delivery,) = hook.on("/json")
     body = json.loads(delivery.body)
     assert body["title"] == "taxi_platform: run failed: clean/green_trips and more 2020-09"
@@ -115,18 +118,17 @@ def only_a_warning() -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN)
 
 
-def test_a_failed_blocking_check_alerts_with_its_metadata_and_a_warning_does_not():
-    instance = dg.DagsterInstance.ephemeral()
+def test_a_failed_blocking_check_alerts_with_its_metadata_and_a_warning_does_not(instance):
     definitions = dg.Definitions(assets=[shrunk], asset_checks=[enough_rows, only_a_warning])
     repository = definitions.get_repository_def()
     with WebhookReceiver() as hook:
         resources = {"alerter": alerter_for(hook)}
 
         def tick(cursor: str | None):
-            context = dg.build_sensor_context(
+            with dg.build_sensor_context(
                 instance=instance, cursor=cursor, resources=resources, repository_def=repository
-            )
-            return CHECK_FAILURE(context), context.cursor
+            ) as context:
+                return CHECK_FAILURE(context), context.cursor
 
         first, cursor = tick(None)
         assert isinstance(first, dg.SkipReason) and "started watching" in first.skip_message

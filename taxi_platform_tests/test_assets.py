@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from taxi_platform.checks import CHECKS
+from synthetic.months import Quirks, source_table
+from taxi_platform.checks.blocking import CHECKS
 from taxi_platform.datasets import DATASETS
 from taxi_platform_tests.helpers import (
     course_counts,
@@ -33,7 +34,6 @@ from taxi_platform_tests.helpers import (
     sha256_of,
     unpublished_files,
 )
-from taxi_platform_tests.synthetic import Quirks, source_table
 
 GREEN = DATASETS["green"]
 CLEAN_CHECKS = set(CHECKS)

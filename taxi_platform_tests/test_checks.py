@@ -6,10 +6,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from taxi_platform.checks import month_findings, volume_findings
-from taxi_platform.cleaning import clean_month
+from synthetic.months import Quirks, source_table
+from taxi_platform.checks.blocking import month_findings, volume_findings
 from taxi_platform.datasets import DATASETS
-from taxi_platform_tests.synthetic import Quirks, source_table
+from taxi_platform_tests.helpers import clean_month
 
 pytestmark = pytest.mark.fast
 

@@ -5,8 +5,9 @@ from datetime import datetime
 import pyarrow as pa
 import pytest
 
-from taxi_platform.cleaning import MonthCleaner, clean_month, rejected_schema, to_clean_columns, trip_key
+from taxi_platform.cleaning import MonthCleaner, rejected_schema, to_clean_columns
 from taxi_platform.datasets import DATASETS
+from taxi_platform_tests.helpers import clean_month, trip_key
 
 pytestmark = pytest.mark.fast
 

@@ -1,7 +1,7 @@
 """The platform keeping itself current under the real Dagster daemon: a month published, republished and
 dropped into the landing zone flows through raw, clean, Postgres and the warehouse with nobody clicking.
 
-The months are synthetic (taxi_platform_tests/synthetic.py), written into the test's own source folder
+The months are synthetic (synthetic/months.py), written into the test's own source folder
 as it goes; the figures they must reach are counted from those files with pandas (`course_counts`).
 """
 
@@ -18,11 +18,11 @@ import psycopg
 import pytest
 from dagster._core.scheduler.instigation import TickStatus
 
+from synthetic.months import FREQUENT, write_source_month
+from synthetic.source_server import SourceServer
 from taxi_platform.datasets import DATASETS
 from taxi_platform_tests.helpers import course_counts, failed_runs
 from taxi_platform_tests.receivers import SmtpReceiver, WebhookReceiver
-from taxi_platform_tests.source_server import SourceServer
-from taxi_platform_tests.synthetic import FREQUENT, write_source_month
 from taxi_platform_tests.ui import BIN, DagsterServices, quiet, sensor_ticks, wait_for, write_instance
 
 pytestmark = [pytest.mark.daemon, pytest.mark.postgres, pytest.mark.slow]

@@ -12,11 +12,11 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import freeze_time
 
-from taxi_platform.alerts import Alerter
+from taxi_platform.checks.freshness import FRESHNESS_CHECK, due_month, evaluate
 from taxi_platform.datasets import DATASETS, NEW_YORK
 from taxi_platform.definitions import defs
-from taxi_platform.freshness import FRESHNESS_CHECK, clean_key, due_month, evaluate
-from taxi_platform.sensors.alerts import build_freshness_sensor
+from taxi_platform.notifications import Alerter
+from taxi_platform.sensors.freshness_alerts import build_freshness_sensor
 from taxi_platform_tests.receivers import WebhookReceiver
 from taxi_platform_tests.ui import DagsterServices, sensor_ticks, wait_for, write_instance
 
@@ -38,10 +38,10 @@ def test_a_month_is_due_two_months_after_it_ends_in_new_york_time():
 
 
 @pytest.mark.fast
-def test_a_dataset_from_the_releases_only_is_never_due_a_month_after_them():
+def test_a_dataset_from_the_releases_only_is_never_due_a_month_after_them(instance):
     releases_only = dataclasses.replace(GREEN, continues_on_tlc=False)
     assert due_month(releases_only, JAN_15) == ("2020-10", datetime(2021, 1, 1, tzinfo=NY))
-    state = evaluate(dg.DagsterInstance.ephemeral(), releases_only, datetime(2026, 3, 1, tzinfo=NY))
+    state = evaluate(instance, releases_only, datetime(2026, 3, 1, tzinfo=NY))
     assert state is not None
     assert (state.due_month, state.due_since, state.next_due) == (
         "2021-07",
@@ -64,8 +64,10 @@ def tick(
     instance: dg.DagsterInstance, alerter: Alerter, now: datetime, cursor: str | None
 ) -> dg.SensorResult:
     """One tick of freshness_alerts at `now`; its check evaluations are recorded as the daemon does."""
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"alerter": alerter})
-    with freeze_time(now):
+    with (
+        dg.build_sensor_context(instance=instance, cursor=cursor, resources={"alerter": alerter}) as context,
+        freeze_time(now),
+    ):
         result = FRESHNESS_ALERTS(context)
     assert isinstance(result, dg.SensorResult)
     for event in result.asset_events:
@@ -75,7 +77,7 @@ def tick(
 
 def latest_evaluations(instance: dg.DagsterInstance) -> dict[str, tuple[bool, str]]:
     """Each dataset's latest freshness evaluation, as the UI shows it: passed, and its description."""
-    keys = [dg.AssetCheckKey(clean_key(spec), FRESHNESS_CHECK) for spec in DATASETS.values()]
+    keys = [dg.AssetCheckKey(spec.clean_key, FRESHNESS_CHECK) for spec in DATASETS.values()]
     summaries = instance.event_log_storage.get_asset_check_summary_records(keys)
     latest = {}
     for key, summary in summaries.items():
@@ -95,8 +97,7 @@ def overdue_title(dataset: str, month: str) -> str:
 
 
 @pytest.mark.fast
-def test_a_stale_dataset_alerts_once_naming_its_month_and_a_fresh_one_never(taxi_env):
-    instance = dg.DagsterInstance.ephemeral()
+def test_a_stale_dataset_alerts_once_naming_its_month_and_a_fresh_one_never(taxi_env, instance):
     ran = ingest_green(instance, "2020-10", JAN_15)
     (in_run,) = [c for c in ran.get_asset_check_evaluations() if c.check_name == FRESHNESS_CHECK]
     assert in_run.passed and in_run.metadata["due_month"] == dg.MetadataValue.text("2020-10")
@@ -135,7 +136,7 @@ def test_a_stale_dataset_alerts_once_naming_its_month_and_a_fresh_one_never(taxi
 
         ingest_green(instance, "2020-11", FEB_10)
         fresh_again = tick(instance, alerter, FEB_10, cursor=february.cursor)
-        assert [e.asset_key for e in fresh_again.asset_events] == [clean_key(GREEN)]
+        assert [e.asset_key for e in fresh_again.asset_events] == [GREEN.clean_key]
         assert latest_evaluations(instance)["green"][0] is True
         assert len(alerts_of(hook)) == 2 * len(STALE) + 1  # green turning fresh says nothing
 
@@ -145,14 +146,20 @@ def test_a_stale_dataset_alerts_once_naming_its_month_and_a_fresh_one_never(taxi
     assert sorted(new) == sorted(overdue_title(d, "2020-11") for d in STALE)
 
 
+def due_at(instant: datetime) -> tuple[str, datetime]:
+    """The month due at `instant`, reckoned here: three months before New York's current month, due
+    since that month's first day."""
+    local = instant.astimezone(NY)
+    year, month = divmod(local.year * 12 + local.month - 1 - 3, 12)
+    return f"{year}-{month + 1:02d}", datetime(local.year, local.month, 1, tzinfo=NY)
+
+
 @pytest.mark.daemon
 @pytest.mark.slow
 def test_under_the_daemon_each_stale_dataset_alerts_once_and_its_check_shows_it(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     write_instance(home)
-    due = due_month(GREEN, datetime.now(UTC))  # every dataset continues on the TLC: the same month
-    assert due is not None and all(due_month(spec, datetime.now(UTC)) == due for spec in DATASETS.values())
     with WebhookReceiver() as hook:
         env = {
             **os.environ,
@@ -179,6 +186,10 @@ def test_under_the_daemon_each_stale_dataset_alerts_once_and_its_check_shows_it(
                 details=lambda: dagster.log("daemon"),
             )
             shown = latest_evaluations(instance)
+            alerting_tick = sensor_ticks(instance, "freshness_alerts")[-1]  # the first: it alerted
+    # The daemon runs on the machine's clock: what was due is reckoned from the instant of its tick,
+    # never from the test's own clock (which may be in another month by then).
+    due = due_at(datetime.fromtimestamp(alerting_tick.timestamp, UTC))
     assert sorted(a["title"] for a in alerts_of(hook)) == sorted(overdue_title(d, due[0]) for d in DATASETS)
     assert shown == {
         name: (False, f"Overdue: {name} {due[0]} is due since {due[1]:%Y-%m-%d} and not loaded.")

@@ -117,13 +117,18 @@ def test_every_version_is_readable_and_vacuum_keeps_the_current_one(gcs):
 def test_a_keyed_month_and_an_unpartitioned_table_with_an_emulator_host_without_scheme(gcs):
     lake = gcs.lake(gcs_endpoint=gcs.emulator.url.removeprefix("http://"))
     for month, n in (("2020-03", 2), ("2020-03", 3), ("2020-04", 1)):
-        context = dg.build_output_context(asset_key=KEY, partition_key=month, asset_partitions_def=MONTHS)
-        lake.handle_output(context, pa.table({"n": list(range(n))}))
+        with dg.build_output_context(
+            asset_key=KEY, partition_key=month, asset_partitions_def=MONTHS
+        ) as context:
+            lake.handle_output(context, pa.table({"n": list(range(n))}))
     assert lake_files(lake.lake, "clean/trips") == {"2020-03": 3, "2020-04": 1}
     unpartitioned = dg.AssetKey(["reference", "zones"])
-    upstream = dg.build_output_context(asset_key=unpartitioned)
-    lake.handle_output(dg.build_output_context(asset_key=unpartitioned), pa.table({"zone": ["a"]}))
-    loaded = lake.load_input(dg.build_input_context(asset_key=unpartitioned, upstream_output=upstream))
+    with (
+        dg.build_output_context(asset_key=unpartitioned) as upstream,
+        dg.build_input_context(asset_key=unpartitioned, upstream_output=upstream) as reading,
+    ):
+        lake.handle_output(upstream, pa.table({"zone": ["a"]}))
+        loaded = lake.load_input(reading)
     assert loaded.to_table().to_pydict() == {"zone": ["a"]} and data_objects(gcs, "reference/zones")
 
 

@@ -35,26 +35,28 @@ def days(*days: date) -> pa.Table:
 
 
 def write(lake, obj, partition=None, key_range=None):
-    context = dg.build_output_context(
+    with dg.build_output_context(
         asset_key=KEY,
         partition_key=partition,
         asset_partitions_def=MONTHS,
         asset_partition_key_range=key_range,
         definition_metadata=BY_DAY,
-    )
-    lake.handle_output(context, obj)
+    ) as context:
+        lake.handle_output(context, obj)
 
 
 def load(lake, partition=None, key_range=None):
-    upstream = dg.build_output_context(asset_key=KEY, definition_metadata=BY_DAY)
-    context = dg.build_input_context(
-        asset_key=KEY,
-        partition_key=partition,
-        asset_partitions_def=MONTHS,
-        asset_partition_key_range=key_range,
-        upstream_output=upstream,
-    )
-    return lake.load_input(context)
+    with (
+        dg.build_output_context(asset_key=KEY, definition_metadata=BY_DAY) as upstream,
+        dg.build_input_context(
+            asset_key=KEY,
+            partition_key=partition,
+            asset_partitions_def=MONTHS,
+            asset_partition_key_range=key_range,
+            upstream_output=upstream,
+        ) as context,
+    ):
+        return lake.load_input(context)
 
 
 def read(lake, partition=None, key_range=None):
@@ -289,10 +291,12 @@ def test_a_file_of_small_batches_is_written_in_row_groups_of_at_least_batch_rows
     assert BATCH_ROWS == 131_072
     lake = io_manager(tmp_path)
     key = dg.AssetKey(["clean", "rejected"])
-    context = dg.build_output_context(asset_key=key, partition_key="2020-03", asset_partitions_def=MONTHS)
-    lake.handle_output(
-        context, small_batches(batches, rows, date(2020, 3, 1)).read_all().select(["n"]).to_reader()
-    )
+    with dg.build_output_context(
+        asset_key=key, partition_key="2020-03", asset_partitions_def=MONTHS
+    ) as context:
+        lake.handle_output(
+            context, small_batches(batches, rows, date(2020, 3, 1)).read_all().select(["n"]).to_reader()
+        )
     loaded = lake.lake.read(key, "2020-03", MONTHS)
     assert loaded.count_rows() == batches * rows and loaded.schema.names == ["n"]
     if batches:
@@ -318,11 +322,15 @@ def test_a_partition_buffers_its_days_and_writes_each_as_a_row_group_at_buffered
 def test_an_unpartitioned_asset_is_one_table_replaced_whole_and_one_never_written_is_a_clear_error(tmp_path):
     lake = io_manager(tmp_path)
     key = dg.AssetKey(["reference", "zones"])
-    upstream = dg.build_output_context(asset_key=key)
-    with pytest.raises(FileNotFoundError, match=r"reference/zones: no lake table here; is it materialized"):
-        lake.load_input(dg.build_input_context(asset_key=key, upstream_output=upstream))
-    lake.handle_output(dg.build_output_context(asset_key=key), pa.table({"id": [1, 2]}))
-    lake.handle_output(dg.build_output_context(asset_key=key), pa.table({"id": [3]}))
-    assert lake.load_input(
-        dg.build_input_context(asset_key=key, upstream_output=upstream)
-    ).to_table().to_pydict() == {"id": [3]}
+    with (
+        dg.build_output_context(asset_key=key) as upstream,
+        dg.build_input_context(asset_key=key, upstream_output=upstream) as reading,
+    ):
+        with pytest.raises(
+            FileNotFoundError, match=r"reference/zones: no lake table here; is it materialized"
+        ):
+            lake.load_input(reading)
+        for ids in ([1, 2], [3]):
+            with dg.build_output_context(asset_key=key) as writing:
+                lake.handle_output(writing, pa.table({"id": ids}))
+        assert lake.load_input(reading).to_table().to_pydict() == {"id": [3]}

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from taxi_platform.lake.resource import Lake
-from taxi_platform.sensors.landing_zone import build_landed_file_mover
+from taxi_platform.sensors.landed_file_mover import build_landed_file_mover
 from taxi_platform.sources.landing import LANDED_FILE_TAG, OutsideLanding, inside_landing
 from taxi_platform_tests.test_sensors import JOBS, NOW, Logged, landing_tick
 
@@ -65,15 +65,15 @@ def mover_after_success(lake: Path, tag: str) -> list[tuple[str, str]]:
     mover, logged = build_landed_file_mover(JOBS, 30), Logged()
     with dg.instance_for_test() as instance:
         result = landed_run.execute_in_process(instance=instance, tags={LANDED_FILE_TAG: tag})
-        context = dg.build_run_status_sensor_context(
+        with dg.build_run_status_sensor_context(
             sensor_name=mover.name,
             dagster_event=result.get_run_success_event(),
             dagster_instance=instance,
             dagster_run=result.dagster_run,
             resources={"lake": Lake(root=str(lake))},
-        )
-        context.log.addHandler(logged)
-        mover(context)
+        ) as context:
+            context.log.addHandler(logged)
+            mover(context)
     return logged.messages
 
 

@@ -150,14 +150,14 @@ def write(
     key=("postgres", "trips"),
     key_range: dg.PartitionKeyRange | None = None,
 ):
-    context = dg.build_output_context(
+    with dg.build_output_context(
         asset_key=dg.AssetKey(list(key)),
         partition_key=month,
         asset_partition_key_range=key_range,
         asset_partitions_def=MONTHS if month or key_range else None,
         definition_metadata=metadata,
-    )
-    manager.handle_output(context, table)
+    ) as context:
+        manager.handle_output(context, table)
 
 
 def read(
@@ -167,15 +167,17 @@ def read(
     key=("postgres", "trips"),
     key_range: dg.PartitionKeyRange | None = None,
 ):
-    upstream = dg.build_output_context(asset_key=dg.AssetKey(list(key)), definition_metadata=metadata)
-    context = dg.build_input_context(
-        asset_key=dg.AssetKey(list(key)),
-        partition_key=month,
-        asset_partition_key_range=key_range,
-        asset_partitions_def=MONTHS if month or key_range else None,
-        upstream_output=upstream,
-    )
-    return manager.load_input(context)
+    with (
+        dg.build_output_context(asset_key=dg.AssetKey(list(key)), definition_metadata=metadata) as upstream,
+        dg.build_input_context(
+            asset_key=dg.AssetKey(list(key)),
+            partition_key=month,
+            asset_partition_key_range=key_range,
+            asset_partitions_def=MONTHS if month or key_range else None,
+            upstream_output=upstream,
+        ) as context,
+    ):
+        return manager.load_input(context)
 
 
 def tables_in(url: str, schema: str) -> list[str]:

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from synthetic.months import source_table
 from taxi_platform.cleaning import to_clean_columns
 from taxi_platform.datasets import DATASETS
 from taxi_platform.sources.reading import SchemaDriftError, UnreadableFile, read_trips, read_zones
 from taxi_platform_tests.helpers import gzip_csv
-from taxi_platform_tests.synthetic import source_table
 
 pytestmark = pytest.mark.fast
 

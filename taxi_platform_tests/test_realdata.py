@@ -13,10 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from taxi_platform.checks import CHECKS
+from synthetic.source_server import SourceServer
+from taxi_platform.checks.blocking import CHECKS
 from taxi_platform_tests import real_data as fetching
 from taxi_platform_tests.helpers import course_counts, green_trip_keys, materializations, materialize
-from taxi_platform_tests.source_server import SourceServer
 
 README = Path(__file__).parent.parent / "README.md"
 REASONS = [

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 
 from taxi_platform.definitions import defs
-from taxi_platform_tests.helpers import failure_message
+from taxi_platform_tests.helpers import failure_description
 from taxi_platform_tests.ui import write_instance
 
 pytestmark = [pytest.mark.postgres, pytest.mark.faults]
@@ -60,7 +60,9 @@ def test_a_failed_backfill_run_reexecuted_from_failure_reruns_only_what_failed(
         assert first.success
         source_server.fail("/releases/green/green_tripdata_2020-12.csv.gz", "html")  # then it heals
         failed = run_months(instance, "2020-11", "2020-12")
-        assert not failed.success and "green 2020-12" in failure_message(failed)
+        url = f"{source_server.url}/releases/green/green_tripdata_2020-12.csv.gz"
+        assert not failed.success
+        assert failure_description(failed) == f"green 2020-12: {url} returned an HTML page, not the data file"
         assert executed_steps(instance, failed.run_id) >= {"reference__taxi_zones", "ingest_green_trips"}
         assert sorted(published_ledger(postgres_url, pg_schema)) == ["2020-09", "2020-10"]
 

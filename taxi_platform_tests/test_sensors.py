@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from synthetic.source_server import SourceServer
 from taxi_platform.datasets import DATASETS, GREEN
 from taxi_platform.definitions import defs
 from taxi_platform.jobs import build_ingest_job
@@ -28,7 +29,6 @@ from taxi_platform_tests.helpers import (
     materializations,
     retries,
 )
-from taxi_platform_tests.source_server import SourceServer
 
 pytestmark = pytest.mark.fast
 
@@ -73,8 +73,10 @@ def source_of(server) -> TaxiSource:
 
 
 def tick(sensor, instance, cursor=None, **resources):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=DEFS)
-    result = sensor.evaluate_tick(context)
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources=resources, definitions=DEFS
+    ) as context:
+        result = sensor.evaluate_tick(context)
     return result, result.cursor
 
 
@@ -220,13 +222,15 @@ def landing_tick(lake: Path, cursor: str | None = None, *, stable_seconds: int =
     cursor) and what it logged."""
     sensor = build_landing_sensor(JOBS, 30, stable_seconds, clock=lambda: now)
     logged = Logged()
-    with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_sensor_context(
             instance=instance,
             cursor=cursor,
             definitions=DEFS,
             resources={"lake": Lake(root=str(lake))},
-        )
+        ) as context,
+    ):
         context.log.addHandler(logged)
         result = sensor.evaluate_tick(context)
     return result, logged.messages

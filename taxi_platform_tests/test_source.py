@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from synthetic.source_server import HTML_PAGE, SourceServer
 from taxi_platform.assets import permanent_errors_not_retried
 from taxi_platform.datasets import DATASETS
 from taxi_platform.retrying import RetrySettings
@@ -24,7 +25,6 @@ from taxi_platform.sources.public import (
     TaxiSource,
 )
 from taxi_platform_tests.helpers import sha256_of
-from taxi_platform_tests.source_server import HTML_PAGE, SourceServer
 
 pytestmark = pytest.mark.fast
 

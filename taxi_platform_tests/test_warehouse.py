@@ -125,13 +125,13 @@ def test_the_lake_table_queries_the_lake_files_where_they_lie(tmp_path):
         "2020-04": days(date(2020, 4, 9)),
     }.items():
         write(lake, table, month)
-        context = dg.build_output_context(
+        with dg.build_output_context(
             asset_key=dg.AssetKey(["warehouse", "trips"]),
             partition_key=month,
             asset_partitions_def=MONTHS,
             definition_metadata={PARTITION_COLUMN: "day", LAKE_TABLE: "clean/trips"},
-        )
-        warehouse.handle_output(context, table)
+        ) as context:
+            warehouse.handle_output(context, table)
     with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
         assert (
             con.execute("SELECT day, count(*) FROM taxi.trips_lake GROUP BY day ORDER BY day").fetchall()
@@ -146,26 +146,28 @@ BY_DAY = {PARTITION_COLUMN: "day"}
 
 
 def store(manager, obj, month=None, key=("warehouse", "trips"), metadata=None, key_range=None):
-    context = dg.build_output_context(
+    with dg.build_output_context(
         asset_key=dg.AssetKey(list(key)),
         partition_key=month,
         asset_partition_key_range=key_range,
         asset_partitions_def=MONTHS if month or key_range else None,
         definition_metadata=BY_DAY if metadata is None else metadata,
-    )
-    manager.handle_output(context, obj)
+    ) as context:
+        manager.handle_output(context, obj)
 
 
 def load(manager, month=None, key=("warehouse", "trips"), key_range=None):
-    upstream = dg.build_output_context(asset_key=dg.AssetKey(list(key)), definition_metadata=BY_DAY)
-    context = dg.build_input_context(
-        asset_key=dg.AssetKey(list(key)),
-        partition_key=month,
-        asset_partition_key_range=key_range,
-        asset_partitions_def=MONTHS if month or key_range else None,
-        upstream_output=upstream,
-    )
-    return manager.load_input(context)
+    with (
+        dg.build_output_context(asset_key=dg.AssetKey(list(key)), definition_metadata=BY_DAY) as upstream,
+        dg.build_input_context(
+            asset_key=dg.AssetKey(list(key)),
+            partition_key=month,
+            asset_partition_key_range=key_range,
+            asset_partitions_def=MONTHS if month or key_range else None,
+            upstream_output=upstream,
+        ) as context,
+    ):
+        return manager.load_input(context)
 
 
 def duckdb_warehouse(tmp_path, **options) -> DuckDBWarehouse:

@@ -7,7 +7,8 @@ from typing import Any, TypedDict, Unpack
 
 import dagster as dg
 
-from taxi_platform.checks import CHECK_OUTCOMES
+from taxi_platform.checks.blocking import CHECK_OUTCOMES
+from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import DatasetSpec
 from taxi_platform.lake.resource import version_of
 from taxi_platform.ledger import Audited
@@ -37,6 +38,10 @@ class AssetOptions(TypedDict, total=False):
     automation_condition: dg.AutomationCondition
     partitions_def: dg.PartitionsDefinition
     backfill_policy: dg.BackfillPolicy
+
+
+# What every store of the clean months shares, whatever its layer (each layer adds its own options).
+SINK_OPTIONS = AssetOptions(owners=["team:data-platform"], automation_condition=SINKS_FOLLOW_UPSTREAM)
 
 
 def by_month(context: dg.AssetExecutionContext, value) -> dict:
@@ -91,13 +96,14 @@ def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: 
 
 
 def build_sink_asset(
-    spec: DatasetSpec, layer: str, description: str, **options: Unpack[AssetOptions]
+    spec: DatasetSpec, key: dg.AssetKey, description: str, **options: Unpack[AssetOptions]
 ) -> dg.AssetsDefinition:
-    """`<layer>/<dataset>_trips`: the clean months, handed to the layer's IO manager to store."""
+    """`key` (the spec's `<layer>/<dataset>_trips`): the clean months, handed to the layer's IO manager
+    to store."""
 
     @dg.asset(
-        key=[layer, spec.table],
-        ins={"clean": dg.AssetIn(key=["clean", spec.table])},
+        key=key,
+        ins={"clean": dg.AssetIn(key=spec.clean_key)},
         description=description,
         tags={"dataset": spec.name},
         **(
@@ -112,11 +118,10 @@ def build_sink_asset(
         """The stored months, read by the IO manager as it writes them, with their provenance for
         the load ledger."""
         started_at, audited = datetime.now(UTC), {}
-        raw_key, clean_key = dg.AssetKey(["raw", spec.table]), dg.AssetKey(["clean", spec.table])
         for month, rows in by_month(context, clean).items():
             context.add_asset_metadata({"dagster/row_count": rows.count_rows()}, partition_key=month)
-            known = provenance(context.instance, raw_key, clean_key, month, started_at)
-            audited[month] = Audited(rows, known | {"lake_version": version_of(rows)})
+            known = provenance(context.instance, spec.raw_key, spec.clean_key, month, started_at)
+            audited[month] = Audited(rows, known | {"lake_version": version_of(rows), "operation": "load"})
         return audited
 
     return sink

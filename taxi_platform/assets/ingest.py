@@ -16,7 +16,15 @@ import dagster as dg
 from pydantic import Field
 
 from taxi_platform.assets import SOURCE_RETRY, permanent_errors_not_retried
-from taxi_platform.checks import CHECK_OUTCOMES, CHECKS, RELAXED_RULES, month_findings, volume_findings
+from taxi_platform.checks.blocking import (
+    CHECK_OUTCOMES,
+    CHECKS,
+    RELAXED_RULES,
+    check_results,
+    check_specs,
+    month_findings,
+    volume_findings,
+)
 from taxi_platform.cleaning import MonthCleaner, reject_reasons, rejected_schema
 from taxi_platform.datasets import PICKUP_DATE, DatasetSpec
 from taxi_platform.io_managers import PARTITION_COLUMN
@@ -42,9 +50,7 @@ class IngestConfig(dg.Config):
 
 
 def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
-    raw_key = dg.AssetKey(["raw", spec.table])
-    clean_key = dg.AssetKey(["clean", spec.table])
-    rejected_key = dg.AssetKey(["clean", f"{spec.table}_rejected"])
+    raw_key, clean_key, rejected_key = spec.raw_key, spec.clean_key, spec.rejected_key
     rules = ", ".join(reject_reasons(spec))
 
     def out(key: dg.AssetKey, group: str, description: str, **extra) -> dg.AssetOut:
@@ -86,12 +92,7 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 f"it broke, of {rules}).",
             ),
         },
-        check_specs=[
-            dg.AssetCheckSpec(
-                name, asset=clean_key, description=text, blocking=True, partitions_def=spec.partitions_def
-            )
-            for name, text in CHECKS.items()
-        ],
+        check_specs=check_specs(spec),
         # The lineage shows clean and rejected made from raw, as they are (in the same pass).
         internal_asset_deps={"clean": {raw_key}, "rejected": {raw_key}},
         partitions_def=spec.partitions_def,
@@ -157,15 +158,7 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 ) | volume_findings(cleaner.clean_rows, published, min_share)
                 for name, finding in findings.items():
                     failures[name][month] = finding
-            results = [
-                dg.AssetCheckResult(
-                    asset_key=clean_key,
-                    check_name=name,
-                    passed=not by_month,
-                    metadata={"months": ", ".join(context.partition_keys), **by_month},
-                )
-                for name, by_month in failures.items()
-            ]
+            results = check_results(spec, context.partition_keys, failures)
             failed = {name: by_month for name, by_month in failures.items() if by_month}
             if failed:  # reported, never published: what was staged is discarded
                 yield from results

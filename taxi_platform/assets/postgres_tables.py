@@ -5,21 +5,18 @@ from datetime import UTC, datetime
 import dagster as dg
 import pyarrow.dataset as ds
 
-from taxi_platform.assets import AssetOptions, build_sink_asset, provenance
+from taxi_platform.assets import SINK_OPTIONS, AssetOptions, build_sink_asset, provenance
 from taxi_platform.assets.zones import ZONES
-from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM
 from taxi_platform.datasets import PICKUP_DATE, TRIP_KEY, DatasetSpec
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.postgres import UNIQUE_KEY
 from taxi_platform.ledger import Audited
 
-COMMON = AssetOptions(
+POSTGRES_OPTIONS = SINK_OPTIONS | AssetOptions(
     group_name="postgres",
     io_manager_key="postgres_io_manager",
     kinds={"postgres"},
-    owners=["team:data-platform"],
     code_version="2",  # 2: months as PostgreSQL partitions
-    automation_condition=SINKS_FOLLOW_UPSTREAM,
 )
 
 
@@ -30,12 +27,12 @@ def writer_pool(table: str) -> str:
 
 
 def build_postgres_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
-    options = COMMON | AssetOptions(
+    options = POSTGRES_OPTIONS | AssetOptions(
         metadata={PARTITION_COLUMN: PICKUP_DATE, UNIQUE_KEY: TRIP_KEY}, pool=writer_pool(spec.table)
     )
     return build_sink_asset(
         spec,
-        "postgres",
+        spec.postgres_key,
         f"The clean {spec.name} trips in PostgreSQL, one row per trip, unique on trip_key. "
         "Writing a month replaces exactly that month, in one transaction.",
         **options,
@@ -46,7 +43,7 @@ def build_postgres_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     key=["postgres", "taxi_zones"],
     ins={"zones": dg.AssetIn(key=ZONES)},
     description="The taxi zones in PostgreSQL, replaced whole on each run.",
-    **(COMMON | AssetOptions(pool=writer_pool("taxi_zones"))),
+    **(POSTGRES_OPTIONS | AssetOptions(pool=writer_pool("taxi_zones"))),
 )
 def postgres_taxi_zones(context: dg.AssetExecutionContext, zones: ds.Dataset) -> Audited:
     context.add_output_metadata({"dagster/row_count": zones.count_rows()})

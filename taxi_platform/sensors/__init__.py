@@ -1,14 +1,5 @@
-"""The sensors that keep the platform current, built per dataset from the specs.
-
-- `<dataset>_source_sensor` (off by default: turning it on ingests every published month not yet
-  materialized): HEADs the public source, requests the ingest run of a month newly published or
-  republished.
-- `landing_sensor` and `landed_file_mover` (on): files dropped into the lake's `landing/`.
-- `taxi_automation` (on): postgres/, warehouse/ and the marts follow their upstream month.
-- `run_failure_alerts`, `check_failure_alerts`, `tick_failure_alerts`, `freshness_alerts` (on): tell
-  the operator.
-
-Their intervals and the source sensors' HEADs per tick come from `profiles.SensorSettings`.
+"""Every sensor of the code location, one a module (what each does: README.md, Automation and Operating
+> Alerts). Their intervals and the source sensors' HEADs per tick come from `profiles.SensorSettings`.
 """
 
 from collections.abc import Mapping
@@ -17,10 +8,14 @@ import dagster as dg
 
 from taxi_platform.datasets import DATASETS
 from taxi_platform.profiles import SensorSettings
-from taxi_platform.sensors.alerts import build_alert_sensors, build_freshness_sensor
 from taxi_platform.sensors.automation import build_automation_sensor
-from taxi_platform.sensors.landing_zone import build_landed_file_mover, build_landing_sensor
+from taxi_platform.sensors.check_failure_alerts import build_check_failure_sensor
+from taxi_platform.sensors.freshness_alerts import build_freshness_sensor
+from taxi_platform.sensors.landed_file_mover import build_landed_file_mover
+from taxi_platform.sensors.landing_zone import build_landing_sensor
 from taxi_platform.sensors.new_months import build_source_sensor
+from taxi_platform.sensors.run_failure_alerts import build_run_failure_sensor
+from taxi_platform.sensors.tick_failure_alerts import build_tick_failure_sensor
 
 
 def build_sensors(jobs: Mapping, settings: SensorSettings) -> list[dg.SensorDefinition]:
@@ -35,6 +30,8 @@ def build_sensors(jobs: Mapping, settings: SensorSettings) -> list[dg.SensorDefi
         build_landing_sensor(jobs, settings.landing_interval_seconds, settings.landing_stable_seconds),
         build_landed_file_mover(jobs, settings.landing_interval_seconds),
         build_automation_sensor(settings.automation_interval_seconds),
-        *build_alert_sensors(settings.alert_interval_seconds),
+        build_run_failure_sensor(settings.alert_interval_seconds),
+        build_check_failure_sensor(settings.alert_interval_seconds),
+        build_tick_failure_sensor(settings.alert_interval_seconds),
         build_freshness_sensor(settings.alert_interval_seconds),
     ]

@@ -1,25 +1,32 @@
-"""`<dataset>_source_sensor`: months newly published or republished at the public source.
+"""`<dataset>_source_sensor`: months newly published or republished at the public source. What it
+does and how to use it: README.md, Automation.
 
-Per tick at most `checks_per_tick` HEAD requests (no downloads): the newest RECENT_MONTHS months, where
-the TLC publishes, then a sweep of older months that continues where the last tick stopped, newest
-first, wrapping around; so every month is checked again every few ticks and a republished old month is
-found too. A month is requested when its file's version (ETag, Last-Modified, size) is neither the
-version this sensor last requested nor the version its raw partition was materialized from. The run
-key includes the version: a restart neither loses nor repeats work. A failed run is not requested again
-until the file changes (its step retries transient errors; re-execute it from the UI).
-
-Cursor (JSON, the sensor's whole state):
-`{"requested": {"2020-11": "<version id>", ...}, "sweep": "<month the next sweep starts from>"}`.
+Per tick: the newest RECENT_MONTHS months, where the TLC publishes, then a sweep of older months from
+where the last tick stopped, newest first, wrapping around, so a republished old month is found too. A
+month is requested when its file's version (ETag, Last-Modified, size) is neither the version this
+sensor last requested nor the one its raw partition was materialized from. A failed run is not requested
+again until the file changes (its step retries transient errors; re-execute it from the UI). Cursor:
+`SourceState`.
 """
 
-import json
+from dataclasses import dataclass, field
 
 import dagster as dg
 
 from taxi_platform.datasets import DatasetSpec
+from taxi_platform.sensors.cursor import Cursor
 from taxi_platform.sources.public import FileVersion, SourceUnavailable, TaxiSource
 
 RECENT_MONTHS = 3
+
+
+@dataclass
+class SourceState:
+    """What a source sensor knows: the version it last requested of each month, and the month the next
+    tick's sweep starts from."""
+
+    requested: dict[str, str] = field(default_factory=dict)  # month: FileVersion.id
+    sweep: str | None = None
 
 
 def months_to_check(months: list[str], sweep: str | None, budget: int) -> tuple[list[str], str | None]:
@@ -50,7 +57,12 @@ def build_source_sensor(
     minimum_interval_seconds: int,
     checks_per_tick: int,
 ) -> dg.SensorDefinition:
-    raw_key = dg.AssetKey(["raw", spec.table])
+    cursor = Cursor(
+        f"{spec.name}_source_sensor",
+        SourceState,
+        afresh="a month is requested again only if its version was neither materialized nor "
+        "requested under the same run key",
+    )
 
     @dg.sensor(
         name=f"{spec.name}_source_sensor",
@@ -60,10 +72,10 @@ def build_source_sensor(
         f"(HEAD requests only, at most {checks_per_tick} a tick).",
     )
     def source_sensor(context: dg.SensorEvaluationContext, taxi_source: TaxiSource):
-        state = json.loads(context.cursor) if context.cursor else {}
-        requested: dict[str, str] = state.get("requested", {})
+        state = cursor.read(context) or SourceState()
+        requested = state.requested
         months = list(spec.partitions_def.get_partition_keys())
-        checked, sweep = months_to_check(months, state.get("sweep"), checks_per_tick)
+        checked, sweep = months_to_check(months, state.sweep, checks_per_tick)
         run_requests, unchanged, unpublished, unreachable = [], 0, 0, 0
         for month in checked:
             file = taxi_source.locate(spec, month)
@@ -77,7 +89,7 @@ def build_source_sensor(
                 unpublished += 1
                 continue
             if requested.get(month) == version.id or (
-                materialized_version(context.instance, raw_key, month) == version.id
+                materialized_version(context.instance, spec.raw_key, month) == version.id
             ):
                 requested[month] = version.id
                 unchanged += 1
@@ -92,14 +104,14 @@ def build_source_sensor(
                 )
             )
             context.log.info(f"{file.label} {trigger}: {file.url} ({version})")
-        cursor = json.dumps({"requested": dict(sorted(requested.items())), "sweep": sweep})
+        kept = cursor.dump(SourceState(dict(sorted(requested.items())), sweep))
         if run_requests:
-            return dg.SensorResult(run_requests=run_requests, cursor=cursor)
+            return dg.SensorResult(run_requests=run_requests, cursor=kept)
         return dg.SensorResult(
             skip_reason=f"{spec.name}: no new or changed month among the {len(checked)} checked: "
             f"{unchanged} unchanged since requested or materialized, {unpublished} not published, "
             f"{unreachable} unreachable" + (f"; the next tick sweeps from {sweep}" if sweep else ""),
-            cursor=cursor,
+            cursor=kept,
         )
 
     return source_sensor

@@ -1,12 +1,12 @@
-"""Synthetic TLC months for the benchmarks: the real schemas and quirks, reproducible from a seed.
+"""Synthetic TLC months for the tests and the benchmarks: the real schemas and quirks, reproducible from a seed.
 
-    python -m taxi_platform_tests.synthetic --dataset yellow --month 2021-01 --rows 1400000 --out /tmp/src
+    python -m synthetic.months --dataset yellow --month 2021-01 --rows 1400000 --out /tmp/src
 
 Two kinds of data:
 - `source_table(spec, month, rows, seed, form)`: a month as the TLC publishes it, with the original
   column names (`VendorID`, fhv's `PUlocationID`, `dropOff_datetime`, `SR_Flag`, ...) and the types the
   form declares in `taxi_platform/datasets.py` (`spec.source_schema(form)`); `write_source_month`
-  writes it laid out like the sources, so a `SourceServer` (taxi_platform_tests/source_server.py) can
+  writes it laid out like the sources, so a `SourceServer` (synthetic/source_server.py) can
   serve it to the platform:
       <root>/releases/<ds>/<ds>_tripdata_YYYY-MM.csv.gz   (the course's CSV.gz releases)
       <root>/trip-data/<ds>_tripdata_YYYY-MM.parquet      (the TLC's parquet)
@@ -394,9 +394,7 @@ def synthetic_yellow(rows: int, seed: int = DEFAULT_SEED, month: str = "2021-01"
 
 
 def main(argv=None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(
-        prog="python -m taxi_platform_tests.synthetic", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m synthetic.months", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="yellow", choices=sorted(DATASETS))
     parser.add_argument("--month", default="2021-01")
     parser.add_argument("--rows", type=int, default=1_400_000)

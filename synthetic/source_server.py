@@ -57,6 +57,12 @@ class SourceServer:
         While the outage lasts, the faults queued by `fail` wait."""
         self.outages[path] = (time.monotonic() + seconds, status)
 
+    def reset(self) -> None:
+        """Forget every queued fault, outage and recorded request: a fresh server for the next user."""
+        self.faults.clear()
+        self.outages.clear()
+        self.requests.clear()
+
     def find(self, path: str) -> Path | None:
         for root in self.roots:
             candidate = (root / path.lstrip("/")).resolve()

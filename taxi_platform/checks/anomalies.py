@@ -1,11 +1,9 @@
-"""The anomaly checks of each clean month: WARN, never blocking, judged on the figures the ingest
-step recorded rather than on the data.
+"""The anomaly checks of each clean month: WARN, never blocking (what they flag and what to do:
+README.md, Operating > Checks).
 
-A month's clean rows, and its rejected share (rejected_rows / raw_rows), are compared with the same
-figures of the dataset's last TRAILING_MONTHS present (materialized) months before it: a value outside
-median ± K·MAD (the MAD scaled to a standard deviation) is flagged. The figures are the metadata of
-each month's latest materialization, read from the Dagster instance, so a check costs milliseconds.
-In a single-run backfill of several months every month is judged and one result is reported per check.
+They judge the figures the ingest step recorded rather than the data: the metadata of each month's
+latest materialization, read from the Dagster instance, so a check costs milliseconds. In a single-run
+backfill of several months every month is judged and one result is reported per check.
 """
 
 import statistics
@@ -106,7 +104,7 @@ def _count(metadata: Mapping[str, dg.MetadataValue], name: str) -> int | None:
 def build_anomaly_checks(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     """rows_in_usual_range and rejected_share_usual (see ANOMALY_CHECKS) on clean/<dataset>_trips,
     partitioned like it; a run's months each judged against their trailing months."""
-    clean_key = dg.AssetKey(["clean", spec.table])
+    clean_key = spec.clean_key
 
     @dg.multi_asset_check(
         name=f"anomalies_{spec.table}",

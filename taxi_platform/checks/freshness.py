@@ -1,16 +1,9 @@
-"""Freshness: each dataset's newest due month, and whether clean/<dataset>_trips holds it.
+"""Freshness: each dataset's newest due month, and whether clean/<dataset>_trips holds it. When a month
+is due and how it shows: README.md, Operating > Checks (PUBLICATION_LAG_MONTHS: the TLC's two months).
 
-When a month is due: the TLC publishes a month about two months after it ends, so month M is due from
-the first day of month M + 1 + PUBLICATION_LAG_MONTHS, New York time (March from June 1st). A dataset
-whose months come from the course releases only (`DatasetSpec.continues_on_tlc` False) has no due month
-after `releases.last`: the releases never change.
-
-How it shows: each dataset has a `freshness` asset check on clean/<dataset>_trips (WARN, not blocking:
-a late month is the TLC's delay, not bad data), failing while the due month is missing: the UI shows the
-asset's check failed, its description saying which month is overdue since when. The `freshness_alerts`
-sensor (taxi_platform.sensors.alerts) evaluates the checks every tick, records an evaluation when one
-changes and alerts then; the check also runs in each ingest run (the ingest job selects the checks of
-its assets), and from the UI on demand.
+The `freshness` check is WARN, not blocking: a late month is the TLC's delay, not bad data. The
+`freshness_alerts` sensor (taxi_platform.sensors.freshness_alerts) evaluates it every tick; it also runs
+in each ingest run (the ingest job selects the checks of its assets), and from the UI on demand.
 
 Why not Dagster's freshness factories (dagster 1.13), which were considered:
 - `FreshnessPolicy` (time window or cron, evaluated by the freshness daemon) judges the time of the
@@ -51,7 +44,7 @@ class Freshness:
 
     @property
     def asset_key(self) -> dg.AssetKey:
-        return clean_key(self.spec)
+        return self.spec.clean_key
 
     @property
     def description(self) -> str:
@@ -93,10 +86,6 @@ class Freshness:
         )
 
 
-def clean_key(spec: DatasetSpec) -> dg.AssetKey:
-    return dg.AssetKey(["clean", spec.table])
-
-
 def due_month(spec: DatasetSpec, now: datetime) -> tuple[str, datetime] | None:
     """The newest month due at `now` and since when it is due; None before any month is due."""
     local = now.astimezone(ZoneInfo(NEW_YORK))
@@ -115,7 +104,7 @@ def evaluate(instance: dg.DagsterInstance, spec: DatasetSpec, now: datetime) -> 
     if due is None:
         return None
     month, since = due
-    months = instance.get_materialized_partitions(clean_key(spec))
+    months = instance.get_materialized_partitions(spec.clean_key)
     index = _index(month)
     return Freshness(
         spec=spec,
@@ -129,7 +118,7 @@ def evaluate(instance: dg.DagsterInstance, spec: DatasetSpec, now: datetime) -> 
 
 def build_freshness_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=clean_key(spec),
+        asset=spec.clean_key,
         name=FRESHNESS_CHECK,
         description=f"Fails while the newest {spec.name} month due is not loaded (the TLC publishes a "
         f"month about {PUBLICATION_LAG_MONTHS} months after it ends); evaluated by freshness_alerts.",

@@ -1,10 +1,12 @@
-"""The blocking checks of each clean month, judged on the staged files before they are published.
+"""The blocking checks of each clean month, judged on the staged files before they are published (write,
+audit, publish: README.md, Reliability; what each checks: `CHECKS`).
 
-The ingest step stages a month's raw, clean and rejected files, runs these checks on what was
-written (read back through the lake, with logic of their own), and publishes the month only if
-every one passes (write, audit, publish): a month that fails leaves the published month as it was.
-In a single-run backfill of several months every month is judged and one result is reported per check.
+The checks read the staged files back through the lake, with logic of their own. In a single-run
+backfill of several months every month is judged and one result is reported per check. The ingest
+asset declares them with `check_specs` and reports them with `check_results`.
 """
+
+from collections.abc import Sequence
 
 import dagster as dg
 import numpy as np
@@ -26,6 +28,32 @@ CHECKS = {
     "pickups_in_month": "Every stored clean pickup lies inside the partition's month.",
     "schema_as_declared": "The stored clean columns and types are exactly the dataset spec's.",
 }
+
+
+def check_specs(spec: DatasetSpec) -> list[dg.AssetCheckSpec]:
+    """The blocking checks of the dataset's clean months, one per entry of CHECKS."""
+    return [
+        dg.AssetCheckSpec(
+            name, asset=spec.clean_key, description=text, blocking=True, partitions_def=spec.partitions_def
+        )
+        for name, text in CHECKS.items()
+    ]
+
+
+def check_results(
+    spec: DatasetSpec, months: Sequence[str], findings: dict[str, dict[str, str]]
+) -> list[dg.AssetCheckResult]:
+    """One result per check for the run's `months`; `findings`: {check: {month: what is wrong}}, a check
+    without a month passed."""
+    return [
+        dg.AssetCheckResult(
+            asset_key=spec.clean_key,
+            check_name=name,
+            passed=not findings.get(name),
+            metadata={"months": ", ".join(months), **findings.get(name, {})},
+        )
+        for name in CHECKS
+    ]
 
 
 def month_findings(
