@@ -307,14 +307,15 @@ def test_the_models_build_in_bigquery_and_a_rerun_overwrites_its_month_partition
 
 @pytest.mark.faults
 def test_dbt_waits_out_a_duckdb_file_held_by_another_process(loaded):
-    """dbt-duckdb's connect retries are the warehouse's `max_tries`: with one try a held file fails
-    the run; with the default, dbt waits until the other process lets go, then builds."""
+    """dbt-duckdb's connect retries are the warehouse's lock retry tries: with one try a held file
+    fails the run; with the default, dbt waits until the other process lets go, then builds."""
     from taxi_platform.dbt_runner import DbtWarehouseCli
     from taxi_platform.io_managers.warehouse import DuckDBSQL
+    from taxi_platform.retrying import RetrySettings
     from taxi_platform_tests.test_sink_faults import LockHolder
 
     path = loaded / "warehouse.duckdb"
-    once = DbtWarehouseCli(target="local", warehouse=DuckDBSQL(path=str(path), max_tries=1))
+    once = DbtWarehouseCli(target="local", warehouse=DuckDBSQL(path=str(path), retry=RetrySettings(tries=1)))
     with LockHolder(path):
         result = materialize(
             "core/fct_trips_pending", partition="2020-10", resources={"dbt": once}, raise_on_error=False

@@ -159,13 +159,14 @@ class DuckDBSQL(WarehouseSQL):
         return f"{_quote(self.dataset)}.{_quote(checked_name(name))}"
 
     def dbt_output(self) -> dict:
-        """dbt-duckdb waits out another process's lock on the file as `connect` does: `max_tries`."""
+        """dbt-duckdb waits out another process's lock on the file with as many tries as `connect`
+        (its own backoff: 1, 2, 4, ... s; a budget without a count of tries: DUCKDB_LOCK's)."""
         return {
             "type": "duckdb",
             "path": self.path,
             "schema": self.dataset,
             "settings": {"memory_limit": self.memory_limit},
-            "retries": {"connect_attempts": self.max_tries},
+            "retries": {"connect_attempts": self.retry.tries or DUCKDB_LOCK.tries},
         }
 
     def execute(self, statement: str) -> pa.Table:
