@@ -73,8 +73,6 @@ class DatasetSpec:
     pickup: str  # snake_case name of the pickup timestamp
     dropoff: str
     columns: tuple[Column, ...]
-    revenue: str | None = None  # the fare column the marts sum (None: the dataset records no fare)
-    distance: str | None = None  # the trip distance column the marts average
     positive_columns: tuple[str, ...] = ()  # cleaning rule: each must be > 0 (null fails)
     releases: MonthRange | None = None  # months the course's CSV.gz releases hold
     months_per_run: int = 3  # a backfill runs this many months per run (memory grows with it)
@@ -163,8 +161,6 @@ YELLOW = DatasetSpec(
         col("airport_fee", optional=True),
         col("cbd_congestion_fee", csv=None, optional=True),
     ),
-    revenue="total_amount",
-    distance="trip_distance",
     positive_columns=("passenger_count", "trip_distance"),
     releases=MonthRange("2019-01", "2021-07"),
     months_per_run=1,  # up to 7.8 million rows a month
@@ -195,8 +191,6 @@ GREEN = DatasetSpec(
         col("congestion_surcharge"),
         col("cbd_congestion_fee", csv=None, optional=True),
     ),
-    revenue="total_amount",
-    distance="trip_distance",
     positive_columns=("passenger_count", "trip_distance"),
     releases=MonthRange("2019-01", "2021-07"),
 )
@@ -258,8 +252,6 @@ FHVHV = DatasetSpec(
         ),
         col("cbd_congestion_fee", csv=None, optional=True),
     ),
-    revenue="base_passenger_fare",
-    distance="trip_miles",
     months_per_run=1,  # about 20 million rows a month
 )
 

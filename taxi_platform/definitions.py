@@ -4,7 +4,7 @@ specs."""
 import dagster as dg
 
 from taxi_platform.assets.ingest import build_ingest_asset
-from taxi_platform.assets.marts import daily_zone_trips, monthly_summary
+from taxi_platform.assets.models import build_model_assets
 from taxi_platform.assets.postgres_tables import build_postgres_asset, postgres_taxi_zones
 from taxi_platform.assets.warehouse_tables import build_warehouse_asset, warehouse_taxi_zones
 from taxi_platform.assets.zones import taxi_zones
@@ -21,7 +21,7 @@ from taxi_platform.vacuum import vacuum_daily, vacuum_lake
 
 
 def build_assets() -> list[dg.AssetsDefinition]:
-    assets = [taxi_zones, postgres_taxi_zones, warehouse_taxi_zones, daily_zone_trips, monthly_summary]
+    assets = [taxi_zones, postgres_taxi_zones, warehouse_taxi_zones, *build_model_assets()]
     for spec in DATASETS.values():
         assets += [
             build_ingest_asset(spec),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from taxi_platform.dbt_runner import DbtWarehouseCli
 from taxi_platform.io_managers.arrow_data import use_jemalloc
 from taxi_platform.io_managers.postgres import PostgresIOManager
 from taxi_platform.io_managers.warehouse import DuckDBSQL, DuckDBWarehouse
@@ -149,6 +150,7 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
             "lake_io_manager": LakeIOManager(lake=lake),
             "warehouse_sql": sql,
             "warehouse_io_manager": DuckDBWarehouse(sql=sql, lake_root=lake_root),
+            "dbt": DbtWarehouseCli(target=profile, warehouse=sql),
         }
     from dagster_gcp import BigQueryResource  # the Google clients: only this profile imports them
 
@@ -182,4 +184,18 @@ def resources_for(environ: Mapping[str, str] = os.environ) -> dict:
             lake_root=lake_root if environ.get("TAXI_BQ_CONNECTION") else "",
             lake_connection=environ.get("TAXI_BQ_CONNECTION", ""),
         ),
+        "dbt": DbtWarehouseCli(target=profile, warehouse=sql),
     }
+
+
+def dbt_profile(environ: Mapping[str, str] = os.environ) -> str:
+    """The dbt profiles.yml that the `dbt` resource of this environment runs with, for running dbt by
+    hand (`python -m taxi_platform.profiles > <folder>/profiles.yml`)."""
+    import yaml
+
+    with resources_for(environ)["dbt"].process_config_and_initialize_cm() as dbt:
+        return yaml.safe_dump(dbt.profile())
+
+
+if __name__ == "__main__":
+    print(dbt_profile(), end="")

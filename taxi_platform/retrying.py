@@ -98,7 +98,7 @@ def retried(
 
     def wait(state: tenacity.RetryCallState) -> float:
         jittered = tenacity.wait_exponential_jitter(
-            multiplier=settings.first_wait, max=settings.max_wait, jitter=settings.jitter
+            initial=settings.first_wait, max=settings.max_wait, jitter=settings.jitter
         )(state)
         if settings.budget is None:
             return jittered

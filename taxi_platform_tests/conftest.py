@@ -11,6 +11,7 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 from synthetic.months import FREQUENT, write_source_month
 from synthetic.source_server import SourceServer
 from taxi_platform.datasets import DATASETS
+from taxi_platform.dbt_runner import TRANSFORM
 from taxi_platform_tests.bigquery import bigquery_emulator  # noqa: F401 (emulator fixtures)
 from taxi_platform_tests.gcs import gcs, gcs_emulator  # noqa: F401
 from taxi_platform_tests.real_data import RealDataMissing, real_data_folder
@@ -26,6 +27,21 @@ def month_rows(month: str) -> int:
     """Rows of a synthetic month: a few thousand, different each month."""
     year, number = map(int, month.split("-"))
     return 2_000 + 97 * ((year * 12 + number) % 17)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dbt_manifest():
+    """The dbt project's manifest, parsed again (as `dagster dev` does) when a file of the project is
+    newer than it."""
+    project = TRANSFORM.project_dir
+    files = [
+        f
+        for f in project.rglob("*")
+        if f.is_file() and TRANSFORM.target_path.name not in f.relative_to(project).parts
+    ]
+    manifest = TRANSFORM.manifest_path
+    if not manifest.exists() or max(f.stat().st_mtime for f in files) > manifest.stat().st_mtime:
+        TRANSFORM.preparer.prepare(TRANSFORM)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks import backfill, end_to_end, plot, postgres_load
+from benchmarks import backfill, end_to_end, marts, plot, postgres_load
 from synthetic import months as synthetic
 from taxi_platform.datasets import DATASETS
 from taxi_platform.sources.reading import read_trips
@@ -219,3 +219,17 @@ def test_postgres_load_smoke(postgres_url):
     }
     assert loaded == {"a": expected, "b": expected, "c": expected}
     assert any("UNIQUE" in index and "(trip_key)" in index for index in figures["b_indexes"])
+
+
+@pytest.mark.slow
+def test_the_marts_benchmark_builds_the_same_marts_both_ways(tmp_path):
+    """benchmarks.marts on two small months: the Python SQL marts and the dbt marts agree, and every
+    trip of the warehouse is counted once."""
+    figures = marts.main(
+        ["--rows", "3000", "--months", "2", "--ways", "python-sql,dbt-marts"]
+        + ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")]
+    )
+    ways = figures["ways"]
+    assert ways["python-sql"]["daily_rows"] == ways["dbt-marts"]["daily_rows"] > 0
+    assert ways["python-sql"]["trips"] == ways["dbt-marts"]["trips"] == 6000
+    assert [p.name.startswith("marts-") for p in (tmp_path / "results").iterdir()] == [True]

@@ -32,6 +32,9 @@ KEYS = {layer: dg.AssetKey([layer, "green_trips"]) for layer in ("raw", "clean",
 ROWS = {"2020-10": 2_400, "2020-11": 2_600, "2020-12": 2_800}
 # The sensors that could start a run of a month once it is done.
 SENSORS = ["green_source_sensor", "landing_sensor", "taxi_automation"]
+# Each loaded month also re-creates the month's dbt staging views (a dbt run, its pool shared with the
+# warehouse loads): seconds on an idle machine, more than a minute under a load of 15.
+SETTLE = 300
 
 
 def publish(folder, month: str):
@@ -123,7 +126,9 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(tmp_path,
             )
             # Nothing runs again: every run has ended, and each sensor has since ticked twice, asking
             # for nothing.
-            wait_for("the sensors to settle", lambda: quiet(instance, SENSORS), timeout=120, details=details)
+            wait_for(
+                "the sensors to settle", lambda: quiet(instance, SENSORS), timeout=SETTLE, details=details
+            )
             assert {
                 layer: len(materializations(instance, layer, "2020-11")) for layer in KEYS
             } == dict.fromkeys(KEYS, 2)
@@ -155,7 +160,9 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(tmp_path,
                 details=details,
             )
             assert postgres_count(postgres_url, pg_schema, "2020-12") == clean["2020-12"]
-            wait_for("the sensors to settle", lambda: quiet(instance, SENSORS), timeout=120, details=details)
+            wait_for(
+                "the sensors to settle", lambda: quiet(instance, SENSORS), timeout=SETTLE, details=details
+            )
             assert not instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
     assert dagster.exit_codes == {"daemon": 0}, dagster.log("daemon")
     assert not dagster.outlived, "processes of the daemon outlived it (its code server, run workers)"

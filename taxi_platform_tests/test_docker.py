@@ -109,10 +109,10 @@ def lock(file: str) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("file", "sections"),
     [
-        ("runtime.txt", ["dependencies"]),
-        ("deploy.txt", ["dependencies", "deploy"]),
-        ("test.txt", ["dependencies", "test", "bigquery-emulator", "deploy", "bench"]),
-        ("bigquery-emulator.txt", ["dependencies", "bigquery-emulator"]),
+        ("runtime.txt", ["dependencies", "gcp"]),
+        ("deploy.txt", ["dependencies", "gcp", "deploy"]),
+        ("test.txt", ["dependencies", "test", "gcp", "bigquery-emulator", "deploy", "bench"]),
+        ("bigquery-emulator.txt", ["dependencies", "gcp", "bigquery-emulator"]),
     ],
 )
 def test_every_pin_of_pyproject_is_in_its_lock_at_the_same_version(file, sections):

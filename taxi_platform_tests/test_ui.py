@@ -33,6 +33,7 @@ BACKFILL_MONTHS = ("2020-11", "2020-12")
 SENSORS = ["taxi_automation", "landing_sensor"]
 BACKFILL = ("raw/green_trips", "clean/green_trips", "clean/green_trips_rejected", "postgres/green_trips")
 MART = dg.AssetKey(["marts", "monthly_summary"])
+MODEL_GROUPS = ("staging", "core", "marts")  # the dbt models' layers
 WAREHOUSE_GREEN = dg.AssetKey(["warehouse", "green_trips"])
 WAREHOUSE_ZONES = dg.AssetKey(["warehouse", "taxi_zones"])
 
@@ -111,7 +112,7 @@ def test_the_ui_in_a_real_browser(published, taxi_env, pg_schema, tmp_path, monk
         for key in keys
         if "green_trips" in key
         or "taxi_zones" in key
-        or graph.get(dg.AssetKey.from_user_string(key)).group_name == "marts"
+        or graph.get(dg.AssetKey.from_user_string(key)).group_name in MODEL_GROUPS
     }
     sensors = sorted(definitions.sensors or [], key=lambda s: s.name)
     has_mart = MART in graph.get_all_asset_keys()
@@ -147,7 +148,7 @@ def test_the_ui_in_a_real_browser(published, taxi_env, pg_schema, tmp_path, monk
             page.get_by_role("button", name="settings", exact=True).click()
             page.get_by_role("menuitem", name="Expand all groups").click()
             page.keyboard.press("Escape")
-            page.set_viewport_size({"width": 2400, "height": 6000})  # the graph draws what is in view
+            page.set_viewport_size({"width": 3600, "height": 6000})  # the graph draws what is in view
             page.reload()
             page.locator("[class*=AssetNode_assetName]").first.wait_for()
             # The edges are drawn after the nodes (once in CI none was drawn yet when every node was):
@@ -264,7 +265,10 @@ def test_the_ui_in_a_real_browser(published, taxi_env, pg_schema, tmp_path, monk
             )
             assert not failed_runs(instance), failed_runs(instance)
             phase(timings, "settle", started)
-            lineage = 'key:"*green_trips*" or key:"*taxi_zones*" or group:marts'  # green's, readable
+            # Green's lineage, readable: raw -> clean -> warehouse -> staging -> core -> marts.
+            lineage = 'key:"*green_trips*" or key:"*taxi_zones*" or ' + " or ".join(
+                f"group:{group}" for group in MODEL_GROUPS
+            )
             browser.goto("/asset-groups~" + quote(lineage, safe=""))
             green_edges = {(p, k) for p, k in edges if {p, k} <= green_lineage}
             wait_for(  # zoomed out to fit, the nodes show their names only (truncated): count them
@@ -280,7 +284,13 @@ def test_the_ui_in_a_real_browser(published, taxi_env, pg_schema, tmp_path, monk
                 ui.stop("daemon")  # nothing runs behind this process's back from here
                 # What the automation has not done yet, in this process, upstream first.
                 redo = False
-                for key in (WAREHOUSE_GREEN, WAREHOUSE_ZONES, *graph.get(MART).parent_keys, MART):
+                models = ("core/dim_zones", "staging/stg_green_trips", "marts/daily_zone_trips")
+                for key in (
+                    WAREHOUSE_GREEN,
+                    WAREHOUSE_ZONES,
+                    *map(dg.AssetKey.from_user_string, models),
+                    MART,
+                ):
                     month = "2020-11" if graph.get(key).partitions_def else None
                     done = (
                         month in instance.get_materialized_partitions(key)

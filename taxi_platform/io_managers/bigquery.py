@@ -6,7 +6,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import dagster as dg
 import pyarrow as pa
@@ -51,8 +51,6 @@ class BigQuerySQL(WarehouseSQL):
     """SQL in a BigQuery dataset."""
 
     bigquery: BigQueryResource
-    float_type: ClassVar[str] = "FLOAT64"
-    int_type: ClassVar[str] = "INT64"
 
     def table_id(self, name: str) -> str:
         return f"{self.bigquery.project}.{checked_name(self.dataset)}.{name}"
@@ -60,8 +58,15 @@ class BigQuerySQL(WarehouseSQL):
     def ref(self, name: str) -> str:
         return f"`{self.table_id(checked_name(name))}`"
 
-    def seconds_between(self, start: str, end: str) -> str:
-        return f"DATETIME_DIFF({end}, {start}, SECOND)"
+    def dbt_output(self) -> dict:
+        """dbt-bigquery with Application Default Credentials (oauth), as the client here finds them."""
+        return {
+            "type": "bigquery",
+            "method": "oauth",
+            "project": self.bigquery.project,
+            "dataset": self.dataset,
+            "location": self.bigquery.location,
+        }
 
     def execute(self, statement: str) -> pa.Table:
         with self.bigquery.get_client() as client:

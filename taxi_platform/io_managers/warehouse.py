@@ -15,8 +15,8 @@ Generic (asset keys, arrow schemas, partition time windows; no taxi knowledge):
   under `retry` (the one retry policy, `taxi_platform.retrying`; a warning each time in the run's
   log); any other error fails at once.
 - Schema drift: new columns are added; a changed type fails, naming the columns.
-- SQL in the warehouse (the marts' aggregations) goes through the `warehouse_sql` resource
-  (`WarehouseSQL`: DuckDBSQL here, BigQuerySQL), which the IO manager also stores through.
+- SQL in the warehouse goes through the `warehouse_sql` resource (`WarehouseSQL`: DuckDBSQL here,
+  BigQuerySQL), which the IO manager also stores through, and which gives dbt its connection.
 - BigQuery's back end is `taxi_platform.io_managers.bigquery` (imported by the gcp profile only).
 - Definition metadata `warehouse/lake_table: "clean/green_trips"` also (re)creates `<table>_lake`
   over that asset's Iceberg table in the lake at `lake_root`: a BigQuery external table, or a
@@ -28,7 +28,6 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar
 
 import dagster as dg
 import pyarrow as pa
@@ -65,11 +64,9 @@ class Window:
 
 
 class WarehouseSQL(RunLogged, ABC):
-    """SQL in the warehouse's dataset: what the marts run, in the few spellings the dialects differ."""
+    """SQL in the warehouse's dataset (what Dagster reads of the dbt models), and how dbt connects to it."""
 
     dataset: str = Field(default="taxi", description="Dataset (BigQuery) or schema (DuckDB).")
-    float_type: ClassVar[str] = "DOUBLE"
-    int_type: ClassVar[str] = "BIGINT"
 
     def table_id(self, name: str) -> str:
         return f"{self.dataset}.{name}"
@@ -79,16 +76,16 @@ class WarehouseSQL(RunLogged, ABC):
         """A table's name as SQL of this warehouse."""
 
     @abstractmethod
-    def seconds_between(self, start: str, end: str) -> str:
-        """SQL of the whole seconds from the DATETIME `start` to `end`."""
-
-    @abstractmethod
     def execute(self, statement: str) -> pa.Table:
         """Run a statement in the warehouse; its rows (none for DDL)."""
 
     @abstractmethod
     def tables(self) -> set[str]:
         """The names of the tables in the dataset."""
+
+    @abstractmethod
+    def dbt_output(self) -> dict:
+        """This warehouse as a dbt profile's output (connection and dataset; no credential)."""
 
 
 class WarehouseIOManager(dg.ConfigurableIOManager, LedgerSink):
@@ -168,8 +165,16 @@ class DuckDBSQL(WarehouseSQL):
     def ref(self, name: str) -> str:
         return f"{_quote(self.dataset)}.{_quote(checked_name(name))}"
 
-    def seconds_between(self, start: str, end: str) -> str:
-        return f"date_diff('second', {start}, {end})"
+    def dbt_output(self) -> dict:
+        """dbt-duckdb waits out another process's lock on the file with as many tries as `connect`
+        (its own backoff: 1, 2, 4, ... s; a budget without a count of tries: DUCKDB_LOCK's)."""
+        return {
+            "type": "duckdb",
+            "path": self.path,
+            "schema": self.dataset,
+            "settings": {"memory_limit": self.memory_limit},
+            "retries": {"connect_attempts": self.retry.tries or DUCKDB_LOCK.tries},
+        }
 
     def execute(self, statement: str) -> pa.Table:
         with self.connect() as con:  # DuckDB answers every statement with a result, DDL's without rows

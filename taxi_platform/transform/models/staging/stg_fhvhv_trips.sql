@@ -1,0 +1,28 @@
+-- The clean high-volume fhv trips in the models' vocabulary.
+select
+    trip_key,
+    'FHVHV' as service_type,
+    hvfhs_license_num,
+    dispatching_base_num,
+    pu_location_id as pickup_location_id,
+    do_location_id as dropoff_location_id,
+    pickup_datetime,
+    dropoff_datetime,
+    pickup_date,
+    sr_flag,
+    trip_miles,
+    trip_time,
+    base_passenger_fare,
+    tolls,
+    bcf,
+    sales_tax,
+    congestion_surcharge,
+    airport_fee,
+    tips,
+    driver_pay,
+    shared_request_flag,
+    shared_match_flag,
+    access_a_ride_flag,
+    wav_request_flag,
+    wav_match_flag
+from {{ source_or_empty('warehouse', 'fhvhv_trips') }}

@@ -1,0 +1,26 @@
+-- The clean yellow trips in the models' vocabulary (the course's column names).
+select
+    trip_key,
+    'Yellow' as service_type,
+    vendor_id,
+    ratecode_id as rate_code_id,
+    pu_location_id as pickup_location_id,
+    do_location_id as dropoff_location_id,
+    tpep_pickup_datetime as pickup_datetime,
+    tpep_dropoff_datetime as dropoff_datetime,
+    pickup_date,
+    store_and_fwd_flag,
+    passenger_count,
+    trip_distance,
+    cast(1 as {{ warehouse_type('bigint') }}) as trip_type,
+    fare_amount,
+    extra,
+    mta_tax,
+    tip_amount,
+    tolls_amount,
+    cast(0 as {{ warehouse_type('double') }}) as ehail_fee,
+    improvement_surcharge,
+    total_amount,
+    congestion_surcharge,
+    payment_type
+from {{ source_or_empty('warehouse', 'yellow_trips') }}
