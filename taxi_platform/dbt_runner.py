@@ -10,11 +10,13 @@ private folder for each run: no setting is read twice and no credential lands in
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import yaml
-from dagster_dbt import DbtCliInvocation, DbtCliResource, DbtProject
+from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtCliResource, DbtProject
 from pydantic import Field, PrivateAttr
 
 from taxi_platform.io_managers.warehouse import WarehouseSQL
@@ -43,7 +45,17 @@ class DbtWarehouseCli(dg.ConfigurableResource):
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         shutil.rmtree(self._profiles_dir, ignore_errors=True)
 
-    def cli(self, args: list[str], *, context: dg.AssetExecutionContext) -> DbtCliInvocation:
-        """`dbt <args>` for the assets and checks the context selects; errors are the caller's."""
+    def cli(
+        self,
+        args: list[str],
+        *,
+        context: dg.AssetExecutionContext | dg.OpExecutionContext,
+        manifest: Mapping[str, Any] | None = None,
+        translator: DagsterDbtTranslator | None = None,
+    ) -> DbtCliInvocation:
+        """`dbt <args>` for the assets and checks the context selects; from an op, whatever `args`
+        select, mapped to assets by `manifest` and `translator`. Errors are the caller's."""
         dbt = DbtCliResource(project_dir=TRANSFORM, profiles_dir=self._profiles_dir, target=self.target)
-        return dbt.cli(args, context=context, raise_on_error=False)
+        return dbt.cli(
+            args, context=context, manifest=manifest, dagster_dbt_translator=translator, raise_on_error=False
+        )

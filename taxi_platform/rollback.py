@@ -4,7 +4,8 @@ The lake publishes again, as a new version of each table (raw's index, clean, re
 chosen version held of the month (its files taken back, not copied); PostgreSQL and the warehouse
 then load that version, each writing its ledger row with `operation` "rollback". By default the
 version restored is the one before the current one, so rolling back a rollback restores what it
-undid. The marts follow the warehouse's month by their automation. README, "Operating".
+undid. Last, the dbt models downstream of the dataset's warehouse table (its staging view, the trip
+facts, the marts) are built again for the month, their tests judging it. README, "Operating".
 """
 
 from datetime import UTC, datetime
@@ -12,9 +13,11 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
+from taxi_platform.assets.models import rebuild_month
 from taxi_platform.assets.postgres_tables import build_postgres_asset
 from taxi_platform.assets.warehouse_tables import build_warehouse_asset
 from taxi_platform.datasets import DATASETS, PICKUP_DATE, DatasetSpec
+from taxi_platform.dbt_runner import DbtWarehouseCli
 from taxi_platform.lake.resource import Lake, version_of
 from taxi_platform.lake.tables import Version
 from taxi_platform.ledger import Audited
@@ -33,7 +36,8 @@ class RollbackConfig(dg.Config):
 
 @dg.op(
     description="Publish the chosen earlier version of the month again in the lake's raw, clean and "
-    "rejected tables, then load it into PostgreSQL and the warehouse."
+    "rejected tables, load it into PostgreSQL and the warehouse, and build the month's models on it.",
+    pool="warehouse_loads",  # it writes the warehouse and runs dbt, as the warehouse assets do
 )
 def rollback_month_op(
     context: dg.OpExecutionContext,
@@ -41,6 +45,7 @@ def rollback_month_op(
     lake: Lake,
     postgres_io_manager: dg.ResourceParam[dg.IOManager],
     warehouse_io_manager: dg.ResourceParam[dg.IOManager],
+    dbt: DbtWarehouseCli,
 ):
     spec = _spec(config.dataset)
     month, run_id = config.month, context.run_id
@@ -96,6 +101,7 @@ def rollback_month_op(
                 "operation": "rollback",
             },
         )
+    yield from rebuild_month(context, dbt, spec.warehouse_key.path[-1], month)
     yield dg.Output(None)
 
 
@@ -122,8 +128,8 @@ def _target(versions: list[Version], config: RollbackConfig) -> Version:
 
 @dg.job(
     name="rollback_month",
-    description="Put a dataset's month back to an earlier version in the lake, PostgreSQL and the "
-    "warehouse; config: dataset, month, and optionally the run whose version to restore.",
+    description="Put a dataset's month back to an earlier version in the lake, PostgreSQL, the "
+    "warehouse and its models; config: dataset, month, and optionally the run whose version to restore.",
     tags={"kind": "rollback"},
 )
 def rollback_month():

@@ -1,10 +1,10 @@
 """Every month a version: a wrong month rolled back in the lake and every sink, and rolled back again;
 the vacuum's retention; an old parquet lake converted.
 
-Green 2020-10 is published (version 1), then republished with every amount doubled, which passes every
-check (version 2); `rollback_month` puts it back. Each state is read from the stores themselves: the
-lake's tables through their readers (rows and sha256 of the rows), PostgreSQL and the DuckDB warehouse
-(rows and md5 of the rows), and the PostgreSQL ledger.
+Green 2020-10 is published with its dbt models (version 1), then republished with every amount doubled,
+which passes every check (version 2); `rollback_month` puts it back. Each state is read from the stores
+themselves: the lake's tables through their readers (rows and sha256 of the rows), PostgreSQL, the
+DuckDB warehouse and its models (rows and md5 of the rows), and the PostgreSQL ledger.
 """
 
 import csv
@@ -12,6 +12,7 @@ import io
 from datetime import date
 
 import dagster as dg
+import duckdb
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,6 +33,7 @@ from taxi_platform_tests.helpers import (
     materialize,
 )
 from taxi_platform_tests.test_faults import EVERY_STORE, MONTH, SOURCE, published_state, served_lines
+from taxi_platform_tests.test_models import DIMENSIONS, MODELS
 
 pytestmark = pytest.mark.postgres
 AMOUNTS = (
@@ -59,6 +61,37 @@ def doubled(lines: list[str]) -> bytes:
     return gzip_csv(out.getvalue())
 
 
+# The models built on green trips, each with its month column.
+GREEN_MODELS = {
+    "fct_trips": "pickup_date",
+    "fct_monthly_zone_revenue": "revenue_month",
+    "daily_zone_trips": "pickup_date",
+    "monthly_summary": "pickup_date",
+}
+
+
+def models_state(data_dir) -> dict[str, tuple]:
+    """(rows, md5 of the rows) of the month in each model table of the warehouse, doubles to 9
+    decimals (DuckDB adds a month's doubles in no fixed order: their last bits vary between builds)."""
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+
+        def digest(table: str, column: str) -> tuple:
+            columns = con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = 'taxi' AND table_name = ? ORDER BY ordinal_position",
+                [table],
+            ).fetchall()
+            values = ", ".join(f"round({name}, 9)" if kind == "DOUBLE" else name for name, kind in columns)
+            return con.execute(
+                "SELECT count(*), md5(coalesce(string_agg(row, '|' ORDER BY row), ''))"
+                f" FROM (SELECT CAST(({values}) AS VARCHAR) AS row FROM taxi.{table}"
+                f" WHERE strftime({column}, '%Y-%m') = ?)",
+                [MONTH],
+            ).fetchone()
+
+        return {table: digest(table, column) for table, column in GREEN_MODELS.items()}
+
+
 def roll_back(**config) -> dg.ExecuteInProcessResult:
     job = defs().resolve_job_def("rollback_month")
     return job.execute_in_process(
@@ -81,17 +114,24 @@ def test_a_wrong_month_is_rolled_back_everywhere_and_the_rollback_rolled_back(
     taxi_env, published, publish, postgres_url, pg_schema
 ):
     def state():
-        return published_state(taxi_env, postgres_url, pg_schema)
+        return {**published_state(taxi_env, postgres_url, pg_schema), "models": models_state(taxi_env)}
 
+    materialize("reference/taxi_zones", "warehouse/taxi_zones")
+    materialize(*DIMENSIONS)
     first = materialize(*EVERY_STORE, partition=MONTH)
+    materialize(*MODELS, partition=MONTH)
     version_1 = state()
     publish(SOURCE, doubled(served_lines(published)))
     materialize(*EVERY_STORE, partition=MONTH)
+    materialize(*MODELS, partition=MONTH)
     version_2 = state()
     assert version_2["postgres"][0] == version_1["postgres"][0]  # the same trips, other amounts
     assert version_2["postgres"][1] != version_1["postgres"][1]
     assert version_2["warehouse"] != version_1["warehouse"]
     assert version_2["lake"]["clean/green_trips"] != version_1["lake"]["clean/green_trips"]
+    for table, (rows, md5) in version_2["models"].items():
+        assert rows == version_1["models"][table][0] > 0, table
+        assert md5 != version_1["models"][table][1], table  # every model holds an amount
 
     result = roll_back()
     assert result.success
@@ -103,7 +143,17 @@ def test_a_wrong_month_is_rolled_back_everywhere_and_the_rollback_rolled_back(
         (event.materialization.asset_key.to_user_string(), event.materialization.partition)
         for event in result.get_asset_materialization_events()
     }
-    assert restored == {(key, MONTH) for key in EVERY_STORE}
+    models = {"staging/stg_green_trips", "core/fct_trips_pending", "core/fct_trips"}
+    models |= {
+        f"marts/{name}" for name in ("fct_monthly_zone_revenue", "daily_zone_trips", "monthly_summary")
+    }
+    assert restored == {(key, MONTH) for key in (*EVERY_STORE, *models)}
+    judged = [
+        e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    assert judged and all(check.passed and check.metadata["judged"].value == MONTH for check in judged)
 
     assert roll_back().success  # the version before the rollback: version 2 again
     assert state() == version_2

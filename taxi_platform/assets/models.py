@@ -15,6 +15,7 @@ the `warehouse/…` tables; the dbt tests as their asset checks.
 import json
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
+from functools import cache
 from typing import Any
 
 import dagster as dg
@@ -89,15 +90,26 @@ def _monthly(dbt_resource_props: Mapping[str, Any]) -> bool:
     return MONTHLY_TAG in dbt_resource_props.get("tags", [])
 
 
-def build_model_assets() -> list[dg.AssetsDefinition]:
-    """The monthly models, and the dimensions with the seed (the manifest read once)."""
+@cache
+def _manifest() -> Mapping[str, Any]:
+    """The prepared manifest, read once per process."""
     TRANSFORM.prepare_if_dev()
     if not TRANSFORM.manifest_path.exists():
         raise FileNotFoundError(
             f"{TRANSFORM.manifest_path} is missing: prepare the dbt project first with"
             " `dagster-dbt project prepare-and-package --file taxi_platform/dbt_runner.py`"
         )
-    manifest = json.loads(TRANSFORM.manifest_path.read_text())
+    return json.loads(TRANSFORM.manifest_path.read_text())
+
+
+def _month_vars(window: dg.TimeWindow) -> dict[str, str]:
+    """The dbt vars of the monthly models: the months' first day and the day after the last."""
+    return {"month_start": window.start.date().isoformat(), "month_end": window.end.date().isoformat()}
+
+
+def build_model_assets() -> list[dg.AssetsDefinition]:
+    """The monthly models, and the dimensions with the seed."""
+    manifest = _manifest()
     model_meta = {
         TRANSLATOR.get_asset_key(node): node["config"]["meta"]
         for node in manifest["nodes"].values()
@@ -120,8 +132,7 @@ def build_model_assets() -> list[dg.AssetsDefinition]:
         warehouse_sql: WarehouseSQL,
         config: ModelsConfig,
     ) -> Iterator:
-        window = context.partition_time_window
-        months = {"month_start": window.start.date().isoformat(), "month_end": window.end.date().isoformat()}
+        months = _month_vars(context.partition_time_window)
         args = ["build", "--full-refresh"] if config.full_refresh else ["build", "--vars", json.dumps(months)]
         judged = "every month" if config.full_refresh else ", ".join(context.partition_keys)
         invocation = dbt.cli(args, context=context)
@@ -152,6 +163,37 @@ def build_model_assets() -> list[dg.AssetsDefinition]:
         _raise_if_failed(invocation)
 
     return [monthly_models, dimensions]
+
+
+def rebuild_month(
+    context: dg.OpExecutionContext, dbt: DbtWarehouseCli, table: str, month: str
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """From an op (`rollback_month`): the monthly models downstream of the warehouse table `table`
+    built for `month` as their assets build it, each model's materialization and each test's
+    evaluation of the month; a failed model or test fails the op, as it fails the assets' step."""
+    months = _month_vars(MONTHS.time_window_for_partition_key(month))
+    selection = f"source:warehouse.{table}+,{MONTHLY}"
+    invocation = dbt.cli(
+        ["build", "--select", selection, "--vars", json.dumps(months)],
+        context=context,
+        manifest=_manifest(),
+        translator=TRANSLATOR,
+    )
+    for event in invocation.stream():
+        if isinstance(event, dg.AssetMaterialization):
+            yield dg.AssetMaterialization(event.asset_key, metadata=event.metadata, partition=month)
+        elif isinstance(event, dg.AssetCheckEvaluation):
+            yield dg.AssetCheckEvaluation(
+                asset_key=event.asset_key,
+                check_name=event.check_name,
+                passed=event.passed,
+                metadata={**event.metadata, "judged": month},
+                severity=event.severity,
+                description=event.description,
+                blocking=event.blocking,
+                partition=month,
+            )
+    _raise_if_failed(invocation)
 
 
 def _judging(invocation: DbtCliInvocation, judged: str) -> Iterator:
