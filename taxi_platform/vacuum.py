@@ -15,11 +15,23 @@ def vacuum_lake_op(context: dg.OpExecutionContext, lake: Lake) -> dg.Output:
     tables = [(ZONES, False)]
     tables += [(spec.raw_key, True) for spec in DATASETS.values()]
     tables += [(key, False) for spec in DATASETS.values() for key in (spec.clean_key, spec.rejected_key)]
-    removed = {}
+    removed, metadata_removed = {}, 0
     for key, versioned in tables:
-        removed[key.to_user_string()] = len(lake.vacuum(key, versioned))
-        context.log.info(f"{key.to_user_string()}: {removed[key.to_user_string()]} files removed")
-    return dg.Output(None, metadata={"files_removed": sum(removed.values()), **removed})
+        vacuumed = lake.vacuum(key, versioned)
+        name = key.to_user_string()
+        removed[name] = len(vacuumed.data_files)
+        metadata_removed += len(vacuumed.metadata_files)
+        context.log.info(
+            f"{name}: {removed[name]} data files and {len(vacuumed.metadata_files)} metadata files removed"
+        )
+    return dg.Output(
+        None,
+        metadata={
+            "files_removed": sum(removed.values()),
+            "metadata_files_removed": metadata_removed,
+            **removed,
+        },
+    )
 
 
 @dg.job(name="vacuum_lake", description="Remove the lake's files that no version within the retention reads.")

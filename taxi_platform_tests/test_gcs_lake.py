@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from taxi_platform.definitions import defs
+from taxi_platform.lake.resource import Vacuumed
 from taxi_platform.lake.tables import PublishConflict
 from taxi_platform_tests.helpers import (
     course_counts,
@@ -108,9 +109,10 @@ def test_every_version_is_readable_and_vacuum_keeps_the_current_one(gcs):
         2,
         1,
     ]
-    assert gcs.lake(retention_days=1).lake.vacuum(KEY) == []
+    assert gcs.lake(retention_days=1).lake.vacuum(KEY) == Vacuumed([], [])
     removed = gcs.lake(retention_days=0).lake.vacuum(KEY)
-    assert len(removed) == 2 and len(data_objects(gcs)) == 1
+    assert len(removed.data_files) == 2 and len(data_objects(gcs)) == 1
+    assert removed.metadata_files  # the expired versions' manifest lists and manifests
     assert read(lake, "2020-03").to_pydict() == {"n": [0, 1, 2], "day": [date(2020, 3, 3)] * 3}
 
 

@@ -3,6 +3,7 @@ staged data invisible until published, versions kept and vacuumed."""
 
 import threading
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -14,7 +15,7 @@ from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.arrow_data import BATCH_ROWS, prefetched
 from taxi_platform.lake import staging as staging_module
 from taxi_platform.lake.lake_io_manager import LakeIOManager
-from taxi_platform.lake.resource import Lake, version_of
+from taxi_platform.lake.resource import Lake, Vacuumed, version_of
 from taxi_platform.lake.staging import BUFFERED_ROWS
 from taxi_platform.lake.tables import PublishConflict
 from taxi_platform_tests.helpers import lake_files
@@ -254,12 +255,18 @@ def test_every_version_of_a_month_is_readable_and_vacuum_keeps_what_retention_al
     ] == [3, 2, 1]
     assert [v.details["2020-03"]["rows"] for v in versions] == [3, 2, 1]
     kept = io_manager(tmp_path, retention_days=1)
-    assert kept.lake.vacuum(KEY) == []  # every replaced file is younger than a day
+    assert kept.lake.vacuum(KEY) == Vacuumed([], [])  # every replaced file is younger than a day
     assert kept.lake.read(KEY, "2020-03", MONTHS, "day", version=1).count_rows() == 1
     gone = io_manager(tmp_path, retention_days=0)
     removed = gone.lake.vacuum(KEY)
-    assert len(removed) == 2  # the files of versions 1 and 2
+    assert len(removed.data_files) == 2  # the files of versions 1 and 2
     assert read(gone, "2020-03").to_pydict() == {"n": [0, 1, 2], "day": [date(2020, 3, 3)] * 3}
+    # The expired versions' manifest lists and manifests went; what the current metadata names stays.
+    table = gone.lake.table(KEY)
+    metadata = Path(table.location.removeprefix("file://"), "metadata")
+    left = {str(path) for path in metadata.iterdir() if path.name != "version-hint.text"}
+    assert removed.metadata_files and not left & set(removed.metadata_files)
+    assert left == {name.removeprefix("file://") for name in table.metadata_files()}
 
 
 def small_batches(count: int, rows: int, *days: date) -> pa.RecordBatchReader:

@@ -15,6 +15,7 @@ use this resource; Dagster's IO manager (taxi_platform/lake/lake_io_manager.py) 
 """
 
 import posixpath
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -34,6 +35,14 @@ CATALOG_FILE = "catalog.db"  # the SQLite catalog of a local lake, in its root
 # A loaded dataset's schema metadata names the table version it was read at (`version_of`).
 VERSION_KEY = b"lake_version"
 _INDEX_SCHEMA = pa.schema([("file", pa.string()), ("rows", pa.int64()), (PARTITION_KEY, pa.string())])
+
+
+@dataclass(frozen=True)
+class Vacuumed:
+    """What a table's vacuum removed: data files, and metadata files (old metadata, manifests)."""
+
+    data_files: list[str]
+    metadata_files: list[str]
 
 
 class Lake(dg.ConfigurableResource):
@@ -203,19 +212,19 @@ class Lake(dg.ConfigurableResource):
             return []
         return [v for v in table.versions() if partition is None or partition in v.partitions]
 
-    def vacuum(self, key: dg.AssetKey, versioned_files: bool = False) -> list[str]:
+    def vacuum(self, key: dg.AssetKey, versioned_files: bool = False) -> Vacuumed:
         """Forget the versions older than the retention (never the current one), then remove the files
-        no remaining version reads, and files no commit ever took (a killed writer's), once older than
-        the retention. Returns the files removed."""
+        no remaining version reads, files no commit ever took (a killed writer's), and the metadata
+        the current metadata no longer names, once older than the retention."""
         table = self.table(key, versioned_files)
         if not table.exists():
-            return []
+            return Vacuumed([], [])
         retention = timedelta(days=self.retention_days)
         before = datetime.now(UTC) - retention
         live = {_path(f) for f in table.expire(retention)}
         folder = self.path(key)
         table_folder = f"{folder}/{INDEX}" if versioned_files else folder
-        removed = self._remove_unread(f"{table_folder}/data", live, before, recursive=True)
+        removed = self._remove_unread(f"{table_folder}/data", live, before, (".parquet",), recursive=True)
         if versioned_files:  # and the data files that no remaining index version names
             index = file_dataset(self.filesystem()[0], sorted(live), None)
             named = (
@@ -223,15 +232,24 @@ class Lake(dg.ConfigurableResource):
                 if live
                 else set()
             )
-            removed += self._remove_unread(folder, named, before, recursive=False)
-        return sorted(removed)
+            removed += self._remove_unread(folder, named, before, (".parquet",), recursive=False)
+        metadata = self._remove_unread(
+            f"{table_folder}/metadata",
+            {_path(f) for f in table.metadata_files()},
+            before,
+            (".avro", ".metadata.json"),
+            recursive=False,
+        )
+        return Vacuumed(sorted(removed), metadata)
 
-    def _remove_unread(self, folder: str, live: set[str], before: datetime, recursive: bool) -> list[str]:
+    def _remove_unread(
+        self, folder: str, live: set[str], before: datetime, suffixes: tuple[str, ...], recursive: bool
+    ) -> list[str]:
         fs, _ = self.filesystem()
         removed = []
         for info in fs.get_file_info(pafs.FileSelector(folder, recursive=recursive, allow_not_found=True)):
             mtime = info.mtime if info.mtime is None or info.mtime.tzinfo else info.mtime.replace(tzinfo=UTC)
-            if info.type != pafs.FileType.File or not info.path.endswith(".parquet") or info.path in live:
+            if info.type != pafs.FileType.File or not info.path.endswith(suffixes) or info.path in live:
                 continue
             if mtime is not None and mtime < before:
                 fs.delete_file(info.path)

@@ -184,6 +184,16 @@ class IcebergTable:
             return set()
         return set(table.inspect.all_files().column("file_path").to_pylist())
 
+    def metadata_files(self) -> set[str]:
+        """The metadata files the current metadata names: itself and the earlier metadata in its log,
+        the manifest lists of its snapshots and their manifests."""
+        table = self.load()
+        named = {table.metadata_location, *(entry.metadata_file for entry in table.metadata.metadata_log)}
+        named |= {snapshot.manifest_list for snapshot in table.snapshots()}
+        if table.snapshots():
+            named |= set(table.inspect.all_manifests().column("path").to_pylist())
+        return named
+
     def _write_version_hint(self, table: Table) -> None:
         """Point readers that find tables by folder (DuckDB's iceberg_scan) at the current metadata: a
         hint written after the commit, so it names a committed version, at worst the one before."""
