@@ -21,3 +21,14 @@
   {%- else -%} date_diff('minute', {{ start }}, {{ end }})
   {%- endif -%}
 {%- endmacro %}
+
+{% macro zone_columns() -%}
+  {#- A trip's pickup and dropoff location ids with their zone and borough: from a select whose trips
+      are `t` and whose dim_zones are joined as `pz` (pickup) and `dz` (dropoff). -#}
+    t.pickup_location_id,
+    pz.borough as pickup_borough,
+    pz.zone as pickup_zone,
+    t.dropoff_location_id,
+    dz.borough as dropoff_borough,
+    dz.zone as dropoff_zone
+{%- endmacro %}
