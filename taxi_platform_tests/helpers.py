@@ -283,3 +283,27 @@ def lake_digests(data_dir: Path, key: str) -> dict[str, tuple[int, str]]:
         rows = sorted(map(repr, table.to_pylist()))
         digests[partition] = (table.num_rows, hashlib.sha256("\n".join(rows).encode()).hexdigest())
     return digests
+
+
+def load_input(
+    manager: dg.IOManager,
+    key: tuple[str, ...],
+    partitions_def: dg.PartitionsDefinition,
+    month: str | None = None,
+    key_range: dg.PartitionKeyRange | None = None,
+    metadata: dict | None = None,
+):
+    """What `manager` gives a downstream step of the asset `key` (its definition metadata `metadata`):
+    one month, a range, or the whole table."""
+    asset_key = dg.AssetKey(list(key))
+    with (
+        dg.build_output_context(asset_key=asset_key, definition_metadata=metadata) as upstream,
+        dg.build_input_context(
+            asset_key=asset_key,
+            partition_key=month,
+            asset_partition_key_range=key_range,
+            asset_partitions_def=partitions_def if month or key_range else None,
+            upstream_output=upstream,
+        ) as context,
+    ):
+        return manager.load_input(context)

@@ -22,7 +22,13 @@ from taxi_platform.io_managers.postgres import (
     PostgresWriteError,
     pg_type,
 )
-from taxi_platform_tests.helpers import course_counts, green_trip_keys, materializations, materialize
+from taxi_platform_tests.helpers import (
+    course_counts,
+    green_trip_keys,
+    load_input,
+    materializations,
+    materialize,
+)
 from taxi_platform_tests.test_warehouse import clean_counts, release, served_zones
 
 # pgserver (the embedded server, imported by the IO manager when it has no URL) asks platformdirs for a
@@ -167,17 +173,7 @@ def read(
     key=("postgres", "trips"),
     key_range: dg.PartitionKeyRange | None = None,
 ):
-    with (
-        dg.build_output_context(asset_key=dg.AssetKey(list(key)), definition_metadata=metadata) as upstream,
-        dg.build_input_context(
-            asset_key=dg.AssetKey(list(key)),
-            partition_key=month,
-            asset_partition_key_range=key_range,
-            asset_partitions_def=MONTHS if month or key_range else None,
-            upstream_output=upstream,
-        ) as context,
-    ):
-        return manager.load_input(context)
+    return load_input(manager, key, MONTHS, month, key_range, metadata)
 
 
 def tables_in(url: str, schema: str) -> list[str]:

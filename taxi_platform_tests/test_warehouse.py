@@ -17,7 +17,13 @@ from taxi_platform.lake.lake_io_manager import LakeIOManager
 from taxi_platform.lake.resource import Lake
 from taxi_platform.ledger import LEDGER_SCHEMA, Audited
 from taxi_platform.retrying import RetrySettings
-from taxi_platform_tests.helpers import course_counts, green_trip_keys, materializations, materialize
+from taxi_platform_tests.helpers import (
+    course_counts,
+    green_trip_keys,
+    load_input,
+    materializations,
+    materialize,
+)
 from taxi_platform_tests.test_lake import MONTHS, days, write
 
 pytestmark = pytest.mark.fast
@@ -157,17 +163,7 @@ def store(manager, obj, month=None, key=("warehouse", "trips"), metadata=None, k
 
 
 def load(manager, month=None, key=("warehouse", "trips"), key_range=None):
-    with (
-        dg.build_output_context(asset_key=dg.AssetKey(list(key)), definition_metadata=BY_DAY) as upstream,
-        dg.build_input_context(
-            asset_key=dg.AssetKey(list(key)),
-            partition_key=month,
-            asset_partition_key_range=key_range,
-            asset_partitions_def=MONTHS if month or key_range else None,
-            upstream_output=upstream,
-        ) as context,
-    ):
-        return manager.load_input(context)
+    return load_input(manager, key, MONTHS, month, key_range, BY_DAY)
 
 
 def duckdb_warehouse(tmp_path, **options) -> DuckDBWarehouse:
