@@ -114,9 +114,15 @@ def write_audited(
     rows, provenance = unwrap(obj, keys)
     if provenance is None:
         return write(rows, None)
-    try:
+    def ledger(loaded: Mapping[str | None, int | None]) -> pa.Table:
+        # Again where PostgreSQL's write holds the month's writer lock, in the data's transaction: a
+        # newer version that another writer committed while this one waited is not overwritten.
         refuse_older(context, provenance, sink)
-        return write(rows, lambda loaded: ledger_rows(context, provenance, loaded))
+        return ledger_rows(context, provenance, loaded)
+
+    try:
+        refuse_older(context, provenance, sink)  # before any row moves
+        return write(rows, ledger)
     except Exception as error:
         record_failure(context, provenance, error, sink)
         raise

@@ -9,6 +9,8 @@ DuckDB warehouse and its models (rows and md5 of the rows), and the PostgreSQL l
 
 import csv
 import io
+import threading
+import time
 from datetime import date
 
 import dagster as dg
@@ -22,7 +24,7 @@ from taxi_platform.datasets import DATASETS
 from taxi_platform.definitions import defs
 from taxi_platform.io_managers.postgres import PostgresIOManager
 from taxi_platform.io_managers.warehouse import DuckDBSQL, DuckDBWarehouse
-from taxi_platform.lake.resource import Lake
+from taxi_platform.lake.resource import Lake, version_of
 from taxi_platform.ledger import Audited, StaleLakeVersion
 from taxi_platform_tests.helpers import (
     green_trip_keys,
@@ -301,3 +303,57 @@ def test_a_sink_refuses_a_lake_version_older_than_the_one_it_holds(
             f'SELECT error FROM "{pg_schema}".load_audit WHERE outcome = %s', ["failed"]
         ).fetchone()
     assert failed.startswith("postgres/green_trips: refused to load lake versions older than those it holds")
+
+
+@pytest.mark.faults
+def test_a_newer_version_committed_while_a_postgres_writer_waits_for_the_month_is_not_overwritten(
+    taxi_env, postgres_url, pg_schema
+):
+    """A load of the month passes the first check, then waits for the month's writer lock; meanwhile
+    another writer commits a newer version (its ledger row). The waiting load refuses in its own
+    transaction, after the lock: the month stays as the winner left it."""
+    materialize(*EVERY_STORE, partition=MONTH)
+    before = published_state(taxi_env, postgres_url, pg_schema)
+    spec = DATASETS["green"]
+    lake = Lake(root=str(taxi_env / "lake"))
+    current = lake.read(spec.clean_key, MONTH, spec.partitions_def, "pickup_date")
+    version = version_of(current)
+    asset = defs().get_assets_def(spec.postgres_key)
+    manager = PostgresIOManager(url=postgres_url, db_schema=pg_schema)
+    outcome: list[BaseException | None] = []
+
+    def load_again() -> None:
+        with dg.build_output_context(
+            asset_key=spec.postgres_key,
+            partition_key=MONTH,
+            asset_partitions_def=spec.partitions_def,
+            definition_metadata=asset.specs_by_key[spec.postgres_key].metadata,
+        ) as context:
+            try:
+                manager.handle_output(context, Audited(current, {"lake_version": version}))
+                outcome.append(None)
+            except Exception as error:
+                outcome.append(error)
+
+    audit = f'"{pg_schema}".load_audit'
+    with psycopg.connect(postgres_url) as winner:
+        winner.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"{pg_schema}.green_trips_2020_10"])
+        loader = threading.Thread(target=load_again)
+        loader.start()
+        deadline = time.monotonic() + 60
+        while not winner.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchone()[0]:
+            assert loader.is_alive() and time.monotonic() < deadline, "the load never waited for the lock"
+            time.sleep(0.1)
+        winner.execute(
+            f"CREATE TEMP TABLE newer AS SELECT * FROM {audit}"
+            " WHERE asset_key = 'postgres/green_trips' AND outcome = 'published' LIMIT 1"
+        )
+        winner.execute("UPDATE newer SET lake_version = lake_version + 1, run_id = 'the-winner'")
+        winner.execute(f"INSERT INTO {audit} SELECT * FROM newer")
+    loader.join(timeout=60)
+    (error,) = outcome
+    assert isinstance(error, StaleLakeVersion)
+    assert f"{MONTH} version {version} < {version + 1}" in str(error)
+    assert published_state(taxi_env, postgres_url, pg_schema) == before
