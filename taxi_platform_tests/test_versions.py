@@ -9,9 +9,11 @@ DuckDB warehouse and its models (rows and md5 of the rows), and the PostgreSQL l
 
 import csv
 import io
+import re
 import threading
 import time
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -357,3 +359,22 @@ def test_a_newer_version_committed_while_a_postgres_writer_waits_for_the_month_i
     assert isinstance(error, StaleLakeVersion)
     assert f"{MONTH} version {version} < {version + 1}" in str(error)
     assert published_state(taxi_env, postgres_url, pg_schema) == before
+
+
+def test_the_readme_recipe_reads_the_current_and_an_earlier_version_of_a_month(taxi_env, published, publish):
+    """The README's Python block, run as written on a lake with two versions of the month (the second
+    with every amount doubled)."""
+    materialize(*green_trip_keys(), partition=MONTH)
+    publish(SOURCE, doubled(served_lines(published)))
+    materialize(*green_trip_keys(), partition=MONTH)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "SqlCatalog" in b]
+    code = re.sub(r'^LAKE = ".*"', f'LAKE = "{taxi_env / "lake"}"', block, count=1, flags=re.M)
+    recipe: dict = {}
+    exec(code, recipe)
+    spec = DATASETS["green"]
+    lake = Lake(root=str(taxi_env / "lake"))
+    rows = lake.read(spec.clean_key, MONTH, spec.partitions_def, "pickup_date").count_rows()
+    assert len(recipe["current"]) == len(recipe["earlier"]) == recipe["trips"][0] == rows > 0
+    fares = (recipe["current"]["fare_amount"].sum(), recipe["earlier"]["fare_amount"].sum())
+    assert fares[0] == pytest.approx(2 * fares[1])
