@@ -114,6 +114,7 @@ def write_audited(
     rows, provenance = unwrap(obj, keys)
     if provenance is None:
         return write(rows, None)
+
     def ledger(loaded: Mapping[str | None, int | None]) -> pa.Table:
         # Again where PostgreSQL's write holds the month's writer lock, in the data's transaction: a
         # newer version that another writer committed while this one waited is not overwritten.

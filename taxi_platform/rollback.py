@@ -4,20 +4,25 @@ The lake publishes again, as a new version of each table (raw's index, clean, re
 chosen version held of the month (its files taken back, not copied); PostgreSQL and the warehouse
 then load that version, each writing its ledger row with `operation` "rollback". By default the
 version restored is the one before the current one, so rolling back a rollback restores what it
-undid. Last, the dbt models downstream of the dataset's warehouse table (its staging view, the trip
-facts, the marts) are built again for the month, their tests judging it. README, "Operating".
+undid. The version is judged first by the clean month's blocking checks, all but the shrink guard,
+with the rules its run relaxed; one that fails is not restored. Last, the dbt models downstream of the
+dataset's warehouse table (its staging view, the trip facts, the marts) are built again for the
+month, their tests judging it. README, "Operating".
 """
 
 from datetime import UTC, datetime
 
 import dagster as dg
+import pyarrow.dataset as ds
 from pydantic import Field
 
 from taxi_platform.assets.models import rebuild_month
 from taxi_platform.assets.postgres_tables import build_postgres_asset
 from taxi_platform.assets.warehouse_tables import build_warehouse_asset
+from taxi_platform.checks.blocking import CHECKS, RELAXED_RULES, SHRINK_GUARD, month_findings
 from taxi_platform.datasets import DATASETS, PICKUP_DATE, DatasetSpec
 from taxi_platform.dbt_runner import DbtWarehouseCli
+from taxi_platform.io_managers.warehouse import WarehouseSQL
 from taxi_platform.lake.resource import Lake, version_of
 from taxi_platform.lake.tables import Version
 from taxi_platform.ledger import Audited
@@ -46,6 +51,7 @@ def rollback_month_op(
     postgres_io_manager: dg.ResourceParam[dg.IOManager],
     warehouse_io_manager: dg.ResourceParam[dg.IOManager],
     dbt: DbtWarehouseCli,
+    warehouse_sql: WarehouseSQL,
 ):
     spec = _spec(config.dataset)
     month, run_id = config.month, context.run_id
@@ -58,16 +64,25 @@ def rollback_month_op(
         (spec.clean_key, PICKUP_DATE, False),
         (spec.rejected_key, None, False),
     )
+    kept = {key: _kept(lake, key, month, versioned, target) for key, _, versioned in tables}
+    results = _judged(lake, spec, month, kept, target)
+    failed = [result for result in results if not result.passed]
+    if failed:
+        yield from results
+        raise dg.Failure(
+            f"{spec.name} {month}: the version of run {target.run_id} fails "
+            + "; ".join(f"{r.check_name} ({r.metadata['finding'].value})" for r in failed)
+            + "; nothing was rolled back, the published month is unchanged",
+            allow_retries=False,
+        )
     for key, column, versioned in tables:
-        held = [v for v in lake.versions(key, month, versioned) if v.run_id == target.run_id]
-        if not held:
-            raise dg.Failure(f"{key.to_user_string()} {month}: no version by run {target.run_id} is kept")
-        version = lake.restore(key, month, held[0].version, run_id, spec.partitions_def, column, versioned)
+        version = lake.restore(key, month, kept[key], run_id, spec.partitions_def, column, versioned)
         yield dg.AssetMaterialization(
             asset_key=key,
             partition=month,
             metadata={"lake_version": version, "restored_run_id": target.run_id, "operation": "rollback"},
         )
+    yield from results  # after the clean materialization: they judge the restored version
     rows = lake.read(spec.clean_key, month, spec.partitions_def, PICKUP_DATE)
     known = {
         **target.details.get(month, {}),
@@ -101,7 +116,7 @@ def rollback_month_op(
                 "operation": "rollback",
             },
         )
-    yield from rebuild_month(context, dbt, spec.warehouse_key.path[-1], month)
+    yield from rebuild_month(context, dbt, warehouse_sql, spec.name, month)
     yield dg.Output(None)
 
 
@@ -109,6 +124,48 @@ def _spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise dg.Failure(f"no dataset {name!r}: one of {', '.join(DATASETS)}", allow_retries=False)
     return DATASETS[name]
+
+
+def _kept(lake: Lake, key: dg.AssetKey, month: str, versioned: bool, target: Version) -> int:
+    """The version of the table that the target's run published."""
+    held = [v.version for v in lake.versions(key, month, versioned) if v.run_id == target.run_id]
+    if not held:
+        raise dg.Failure(f"{key.to_user_string()} {month}: no version by run {target.run_id} is kept")
+    return held[0]
+
+
+def _judged(
+    lake: Lake, spec: DatasetSpec, month: str, kept: dict[dg.AssetKey, int], target: Version
+) -> list[dg.AssetCheckEvaluation]:
+    """The blocking checks of the version to restore, with the rules its run relaxed; all but the
+    shrink guard (a rollback restores a month that was published)."""
+    relaxed = set(filter(None, target.details.get(month, {}).get(RELAXED_RULES, "").split(",")))
+    clean = lake.read(spec.clean_key, month, spec.partitions_def, PICKUP_DATE, version=kept[spec.clean_key])
+    assert isinstance(clean, ds.FileSystemDataset)
+    findings = month_findings(
+        spec,
+        # The files as written, as the ingest step judged them (the table's reader widens strings).
+        ds.dataset(clean.files, filesystem=clean.filesystem, format="parquet"),
+        lake.read(spec.raw_key, month, versioned_files=True, version=kept[spec.raw_key]).count_rows(),
+        lake.read(
+            spec.rejected_key, month, spec.partitions_def, version=kept[spec.rejected_key]
+        ).count_rows(),
+        spec.partitions_def.time_window_for_partition_key(month),
+        relaxed,
+    )
+    return [
+        dg.AssetCheckEvaluation(
+            asset_key=spec.clean_key,
+            check_name=name,
+            passed=name not in findings,
+            metadata={"months": month, "operation": "rollback"}
+            | ({"finding": findings[name]} if name in findings else {}),
+            blocking=True,
+            partition=month,
+        )
+        for name in CHECKS
+        if name != SHRINK_GUARD
+    ]
 
 
 def _target(versions: list[Version], config: RollbackConfig) -> Version:

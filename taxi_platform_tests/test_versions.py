@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from taxi_platform.checks.blocking import CHECKS, SHRINK_GUARD
 from taxi_platform.datasets import DATASETS
 from taxi_platform.definitions import defs
 from taxi_platform.io_managers.postgres import PostgresIOManager
@@ -96,10 +97,22 @@ def models_state(data_dir) -> dict[str, tuple]:
         return {table: digest(table, column) for table, column in GREEN_MODELS.items()}
 
 
-def roll_back(**config) -> dg.ExecuteInProcessResult:
+def checks_of(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, bool]]:
+    """{asset: {check: passed}} of a run's check evaluations of the month."""
+    found: dict[str, dict[str, bool]] = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            check = event.asset_check_evaluation_data
+            assert check.partition == MONTH
+            found.setdefault(check.asset_key.to_user_string(), {})[check.check_name] = check.passed
+    return found
+
+
+def roll_back(raise_on_error: bool = True, **config) -> dg.ExecuteInProcessResult:
     job = defs().resolve_job_def("rollback_month")
     return job.execute_in_process(
-        run_config={"ops": {"rollback_month_op": {"config": {"dataset": "green", "month": MONTH, **config}}}}
+        run_config={"ops": {"rollback_month_op": {"config": {"dataset": "green", "month": MONTH, **config}}}},
+        raise_on_error=raise_on_error,
     )
 
 
@@ -152,12 +165,10 @@ def test_a_wrong_month_is_rolled_back_everywhere_and_the_rollback_rolled_back(
         f"marts/{name}" for name in ("fct_monthly_zone_revenue", "daily_zone_trips", "monthly_summary")
     }
     assert restored == {(key, MONTH) for key in (*EVERY_STORE, *models)}
-    judged = [
-        e.asset_check_evaluation_data
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-    ]
-    assert judged and all(check.passed and check.metadata["judged"].value == MONTH for check in judged)
+    judged = checks_of(result)
+    # The restored clean month judged by every blocking check but the shrink guard; the models by dbt.
+    assert judged.pop("clean/green_trips") == {name: True for name in CHECKS if name != SHRINK_GUARD}
+    assert judged and all(all(passed.values()) for passed in judged.values())
 
     assert roll_back().success  # the version before the rollback: version 2 again
     assert state() == version_2
@@ -186,6 +197,45 @@ def test_a_rollback_to_a_run_that_published_nothing_fails_naming_the_kept_runs(
         in failure.step_failure_data.error.message
     )
     assert published_state(taxi_env, postgres_url, pg_schema) == before
+
+
+@pytest.mark.faults
+def test_a_rollback_bypasses_the_shrink_guard_and_no_other_check(
+    taxi_env, published, publish, postgres_url, pg_schema
+):
+    """Version 1 holds a tenth of the month (the first publish: nothing to shrink from), version 2 all
+    of it; restoring version 1 shrinks the month, which a rollback may do. Then version 1's clean files
+    are damaged at rest (a row written twice): restoring it again fails trip_key_unique and
+    rows_balance, and nothing is rolled back."""
+    header, *rows = served_lines(published)
+    publish(SOURCE, gzip_csv("\n".join([header, *rows[::10]]) + "\n"))
+    first = materialize(*EVERY_STORE, partition=MONTH)
+    small = published_state(taxi_env, postgres_url, pg_schema)
+    publish(SOURCE, gzip_csv("\n".join([header, *rows]) + "\n"))
+    materialize(*EVERY_STORE, partition=MONTH)
+    result = roll_back()
+    assert result.success and published_state(taxi_env, postgres_url, pg_schema) == small
+    assert checks_of(result)["clean/green_trips"] == {name: True for name in CHECKS if name != SHRINK_GUARD}
+
+    roll_back()  # the whole month again
+    whole = published_state(taxi_env, postgres_url, pg_schema)
+    spec = DATASETS["green"]
+    lake = Lake(root=str(taxi_env / "lake"))
+    (kept,) = [v for v in lake.versions(spec.clean_key, MONTH) if v.run_id == first.run_id]
+    _, files = lake.table(spec.clean_key).files("pickup_date >= '2020-10-01'", kept.version)
+    damaged = files[0][0].removeprefix("file://")
+    table = pq.read_table(damaged)
+    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), damaged)
+    failed = roll_back(to_run=first.run_id, raise_on_error=False)
+    assert not failed.success
+    (failure,) = failed.get_step_failure_events()
+    message = failure.step_failure_data.error.message
+    assert f"green {MONTH}: the version of run {first.run_id} fails rows_balance" in message
+    assert "trip_key_unique (1 repeated trip_key values)" in message
+    assert "nothing was rolled back, the published month is unchanged" in message
+    verdict = checks_of(failed)["clean/green_trips"]
+    assert not verdict.pop("rows_balance") and not verdict.pop("trip_key_unique") and all(verdict.values())
+    assert published_state(taxi_env, postgres_url, pg_schema) == whole
 
 
 def test_the_vacuum_job_removes_only_what_retention_allows_and_never_the_current_version(

@@ -132,6 +132,7 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 source = {
                     "run_id": context.run.run_id,
                     "source_sha256": download.metadata.get("source_sha256"),
+                    RELAXED_RULES: ",".join(sorted(relaxed)),  # a rollback judges the version by them
                 }
                 for each in staged.values():
                     each.details[month] = source

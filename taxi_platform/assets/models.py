@@ -166,11 +166,20 @@ def build_model_assets() -> list[dg.AssetsDefinition]:
 
 
 def rebuild_month(
-    context: dg.OpExecutionContext, dbt: DbtWarehouseCli, table: str, month: str
+    context: dg.OpExecutionContext,
+    dbt: DbtWarehouseCli,
+    warehouse_sql: WarehouseSQL,
+    dataset: str,
+    month: str,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
-    """From an op (`rollback_month`): the monthly models downstream of the warehouse table `table`
+    """From an op (`rollback_month`): the monthly models downstream of the dataset's warehouse table
     built for `month` as their assets build it, each model's materialization and each test's
-    evaluation of the month; a failed model or test fails the op, as it fails the assets' step."""
+    evaluation of the month; a failed model or test fails the op, as it fails the assets' step.
+    Nothing when the models were never built (no staging view of the dataset in the warehouse)."""
+    table = f"{dataset}_trips"
+    if f"stg_{table}" not in warehouse_sql.tables():
+        context.log.info(f"the models of {dataset} were never built: none rebuilt")
+        return
     months = _month_vars(MONTHS.time_window_for_partition_key(month))
     selection = f"source:warehouse.{table}+,{MONTHLY}"
     invocation = dbt.cli(

@@ -17,10 +17,11 @@ from taxi_platform.datasets import TRIP_KEY, DatasetSpec
 
 RELAXED_RULES = "relaxed_rules"  # clean materialization metadata: the positive rules switched off
 CHECK_OUTCOMES = "checks"  # clean materialization metadata: "<check>=passed, ..." (the load ledger's)
+SHRINK_GUARD = "no_sharp_shrink"  # the one check a rollback bypasses (it restores what was published)
 
 CHECKS = {
     "has_rows": "The month has at least one clean row.",
-    "no_sharp_shrink": "The month keeps at least the dataset's min_share_of_published of the clean rows "
+    SHRINK_GUARD: "The month keeps at least the dataset's min_share_of_published of the clean rows "
     "of the month it replaces (run config allow_shrink lets one smaller month through).",
     "rows_balance": "Stored raw rows = stored clean rows + stored rejected rows: nothing is lost.",
     "rules_hold": "No stored clean row breaks a 'must be > 0' rule that was in force for its month.",
@@ -104,11 +105,11 @@ def _repeated_values(column: pa.ChunkedArray) -> int:
 
 
 def volume_findings(clean_rows: int, published_rows: int | None, min_share: float) -> dict[str, str]:
-    """{"no_sharp_shrink": what is wrong} when a month would replace a published one with fewer than
+    """{SHRINK_GUARD: what is wrong} when a month would replace a published one with fewer than
     `min_share` of its clean rows; empty otherwise (or when nothing is published yet)."""
     if published_rows and clean_rows < min_share * published_rows:
         return {
-            "no_sharp_shrink": f"{clean_rows} clean rows would replace {published_rows} "
+            SHRINK_GUARD: f"{clean_rows} clean rows would replace {published_rows} "
             f"({clean_rows / published_rows:.0%}, below {min_share:.0%})"
         }
     return {}
