@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks import backfill, end_to_end, marts, plot, postgres_load
+from benchmarks import backfill, end_to_end, lake_ingest, marts, plot, postgres_load
 from synthetic import months as synthetic
 from taxi_platform.datasets import DATASETS
 from taxi_platform.sources.reading import read_trips
@@ -233,3 +233,24 @@ def test_the_marts_benchmark_builds_the_same_marts_both_ways(tmp_path):
     assert ways["python-sql"]["daily_rows"] == ways["dbt-marts"]["daily_rows"] > 0
     assert ways["python-sql"]["trips"] == ways["dbt-marts"]["trips"] == 6000
     assert [p.name.startswith("marts-") for p in (tmp_path / "results").iterdir()] == [True]
+
+
+@pytest.mark.slow
+def test_the_lake_ingest_benchmark_loads_the_same_rows_on_both_sides(bench_cache, tmp_path):
+    """benchmarks.lake_ingest on a small synthetic month: the old lake (extracted from git history) and
+    the Iceberg lake each publish the month pandas computes, read back through their own IO managers."""
+    month, rows = "2020-11", 3000
+    figures = lake_ingest.main(
+        ["--dataset", "green", "--month", month, "--rows", str(rows), "--repeats", "1"]
+        + ["--sample-data", str(tmp_path / "no-real-files"), "--results", str(tmp_path / "results")]
+    )
+    expected = course_counts(source_csv(tmp_path / "expected", month, rows), month)
+    loaded = {side: (r["rows"], r["clean_trip_key_sum"]) for side, (r,) in figures["runs"].items()}
+    assert loaded["old"] == loaded["iceberg"]
+    assert loaded["old"][0] == {
+        "raw": rows,
+        "clean": expected["clean"],
+        "rejected": rows - expected["clean"],
+    }
+    assert figures["runs"]["old"][0]["tree"] != figures["runs"]["iceberg"][0]["tree"]
+    assert [p.name.startswith("lake_ingest-") for p in (tmp_path / "results").iterdir()] == [True]

@@ -54,14 +54,6 @@ def _endpoint(gcs_endpoint: str):
     return urlsplit(gcs_endpoint if "://" in gcs_endpoint else f"http://{gcs_endpoint}")
 
 
-def delete_dir(fs: pafs.FileSystem, path: str) -> None:
-    """Remove a folder and what it holds, if it is there; in a bucket, the objects under the prefix."""
-    if not isinstance(fs, pafs.LocalFileSystem):
-        fs.delete_dir_contents(path, missing_dir_ok=True)
-    elif fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
-
-
 def make_parent(fs: pafs.FileSystem, path: str) -> None:
     """Create the folder of `path` (a bucket has no folders to create)."""
     if isinstance(fs, pafs.LocalFileSystem):
