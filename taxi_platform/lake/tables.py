@@ -227,12 +227,14 @@ def _append_written(
         metadata = transaction.table_metadata
     schema, spec = metadata.schema(), metadata.spec()
     plan, ids = compute_statistics_plan(schema, metadata.properties), parquet_path_to_id_mapping(schema)
+    checked: list[pa.Schema] = []  # a partition's files share their writer's schema: checked once
     with transaction.update_snapshot(snapshot_properties=summary).fast_append() as append:
         for path in files:
             size, footer = written[path]
-            _check_pyarrow_schema_compatible(
-                schema, footer.schema.to_arrow_schema(), format_version=metadata.format_version
-            )
+            arrow_schema = footer.schema.to_arrow_schema()
+            if not any(arrow_schema.equals(seen) for seen in checked):
+                _check_pyarrow_schema_compatible(schema, arrow_schema, format_version=metadata.format_version)
+                checked.append(arrow_schema)
             statistics = data_file_statistics_from_parquet_metadata(footer, plan, ids)
             append.append_data_file(
                 DataFile.from_args(
