@@ -22,6 +22,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from taxi_platform.io_managers import time_window
@@ -85,8 +86,7 @@ class Lake(dg.ConfigurableResource):
         """A new staged write of an asset, invisible until `publish`; `column`: its date column. It
         is published against the table as it is now."""
         keyed = partitions_def is not None and not column and not versioned_files
-        table = self.table(key, versioned_files)
-        base = table.load() if table.exists() else None
+        base = self.table(key, versioned_files).find()
         return Staged(
             self.filesystem()[0], self.path(key), partitions_def, column, keyed, versioned_files, base
         )
@@ -104,13 +104,13 @@ class Lake(dg.ConfigurableResource):
         if staged.versioned:
             staged.published_version = self._publish_index(key, staged, partitions, run_id, said)
         else:
-            files = [uri(self.root, f"{staged.folder}/{f.path}") for p in partitions for f in staged.files[p]]
+            files = _written(self.root, staged, partitions)
             schema = staged.schema if staged.schema is not None else pa.schema([])
             column = staged.column or (PARTITION_KEY if staged.keyed else None)
             table = self.table(key)
             base = staged.base if staged.base is not None else table.create(schema, column)
             replaced = partition_filter(column, [str(p) for p in partitions], _window(staged, partitions))
-            staged.published_version = table.commit(base, files, replaced, run_id, said)
+            staged.published_version = table.commit(base, list(files), replaced, run_id, said, files)
         return staged.published_version
 
     def _publish_index(self, key, staged: Staged, partitions, run_id: str, said: dict) -> int:
@@ -122,9 +122,9 @@ class Lake(dg.ConfigurableResource):
         table = self.table(key, True)
         try:
             base = staged.base if staged.base is not None else table.create(_INDEX_SCHEMA, PARTITION_KEY)
-            files = [uri(self.root, f"{index.folder}/{f.path}") for p in partitions for f in index.files[p]]
+            files = _written(self.root, index, partitions)
             replaced = partition_filter(PARTITION_KEY, [str(p) for p in partitions], None)
-            return table.commit(base, files, replaced, run_id, said)
+            return table.commit(base, list(files), replaced, run_id, said, files)
         except BaseException:
             index.discard()
             raise
@@ -144,8 +144,9 @@ class Lake(dg.ConfigurableResource):
         table = self.table(key, versioned_files)
         window = _window_of(partitions_def, partition) if column else None
         row_filter = partition_filter(column or PARTITION_KEY, [partition], window)
-        _, entries = table.files(row_filter, version)
-        held = next(v for v in table.versions() if v.version == version)
+        loaded = table.load()
+        _, entries = table.files(row_filter, version, loaded)
+        held = next(v for v in table.versions(loaded) if v.version == version)
         said = {
             partition: {
                 **held.details.get(partition, {}),
@@ -153,7 +154,7 @@ class Lake(dg.ConfigurableResource):
                 "restored_run_id": held.run_id,
             }
         }
-        return table.commit(table.load(), [f for f, _ in entries], row_filter, run_id, said)
+        return table.commit(loaded, [f for f, _ in entries], row_filter, run_id, said)
 
     def read(
         self,
@@ -168,8 +169,10 @@ class Lake(dg.ConfigurableResource):
         latest); its schema metadata names the version read (`version_of`)."""
         fs, _ = self.filesystem()
         table = self.table(key, versioned_files)
+        loaded = table.load()
         if versioned_files:
-            version, entries = table.files(partition_filter(PARTITION_KEY, [str(partition)], None), version)
+            row_filter = partition_filter(PARTITION_KEY, [str(partition)], None)
+            version, entries = table.files(row_filter, version, loaded)
             index = file_dataset(fs, [_path(f) for f, _ in entries], None)
             names = index.to_table(columns=["file"])["file"].to_pylist() if entries else []
             paths, schema, drop = [f"{self.path(key)}/{name}" for name in names], None, None
@@ -179,11 +182,12 @@ class Lake(dg.ConfigurableResource):
             row_filter = partition_filter(
                 column or (PARTITION_KEY if keyed else None), [str(partition)], window
             )
-            version, entries = table.files(row_filter, version)
+            version, entries = table.files(row_filter, version, loaded)
             paths, drop = [_path(f) for f, _ in entries], PARTITION_KEY if keyed else None
-            schema = table.load().schema().as_arrow()
-        published = any(partition is None or partition in v.partitions for v in table.versions())
-        if not paths and not published:
+            schema = loaded.schema().as_arrow()
+        if not paths and not any(
+            partition is None or partition in v.partitions for v in table.versions(loaded)
+        ):
             raise FileNotFoundError(
                 f"{self.path(key)}: no files for partition {partition}; is it materialized?"
             )
@@ -195,22 +199,24 @@ class Lake(dg.ConfigurableResource):
     ) -> int | None:
         """The row count of a published partition, from the table's metadata; None when never published."""
         table = self.table(key)
-        if not table.exists():
+        loaded = table.find()
+        if loaded is None:
             return None
         window = _window_of(partitions_def, partition) if column else None
-        _, entries = table.files(partition_filter(column or PARTITION_KEY, [partition], window))
+        _, entries = table.files(partition_filter(column or PARTITION_KEY, [partition], window), None, loaded)
         if entries:
             return sum(rows for _, rows in entries)
-        return 0 if any(partition in v.partitions for v in table.versions()) else None
+        return 0 if any(partition in v.partitions for v in table.versions(loaded)) else None
 
     def versions(
         self, key: dg.AssetKey, partition: str | None = None, versioned_files: bool = False
     ) -> list[Version]:
         """The versions that published `partition` (any, if None), newest first, within retention."""
         table = self.table(key, versioned_files)
-        if not table.exists():
+        loaded = table.find()
+        if loaded is None:
             return []
-        return [v for v in table.versions() if partition is None or partition in v.partitions]
+        return [v for v in table.versions(loaded) if partition is None or partition in v.partitions]
 
     def vacuum(self, key: dg.AssetKey, versioned_files: bool = False) -> Vacuumed:
         """Forget the versions older than the retention (never the current one), then remove the files
@@ -272,6 +278,15 @@ def version_of(dataset: ds.Dataset) -> int | None:
     """The table version a dataset from `Lake.read` was read at."""
     value = (dataset.schema.metadata or {}).get(VERSION_KEY)
     return int(value) if value is not None else None
+
+
+def _written(root: str, staged: Staged, partitions) -> dict[str, tuple[int, pq.FileMetaData]]:
+    """The URIs of the partitions' staged files, with each one's size and its writer's metadata."""
+    return {
+        uri(root, f"{staged.folder}/{f.path}"): (f.size, f.footer)
+        for p in partitions
+        for f in staged.files[p]
+    }
 
 
 def _window(staged: Staged, partitions: list[str | None]) -> tuple[str, str] | None:

@@ -9,7 +9,7 @@ removed by the next vacuum once older than the retention (taxi_platform/lake/res
 
 import contextlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -36,6 +36,9 @@ class DataFile:
     path: str
     size: int
     rows: int
+    # The parquet metadata its writer produced: the table's statistics come from it, not from the footer
+    # read back.
+    footer: pq.FileMetaData = field(compare=False, repr=False)
 
 
 class Staged:
@@ -142,6 +145,11 @@ def file_dataset(
     return dataset
 
 
+def _footer(writer: pq.ParquetWriter) -> pq.FileMetaData:
+    """The metadata a closed writer wrote as its file's footer."""
+    return writer.writer.metadata
+
+
 class _DayWriters:
     """One parquet file per day of the partition, written as the batches come: rows are buffered
     by day and written as row groups whenever BUFFERED_ROWS are held, so memory holds a few batches,
@@ -187,7 +195,7 @@ class _DayWriters:
             self._write_day(day)
         for day, (relative, writer) in self.writers.items():
             writer.close()
-            self.files.append(DataFile(relative, self.staged.size(relative), self.rows[day]))
+            self.files.append(DataFile(relative, self.staged.size(relative), self.rows[day], _footer(writer)))
 
     def _write_day(self, day: date) -> None:
         if day not in self.writers:
@@ -225,7 +233,9 @@ class _FileWriter:
             self._write()
         self.writer.close()
         if self.written or self.staged.versioned:  # a table's empty partition has no file
-            self.files.append(DataFile(self.relative, self.staged.size(self.relative), self.written))
+            self.files.append(
+                DataFile(self.relative, self.staged.size(self.relative), self.written, _footer(self.writer))
+            )
         else:
             self.staged.fs.delete_file(f"{self.staged.folder}/{self.relative}")
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
@@ -26,7 +27,14 @@ from pyiceberg.exceptions import (
     ValidationException,
 )
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
-from pyiceberg.table import Table
+from pyiceberg.io.pyarrow import (
+    _check_pyarrow_schema_compatible,
+    compute_statistics_plan,
+    data_file_statistics_from_parquet_metadata,
+    parquet_path_to_id_mapping,
+)
+from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.transforms import IdentityTransform
 
 # The keys of a publish's snapshot summary: which partitions it published, from which run, what else
@@ -76,17 +84,25 @@ class IcebergTable:
     def exists(self) -> bool:
         return self.catalog.table_exists(self.identifier)
 
-    def load(self) -> Table:
+    def find(self) -> Table | None:
+        """The table as it is now, or None when it was never created (one catalog query either way)."""
         try:
             return self.catalog.load_table(self.identifier)
-        except NoSuchTableError as error:
-            raise FileNotFoundError(f"{self.location}: no lake table here; is it materialized?") from error
+        except NoSuchTableError:
+            return None
+
+    def load(self) -> Table:
+        found = self.find()
+        if found is None:
+            raise FileNotFoundError(f"{self.location}: no lake table here; is it materialized?")
+        return found
 
     def create(self, schema: pa.Schema, partition_column: str | None) -> Table:
         """The table, created empty (partitioned by `partition_column`'s values) if it is not there; a
         writer that lost the race to create it takes the winner's."""
-        if self.exists():
-            return self.load()
+        found = self.find()
+        if found is not None:
+            return found
         self.catalog.create_namespace_if_not_exists(self.identifier[0])
         try:  # created with its partitioning in one commit
             creation = self.catalog.create_table_transaction(
@@ -109,16 +125,21 @@ class IcebergTable:
         replaced: str | BooleanExpression,
         run_id: str,
         details: Mapping[str, Mapping],
+        written: Mapping[str, tuple[int, pq.FileMetaData]] | None = None,
     ) -> int:
         """Publish `files` in one commit against `base` (the table as the writer found it), removing
-        the rows of `replaced`; returns the new version."""
+        the rows of `replaced`; returns the new version. `written`: each file's size and the parquet
+        metadata its writer produced, from which its statistics are taken; without it, the files'
+        footers are read (files taken back from an older version)."""
         summary = {PARTITIONS: ",".join(details), RUN_ID: run_id, DETAILS: json.dumps(details, default=str)}
         try:
             with base.transaction() as transaction, warnings.catch_warnings():
                 # A first publish of a partition has nothing to delete, which pyiceberg warns of.
                 warnings.filterwarnings("ignore", "Delete operation did not match any records")
                 transaction.delete(replaced)
-                if files:
+                if files and written is not None:
+                    _append_written(transaction, files, written, summary)
+                elif files:
                     transaction.add_files(files, snapshot_properties=summary, check_duplicate_files=False)
                 else:  # partitions without rows: an empty snapshot says they were published
                     transaction.append(base.schema().as_arrow().empty_table(), snapshot_properties=summary)
@@ -127,14 +148,13 @@ class IcebergTable:
                 f"{self.location}: partitions {', '.join(details)} were published by another run while "
                 f"run {run_id} wrote them; this run's data was not published ({error})"
             ) from error
-        table = self.load()
-        self._write_version_hint(table)
-        return _version(table)
+        self._write_version_hint(base)  # the transaction left base at the new version
+        return _version(base)
 
-    def versions(self) -> list[Version]:
-        """The publishes still in the table's history, newest first."""
+    def versions(self, table: Table | None = None) -> list[Version]:
+        """The publishes still in the table's history, newest first; `table`: as already loaded."""
         found = []
-        for snapshot in self.load().snapshots():
+        for snapshot in (table or self.load()).snapshots():
             summary = snapshot.summary
             if summary is None or PARTITIONS not in summary.additional_properties:
                 continue
@@ -152,11 +172,11 @@ class IcebergTable:
         return sorted(found, key=lambda v: v.version, reverse=True)
 
     def files(
-        self, row_filter: str | BooleanExpression, version: int | None = None
+        self, row_filter: str | BooleanExpression, version: int | None = None, table: Table | None = None
     ) -> tuple[int, list[tuple[str, int]]]:
         """The version read (default: the current one) and its data files holding rows of
-        `row_filter`, with their row counts."""
-        table = self.load()
+        `row_filter`, with their row counts; `table`: as already loaded."""
+        table = table or self.load()
         snapshot = table.current_snapshot()
         if version is not None:
             snapshot = next((s for s in table.snapshots() if s.sequence_number == version), None)
@@ -200,6 +220,46 @@ class IcebergTable:
         stem = posixpath.basename(table.metadata_location).removesuffix(".metadata.json")
         with table.io.new_output(f"{self.location}/{VERSION_HINT}").create(overwrite=True) as hint:
             hint.write(stem.encode())
+
+
+def _append_written(
+    transaction: Transaction,
+    files: list[str],
+    written: Mapping[str, tuple[int, pq.FileMetaData]],
+    summary: dict[str, str],
+) -> None:
+    """Append files this process wrote, as `Transaction.add_files` does, with each file's statistics
+    and partition taken from its writer's metadata instead of its footer read back."""
+    metadata = transaction.table_metadata
+    if metadata.name_mapping() is None:  # readers map the files' columns (no field ids) by name
+        mapping_json = metadata.schema().name_mapping.model_dump_json()
+        transaction.set_properties({TableProperties.DEFAULT_NAME_MAPPING: mapping_json})
+        metadata = transaction.table_metadata
+    schema, spec = metadata.schema(), metadata.spec()
+    plan, ids = compute_statistics_plan(schema, metadata.properties), parquet_path_to_id_mapping(schema)
+    checked: list[pa.Schema] = []  # a partition's files share their writer's schema: checked once
+    with transaction.update_snapshot(snapshot_properties=summary).fast_append() as append:
+        for path in files:
+            size, footer = written[path]
+            arrow_schema = footer.schema.to_arrow_schema()
+            if not any(arrow_schema.equals(seen) for seen in checked):
+                _check_pyarrow_schema_compatible(schema, arrow_schema, format_version=metadata.format_version)
+                checked.append(arrow_schema)
+            statistics = data_file_statistics_from_parquet_metadata(footer, plan, ids)
+            append.append_data_file(
+                DataFile.from_args(
+                    content=DataFileContent.DATA,
+                    file_path=path,
+                    file_format=FileFormat.PARQUET,
+                    partition=statistics.partition(spec, schema),
+                    file_size_in_bytes=size,
+                    sort_order_id=None,
+                    spec_id=metadata.default_spec_id,
+                    equality_ids=None,
+                    key_metadata=None,
+                    **statistics.to_serialized_dict(),
+                )
+            )
 
 
 def _version(table: Table) -> int:
