@@ -26,7 +26,6 @@ from taxi_platform.io_managers.bigquery import (
     BigQuerySQL,
     BigQueryWarehouse,
     _bq_type,
-    current_metadata,
     lake_table_definition,
     new_columns,
     staging_table_definition,
@@ -216,20 +215,17 @@ def test_the_table_is_partitioned_clustered_and_typed(taxi_env, published, bigqu
 
 
 @pytest.mark.emulators
-def test_the_lake_external_table_is_created_then_updated(bigquery_emulator, dataset, gcs):
-    """Defined over the metadata file that the table's version hint names, in the bucket."""
+def test_the_lake_external_table_is_created_then_updated(bigquery_emulator, dataset):
+    """Defined over the metadata file that the loaded rows were read at; never without one."""
     sql = BigQuerySQL(bigquery=BigQueryResource(project=bigquery_emulator, location="US"), dataset=dataset)
-    warehouse = BigQueryWarehouse(sql=sql, lake_root=gcs.root, lake_connection="p.us.lake")
+    warehouse = BigQueryWarehouse(sql=sql, lake_root="gs://lake/taxi", lake_connection="p.us.lake")
     bigquery.Client(project=bigquery_emulator).create_dataset(dataset)
-    table = f"{gcs.root}/clean/green_trips"
-    hint = gcs.emulator.client.bucket(gcs.emulator.bucket).blob(
-        f"{gcs.prefix}/clean/green_trips/metadata/version-hint.text"
-    )
-    hint.upload_from_string("00004-5e7c")
-    assert current_metadata(table) == f"{table}/metadata/00004-5e7c.metadata.json"
+    table = "gs://lake/taxi/clean/green_trips"
+    with pytest.raises(ValueError, match="the rows were not read from the lake table"):
+        warehouse._create_lake_table("green_trips_lake", table, None)
     assert sql.tables() == set()
     for _ in range(2):  # the second time the table exists (Conflict): its definition is updated
-        warehouse._create_lake_table("green_trips_lake", table, "pickup_date")
+        warehouse._create_lake_table("green_trips_lake", table, f"{table}/metadata/00004-5e7c.metadata.json")
     assert sql.tables() == {"green_trips_lake"}
 
 

@@ -11,7 +11,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from taxi_platform.io_managers import PARTITION_COLUMN
+from taxi_platform.io_managers import PARTITION_COLUMN, lake_metadata_file
 from taxi_platform.io_managers.arrow_data import BATCH_ROWS, prefetched
 from taxi_platform.lake import staging as staging_module
 from taxi_platform.lake.lake_io_manager import LakeIOManager
@@ -341,3 +341,21 @@ def test_an_unpartitioned_asset_is_one_table_replaced_whole_and_one_never_writte
             with dg.build_output_context(asset_key=key) as writing:
                 lake.handle_output(writing, pa.table({"id": ids}))
         assert lake.load_input(reading).to_table().to_pydict() == {"id": [3]}
+
+
+def test_a_read_names_the_table_metadata_it_was_read_at(tmp_path):
+    """What a warehouse's `<table>_lake` table is defined over: the metadata file of the version read;
+    of a run's months read at different times, the newest."""
+    lake = io_manager(tmp_path)
+    write(lake, days(date(2020, 3, 1)), partition="2020-03")
+    march = load(lake, "2020-03")
+    write(lake, days(date(2020, 4, 1)), partition="2020-04")
+    april = load(lake, "2020-04")
+    current = lake.lake.table(KEY).load().metadata_location
+    assert lake_metadata_file(april) == current
+    assert (
+        lake_metadata_file(march) != current
+        and Path(lake_metadata_file(march).removeprefix("file:")).exists()
+    )
+    assert lake_metadata_file({"2020-03": march, "2020-04": april}) == current
+    assert lake_metadata_file(days(date(2020, 3, 1))) is None  # not read from the lake

@@ -10,9 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
+import pyarrow.dataset as ds
 
 PARTITION_COLUMN = "partition_column"
 TIME_ZONE = "time_zone"
+# A dataset read from the lake names in its schema metadata the table metadata file it was read at: a
+# warehouse's `<table>_lake` table over the lake is defined on it (the version the warehouse loaded).
+LAKE_METADATA_FILE = b"lake_metadata_file"
 
 
 def time_window(partitions_def: dg.PartitionsDefinition, key: str) -> dg.TimeWindow:
@@ -27,3 +31,15 @@ def upstream_metadata(context: dg.InputContext) -> Mapping[str, Any]:
     if context.upstream_output is None:
         raise TypeError(f"{context.name}: an IO manager input needs the output it loads")
     return context.upstream_output.definition_metadata
+
+
+def lake_metadata_file(rows) -> str | None:
+    """The newest lake metadata file that `rows` (a dataset, or a dict of them by partition) were read
+    at; None when they were not read from the lake. Its name starts with the table's metadata version."""
+    parts = rows.values() if isinstance(rows, dict) else [rows]
+    named = [
+        part.schema.metadata[LAKE_METADATA_FILE]
+        for part in parts
+        if isinstance(part, ds.Dataset) and LAKE_METADATA_FILE in (part.schema.metadata or {})
+    ]
+    return max(named).decode() if named else None

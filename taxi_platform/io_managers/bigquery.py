@@ -152,10 +152,14 @@ class BigQueryWarehouse(WarehouseIOManager):
     def _retried(self, call: Callable[[], T], what: str) -> T:
         return retried(call, self.retry, transient=_transient, log=self.sql.log, what=what, where="BigQuery")
 
-    def _create_lake_table(self, name, prefix, partition_column) -> None:
+    def _create_lake_table(self, name, prefix, metadata_file) -> None:
         from google.api_core.exceptions import Conflict
 
-        table = lake_table_definition(self.sql.table_id(name), current_metadata(prefix), self.lake_connection)
+        if metadata_file is None:
+            raise ValueError(
+                f"{name}: the rows were not read from the lake table {prefix}: no version to show"
+            )
+        table = lake_table_definition(self.sql.table_id(name), metadata_file, self.lake_connection)
         with self.sql.bigquery.get_client() as client:
             try:
                 client.create_table(table)
@@ -278,16 +282,6 @@ def staging_table_definition(table_id: str, schema, now: datetime):
     table = bigquery.Table(table_id, schema=schema)
     table.expires = now + STAGING_LIFETIME
     return table
-
-
-def current_metadata(table_uri: str) -> str:
-    """The metadata file of an Iceberg table's current version in a bucket, as its version hint
-    (`metadata/version-hint.text`, written after each commit) names it."""
-    from google.cloud import storage
-
-    bucket, path = table_uri.removeprefix("gs://").split("/", 1)
-    hint = storage.Client().bucket(bucket).blob(f"{path}/metadata/version-hint.text").download_as_text()
-    return f"{table_uri}/metadata/{hint.strip()}.metadata.json"
 
 
 def lake_table_definition(table_id: str, metadata_uri: str, connection: str):

@@ -35,7 +35,13 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from pydantic import Field
 
-from taxi_platform.io_managers import PARTITION_COLUMN, TIME_ZONE, time_window, upstream_metadata
+from taxi_platform.io_managers import (
+    PARTITION_COLUMN,
+    TIME_ZONE,
+    lake_metadata_file,
+    time_window,
+    upstream_metadata,
+)
 from taxi_platform.io_managers.arrow_data import as_dataset
 from taxi_platform.ledger import (
     LEDGER_TABLE,
@@ -107,7 +113,10 @@ class WarehouseIOManager(dg.ConfigurableIOManager, LedgerSink):
             span = context.asset_partitions_time_window
             window = Window(meta[PARTITION_COLUMN], span.start, span.end)
 
+        read_at: list[str | None] = []
+
         def write(rows, ledger: LedgerRows | None) -> tuple[ds.Dataset, dict]:
+            read_at.append(lake_metadata_file(rows))
             data = as_dataset(rows)
             ledger_table = None
             if ledger is not None:
@@ -120,7 +129,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager, LedgerSink):
         data, stored = write_audited(context, obj, self, write)
         if meta.get(LAKE_TABLE) and self.lake_root:
             prefix = f"{self.lake_root.rstrip('/')}/{meta[LAKE_TABLE]}"
-            self._create_lake_table(f"{name}_lake", prefix, window.column if window else None)
+            self._create_lake_table(f"{name}_lake", prefix, read_at[-1])
             stored["lake_table"] = self.warehouse.table_id(f"{name}_lake")
         context.add_output_metadata(
             {"dagster/table_name": self.warehouse.table_id(name), "rows_written": data.count_rows(), **stored}
@@ -147,8 +156,9 @@ class WarehouseIOManager(dg.ConfigurableIOManager, LedgerSink):
         """The window's rows (all rows if None)."""
 
     @abstractmethod
-    def _create_lake_table(self, name: str, prefix: str, partition_column: str | None) -> None:
-        """(Re)create a table over the lake's parquet under `prefix`, hive-partitioned by the column."""
+    def _create_lake_table(self, name: str, prefix: str, metadata_file: str | None) -> None:
+        """(Re)create a table over the lake's Iceberg table at `prefix`; `metadata_file`: the table's
+        metadata the loaded rows were read from (None: not read from the lake)."""
 
 
 class DuckDBSQL(WarehouseSQL):
@@ -341,7 +351,8 @@ class DuckDBWarehouse(WarehouseIOManager):
                 f"SELECT * FROM {target} WHERE {column} >= ? AND {column} < ?", [window.start, window.end]
             ).to_arrow_table()
 
-    def _create_lake_table(self, name, prefix, partition_column) -> None:
+    def _create_lake_table(self, name, prefix, metadata_file) -> None:
+        """A view of the table's current version (its version hint), whatever was loaded."""
         with self.sql.connect() as con:
             install_iceberg_reader(con)
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.sql.dataset)}")

@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from taxi_platform.io_managers import time_window
+from taxi_platform.io_managers import LAKE_METADATA_FILE, time_window
 from taxi_platform.lake.files import catalog, filesystem, uri
 from taxi_platform.lake.staging import PARTITION_KEY, Staged, file_dataset
 from taxi_platform.lake.tables import IcebergTable, Version, partition_filter
@@ -166,7 +166,8 @@ class Lake(dg.ConfigurableResource):
         version: int | None = None,
     ) -> ds.Dataset:
         """A published partition (or the whole table) as a lazy dataset, at `version` (default: the
-        latest); its schema metadata names the version read (`version_of`)."""
+        latest); its schema metadata names the version read (`version_of`) and the table's metadata file
+        it was read from (`LAKE_METADATA_FILE`)."""
         fs, _ = self.filesystem()
         table = self.table(key, versioned_files)
         loaded = table.load()
@@ -192,7 +193,8 @@ class Lake(dg.ConfigurableResource):
                 f"{self.path(key)}: no files for partition {partition}; is it materialized?"
             )
         dataset = file_dataset(fs, paths, schema, drop)
-        return dataset.replace_schema(dataset.schema.with_metadata({VERSION_KEY: str(version)}))
+        said = {VERSION_KEY: str(version), LAKE_METADATA_FILE: loaded.metadata_location}
+        return dataset.replace_schema(dataset.schema.with_metadata(said))
 
     def published_rows(
         self, key: dg.AssetKey, partition: str, partitions_def: dg.PartitionsDefinition, column: str | None
