@@ -77,7 +77,7 @@ def test_the_images_install_the_locked_runtime_dependencies_only():
     assert "[test]" not in dockerfile and "test.txt" not in dockerfile
     test_only = {"pytest", "playwright", "bqemulator", "ruff", "pyright", "pytest-cov", "dlt"}
     assert not test_only & set(lock("runtime.txt")) and not test_only & set(lock("deploy.txt"))
-    assert not {"dagster-docker", "dagster-k8s"} & set(lock("runtime.txt"))
+    assert not {"dagster-docker", "dagster-k8s", "dagster-celery"} & set(lock("runtime.txt"))
     services = compose()["services"]
     assert {name: s["build"]["target"] for name, s in services.items() if "build" in s} == {
         "code": "runtime",
@@ -110,8 +110,8 @@ def lock(file: str) -> dict[str, str]:
     ("file", "sections"),
     [
         ("runtime.txt", ["dependencies", "gcp"]),
-        ("deploy.txt", ["dependencies", "gcp", "deploy"]),
-        ("test.txt", ["dependencies", "test", "gcp", "bigquery-emulator", "deploy", "bench"]),
+        ("deploy.txt", ["dependencies", "gcp", "deploy", "celery"]),
+        ("test.txt", ["dependencies", "test", "gcp", "bigquery-emulator", "deploy", "bench", "celery"]),
         ("bigquery-emulator.txt", ["dependencies", "gcp", "bigquery-emulator"]),
     ],
 )
