@@ -25,6 +25,8 @@ from dagster_celery.tasks import create_task
 from taxi_platform.executors import QUEUE_TAG, QUEUES, SingleMachineStore
 from taxi_platform.redaction import redact
 
+# The soft limit (SoftTimeLimitExceeded, raised in the step: it fails there, its staged files removed)
+# comes this much before the hard one (the step's process killed); limits under twice it are hard only.
 SOFT_MARGIN_SECONDS = 60
 # Late acknowledgement: a step's message is acknowledged once it ended, and given back to the broker
 # when the worker running it is lost, so another worker takes it (at least once; the lake's, Postgres'
@@ -120,7 +122,7 @@ class TaxiCeleryExecutor(CeleryExecutor):
                 queue=queue,
                 routing_key=f"{queue}.execute_plan",
                 time_limit=limit,
-                soft_time_limit=max(1, limit - SOFT_MARGIN_SECONDS),
+                soft_time_limit=limit - SOFT_MARGIN_SECONDS if limit > 2 * SOFT_MARGIN_SECONDS else None,
             )
         )
 

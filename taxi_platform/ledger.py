@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import dagster as dg
 import pyarrow as pa
 
+from taxi_platform.io_managers import refuse_if_run_ended
 from taxi_platform.redaction import redact
 
 T = TypeVar("T")
@@ -114,9 +115,15 @@ def write_audited(
     rows, provenance = unwrap(obj, keys)
     if provenance is None:
         return write(rows, None)
+
+    def published(loaded: Mapping[str | None, int | None]) -> pa.Table:
+        refuse_if_run_ended(context)  # within the data's transaction, just before it commits
+        return ledger_rows(context, provenance, loaded)
+
     try:
         refuse_older(context, provenance, sink)
-        return write(rows, lambda loaded: ledger_rows(context, provenance, loaded))
+        refuse_if_run_ended(context)
+        return write(rows, published)
     except Exception as error:
         record_failure(context, provenance, error, sink)
         raise

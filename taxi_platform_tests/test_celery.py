@@ -8,6 +8,7 @@ their files with pandas (`course_counts`).
 """
 
 import hashlib
+import json
 import os
 import subprocess
 import time
@@ -23,8 +24,8 @@ from google.cloud import bigquery
 from taxi_platform.datasets import DATASETS
 from taxi_platform.lake.resource import Lake
 from taxi_platform_tests.celery_workers import Vhost, Workers, write_celery_instance
-from taxi_platform_tests.helpers import course_counts, failed_runs
-from taxi_platform_tests.ui import BIN, DagsterServices, wait_for
+from taxi_platform_tests.helpers import course_counts, course_month, failed_runs
+from taxi_platform_tests.ui import BIN, DagsterServices, free_port, wait_for
 
 pytestmark = [pytest.mark.celery, pytest.mark.postgres, pytest.mark.emulators, pytest.mark.slow]
 
@@ -184,10 +185,10 @@ def ledger_rows(deployment) -> dict[tuple[str, str], int]:
 
 
 def lake_month(lake: Lake, month: str) -> tuple[int, str]:
-    """The clean month as the lake's readers see it: rows and an md5 of its rows in a fixed order."""
+    """The clean month as the lake's readers see it: its rows and `trips_md5` of them."""
     table = lake.read(GREEN.clean_key, month, GREEN.partitions_def, "pickup_date").to_table()
-    rows = sorted(map(repr, table.to_pylist()))
-    return table.num_rows, hashlib.md5("\n".join(rows).encode()).hexdigest()
+    frame = table.select(["lpep_pickup_datetime", "lpep_dropoff_datetime"]).to_pandas()
+    return table.num_rows, trips_md5(frame)
 
 
 def test_a_backfill_spreads_over_two_workers_with_every_figure_exact(deployment, workers, published):
@@ -231,3 +232,151 @@ def test_a_backfill_spreads_over_two_workers_with_every_figure_exact(deployment,
     logged = deployment.gcs.emulator.objects("compute-logs/storage")
     for run in runs:
         assert any(name.startswith(f"{run.run_id}/") for name in logged), (run.run_id, sorted(logged))
+
+
+INGEST = ",".join(key.to_user_string() for key in KEYS[:3])
+OCTOBER = "/releases/green/green_tripdata_2020-10.csv.gz"
+
+
+def launch(deployment, select: str, month: str | None = None, run_config: dict | None = None, env=None):
+    """`dagster asset materialize` as an operator runs it: that process is the run's, the steps go to the
+    broker."""
+    command = [BIN / "dagster", "asset", "materialize", "-m", "taxi_platform.definitions", "--select", select]
+    command += ["--partition", month] if month else []
+    command += ["--config-json", json.dumps(run_config)] if run_config else []
+    return subprocess.Popen(
+        command,
+        env=env or deployment.env,
+        cwd=deployment.home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def the_run(instance) -> dg.DagsterRun:
+    (run,) = instance.get_runs()
+    return run
+
+
+def run_messages(instance, run_id: str) -> str:
+    """Every message of the run's events, with their errors and causes."""
+    texts = []
+    for record in instance.all_logs(run_id):
+        texts.append(record.user_message or "")
+        event = record.dagster_event
+        error = getattr(event.event_specific_data, "error", None) if event else None
+        while error is not None:
+            texts.append(error.to_string())
+            error = error.cause
+    return "\n".join(texts)
+
+
+def run_seconds(instance, run_id: str) -> float:
+    record = instance.get_run_record_by_id(run_id)
+    return record.end_time - record.start_time
+
+
+@pytest.mark.faults
+def test_a_worker_killed_mid_ingest_hands_the_step_to_the_other_and_the_month_is_published_once_whole(
+    deployment, workers, published, source_server
+):
+    file = published / OCTOBER.lstrip("/")
+    raw, clean_rows, _ = course_month(file, "2020-10")
+    nodes = {workers.start("one"), workers.start("two")}
+    workers.wait_ready()
+    source_server.fail(OCTOBER, "trickle")  # the first download crawls: the step is in it when killed
+    run_worker = launch(deployment, INGEST, "2020-10")
+    with dg.DagsterInstance.from_config(str(deployment.home)) as instance:
+
+        def started_on():
+            runs = instance.get_runs()
+            if not runs or ("GET", OCTOBER) not in source_server.requests:
+                return None
+            found = step_workers(instance, [runs[0].run_id])
+            return next(iter(found.values()), None)
+
+        (killed,) = wait_for("a worker in the ingest step", started_on, timeout=120, details=workers.logs)
+        workers.kill(killed)
+        output, _ = run_worker.communicate(timeout=240)
+        run = the_run(instance)
+        assert run_worker.returncode == 0 and run.status == dg.DagsterRunStatus.SUCCESS, output
+        ran_on = step_workers(instance, [run.run_id])
+    # Started on the killed worker, delivered again to the other; the steps after it (the checks of the
+    # month) ran once.
+    assert ran_on.pop((run.run_id, "ingest_green_trips")) == nodes
+    assert ran_on and all(len(on) == 1 for on in ran_on.values()), ran_on
+
+    lake = deployment.lake()
+    assert len(lake.versions(GREEN.clean_key, "2020-10")) == 1  # published once
+    assert lake_month(lake, "2020-10") == (len(clean_rows), trips_md5(clean_rows))
+    assert lake.read(GREEN.raw_key, "2020-10", versioned_files=True).count_rows() == raw
+
+
+@pytest.mark.faults
+def test_a_broker_that_does_not_answer_fails_the_run_at_once_naming_it_without_its_password(
+    deployment,
+):
+    password = "Sup3rS3cretBrokerPass"
+    broker = f"amqp://taxi:{password}@127.0.0.1:{free_port()}//"
+    env = deployment.env | {"TAXI_CELERY_BROKER": broker}
+    run_worker = launch(deployment, "reference/taxi_zones", env=env)
+    output, _ = run_worker.communicate(timeout=180)
+    with dg.DagsterInstance.from_config(str(deployment.home)) as instance:
+        run = the_run(instance)
+        messages = run_messages(instance, run.run_id)
+        seconds = run_seconds(instance, run.run_id)
+    assert run_worker.returncode != 0 and run.status == dg.DagsterRunStatus.FAILURE
+    assert "the Celery broker amqp://taxi:***@127.0.0.1:" in messages
+    assert seconds < 20, seconds  # at once: no step was sent anywhere
+    assert password not in messages and password not in output
+    assert password not in json.dumps(run.run_config)
+
+
+@pytest.mark.faults
+def test_a_run_that_no_worker_takes_fails_at_the_wait_naming_the_queue(deployment):
+    run_worker = launch(
+        deployment, "reference/taxi_zones", run_config={"execution": {"config": {"worker_wait_seconds": 3}}}
+    )
+    output, _ = run_worker.communicate(timeout=180)
+    with dg.DagsterInstance.from_config(str(deployment.home)) as instance:
+        run = the_run(instance)
+        messages = run_messages(instance, run.run_id)
+        seconds = run_seconds(instance, run.run_id)
+    assert run.status == dg.DagsterRunStatus.FAILURE, output
+    assert "no Celery worker consumes the queues ingest of this run's steps after 3 s" in messages
+    assert 3 <= seconds < 30, seconds
+    assert "amqp://guest:***@127.0.0.1:5672/" in messages and ":guest@" not in messages
+
+
+@pytest.mark.faults
+def test_a_step_past_its_queues_time_limit_is_stopped_once_and_the_run_fails(
+    deployment, workers, source_server
+):
+    node = workers.start("one")
+    workers.wait_ready()
+    source_server.fail(OCTOBER, "trickle")  # minutes of download
+    limits = {"execution": {"config": {"time_limits": {"ingest": 8}}}}
+    run_worker = launch(deployment, INGEST, "2020-10", run_config=limits)
+    output, _ = run_worker.communicate(timeout=180)
+    with dg.DagsterInstance.from_config(str(deployment.home)) as instance:
+        run = the_run(instance)
+        messages = run_messages(instance, run.run_id)
+        seconds = run_seconds(instance, run.run_id)
+        ran_on = step_workers(instance, [run.run_id])
+    assert run.status == dg.DagsterRunStatus.FAILURE, output
+    assert "TimeLimitExceeded(8" in messages, messages[-3000:]
+    assert seconds < 60, seconds
+    assert list(ran_on.values()) == [{node}]  # not delivered again
+    assert workers.processes[node].poll() is None  # the worker lives on; only the step's process was killed
+    assert not deployment.lake().versions(GREEN.clean_key, "2020-10")
+
+
+def trips_md5(clean) -> str:
+    """An md5 of the clean trips' pickup and dropoff times, in a fixed order (pandas' frame, or the
+    lake's rows: the same text either way)."""
+    import pandas as pd
+
+    pickups = pd.to_datetime(clean["lpep_pickup_datetime"]).dt.strftime("%Y-%m-%d %H:%M:%S")
+    dropoffs = pd.to_datetime(clean["lpep_dropoff_datetime"]).dt.strftime("%Y-%m-%d %H:%M:%S")
+    return hashlib.md5("\n".join(sorted(pickups + " " + dropoffs)).encode()).hexdigest()
