@@ -25,7 +25,10 @@ def test_the_services_and_their_wiring():
     for name in ("code", "webserver", "daemon"):
         env = services[name]["environment"]
         assert env["DAGSTER_HOME"] == "/opt/dagster/home" and env["DAGSTER_PG_HOST"] == "postgres"
-        assert "./dagster.yaml:/opt/dagster/home/dagster.yaml:ro" in services[name]["volumes"]
+        # docker/dagster.yaml, or another instance file of docker/ (DAGSTER_YAML=dagster-celery.yaml)
+        assert (
+            "./${DAGSTER_YAML:-dagster.yaml}:/opt/dagster/home/dagster.yaml:ro" in services[name]["volumes"]
+        )
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("code", "daemon"):  # the ones that run assets see the same data and database
         assert "taxi-data:/data" in services[name]["volumes"]
