@@ -10,6 +10,7 @@ from taxi_platform.celery_executor import refuse_single_machine_instance
 from taxi_platform.definitions import defs
 from taxi_platform.executors import QUEUE_TAG, SingleMachineStore
 from taxi_platform.profiles import executor_for
+from taxi_platform_tests.test_scale_out import yaml_block
 
 pytestmark = pytest.mark.fast
 BROKER = "amqp://taxi:Br0kerPassw0rd@rabbit:5672//"
@@ -64,3 +65,10 @@ def test_on_celery_each_kind_of_work_goes_to_its_queue_and_no_url_is_in_a_runs_c
     assert {v for k, v in queues.items() if k.startswith("warehouse__")} == {"warehouse"}
     assert queues["monthly_models"] == queues["dimensions"] == "warehouse"
     assert QUEUE_TAG == DAGSTER_CELERY_QUEUE_TAG  # the tag dagster-celery routes by
+    # The run config docs/scale-out.md gives a Celery run, accepted by the executor's schema.
+    ingest = definitions.resolve_job_def("green_ingest")
+    assert create_execution_plan(
+        ingest, run_config=yaml_block("# a Celery run's config")
+    ).step_keys_to_execute
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        create_execution_plan(ingest, run_config={"execution": {"config": {"time_limit": {"ingest": 1}}}})
