@@ -141,10 +141,10 @@ def refuse_single_machine_instance(instance: dg.DagsterInstance) -> None:
 # What a run may set in its config (`execution: config:`); the broker and the backend are the deployment's.
 RUN_CONFIG = {
     "worker_wait_seconds": dg.Field(
-        float,
-        default_value=180.0,
-        description="How long a run waits for a worker on each queue it needs (run monitoring's start "
-        "timeout) before it fails.",
+        dg.Noneable(float),
+        default_value=None,
+        description="How long a run waits for a worker on each queue it needs before it fails; default: "
+        "the instance's run monitoring start timeout (run_monitoring: start_timeout_seconds).",
     ),
     "time_limits": dg.Field(
         dg.Permissive({queue: dg.Field(int, is_required=False) for queue in QUEUES}),
@@ -168,7 +168,11 @@ def taxi_celery_executor(init_context) -> TaxiCeleryExecutor:
         retries=RetryMode.from_config(config["retries"]),
         broker=config["broker"],
         backend=config["backend"],
-        worker_wait_seconds=config["worker_wait_seconds"],
+        worker_wait_seconds=(
+            init_context.instance.run_monitoring_start_timeout_seconds
+            if config["worker_wait_seconds"] is None
+            else config["worker_wait_seconds"]
+        ),
         time_limits=QUEUES | config["time_limits"],
     )
 
