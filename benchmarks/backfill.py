@@ -153,7 +153,7 @@ def main(argv=None) -> dict:
                 work, schema = folder / mode, schemas[mode]
                 home = work / "dagster_home"
                 home.mkdir(parents=True)
-                storage_url = _storage_database(url, schema) if args.storage == "postgres" else ""
+                storage_url = storage_database(url, schema) if args.storage == "postgres" else ""
                 storage = STORAGE_YAML[args.storage].format(home=home, storage_url=storage_url)
                 (home / "dagster.yaml").write_text(INSTANCE_YAML.format(home=home, storage=storage))
                 env = platform_env(
@@ -170,7 +170,7 @@ def main(argv=None) -> dict:
                 shares = [share for share in shares if share]
                 # Create the instance's storage once: two processes migrating a fresh sqlite one at the
                 # same moment fail ("alembic_version has more than one head").
-                _init_instance(home, limits)
+                init_instance(home, limits)
                 start, cpu = time.perf_counter(), machine_cpu_seconds()
                 children = _run_all(shares, env)
                 seconds = time.perf_counter() - start
@@ -210,14 +210,14 @@ def main(argv=None) -> dict:
     return figures
 
 
-def _storage_database(url: str, name: str) -> str:
+def storage_database(url: str, name: str) -> str:
     """A new database on the server for the instance's storage (dropped at the end); its URL."""
     execute(url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     # psycopg2, as docker/dagster.yaml: on psycopg 3 (SQLAlchemy's default) dagster-postgres' NOTIFY fails.
     return urlsplit(url)._replace(scheme="postgresql+psycopg2", path=f"/{name}").geturl()
 
 
-def _init_instance(home: Path, limits: dict) -> None:
+def init_instance(home: Path, limits: dict) -> None:
     """Create the instance's storage, and set the pool limits as `dagster instance concurrency set`."""
     import dagster as dg
     from dagster._core.instance.ref import InstanceRef

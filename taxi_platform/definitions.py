@@ -49,7 +49,7 @@ def defs() -> dg.Definitions:
         ],
         sensors=build_sensors(jobs, profile.sensors),
         resources=profile.resources,
-        # A run's steps share its process: a month's steps form a chain, and a process per step costs
-        # more (imports, seconds each) than most steps.
-        executor=dg.in_process_executor,
+        # In process by default: a month's steps form a chain, and a process per step costs more
+        # (imports, seconds each) than most steps. TAXI_EXECUTOR=celery spreads them over workers.
+        executor=profile.executor,
     )

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import dagster as dg
 import pyarrow as pa
 
+from taxi_platform.io_managers import refuse_if_run_ended
 from taxi_platform.redaction import redact
 
 T = TypeVar("T")
@@ -116,13 +117,16 @@ def write_audited(
         return write(rows, None)
 
     def ledger(loaded: Mapping[str | None, int | None]) -> pa.Table:
-        # Again where PostgreSQL's write holds the month's writer lock, in the data's transaction: a
-        # newer version that another writer committed while this one waited is not overwritten.
+        # Again within the data's transaction, just before it commits (where PostgreSQL's write holds
+        # the month's writer lock): a newer version that another writer committed while this one
+        # waited is not overwritten, and a run that ended meanwhile publishes nothing.
         refuse_older(context, provenance, sink)
+        refuse_if_run_ended(context)
         return ledger_rows(context, provenance, loaded)
 
     try:
         refuse_older(context, provenance, sink)  # before any row moves
+        refuse_if_run_ended(context)
         return write(rows, ledger)
     except Exception as error:
         record_failure(context, provenance, error, sink)

@@ -8,6 +8,9 @@ PostgreSQL is TAXI_POSTGRES_URL in both, or an embedded server under TAXI_DATA_D
 Apprise URLs of TAXI_ALERT_URLS (commas or spaces between them), with links to TAXI_UI_URL.
 The load ledger's code version is the package's version plus TAXI_GIT_COMMIT (set by the image build),
 or the checkout's git commit when the code runs from one.
+TAXI_EXECUTOR picks where steps run (taxi_platform/executors.py): in_process (the default), multiprocess,
+or celery, on workers reached through the broker TAXI_CELERY_BROKER (results: TAXI_CELERY_BACKEND, else
+the broker's rpc://), which refuses every store that lives on one machine.
 """
 
 import importlib.metadata
@@ -22,12 +25,14 @@ from pathlib import Path
 import dagster as dg
 
 from taxi_platform.dbt_runner import DbtWarehouseCli
+from taxi_platform.executors import EXECUTORS, SingleMachineStore
 from taxi_platform.io_managers.arrow_data import use_jemalloc
 from taxi_platform.io_managers.postgres import PostgresIOManager
 from taxi_platform.io_managers.warehouse import DuckDBSQL, DuckDBWarehouse
 from taxi_platform.lake.lake_io_manager import LakeIOManager
 from taxi_platform.lake.resource import Lake
 from taxi_platform.notifications import Alerter
+from taxi_platform.redaction import redact
 from taxi_platform.sources.public import RELEASES_URL, SOURCE_CHOICES, TLC_URL, TaxiSource
 
 PROFILES = ("local", "gcp")
@@ -50,6 +55,7 @@ class SensorSettings:
 class Profile:
     resources: dict
     sensors: SensorSettings
+    executor: dg.ExecutorDefinition
 
 
 def load_profile(environ: Mapping[str, str] = os.environ) -> Profile:
@@ -59,7 +65,7 @@ def load_profile(environ: Mapping[str, str] = os.environ) -> Profile:
     # gcsfs (the lake's Iceberg metadata in a bucket) reads this at import: its experimental file
     # system needs Google's storage-control API, which standard buckets and the emulator do without.
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    return Profile(resources_for(environ), sensor_settings(environ))
+    return Profile(resources_for(environ), sensor_settings(environ), executor_for(environ))
 
 
 @cache
@@ -105,6 +111,60 @@ def sensor_settings(environ: Mapping[str, str]) -> SensorSettings:
         ),
         landing_stable_seconds=stable,
     )
+
+
+def executor_for(environ: Mapping[str, str] = os.environ) -> dg.ExecutorDefinition:
+    """TAXI_EXECUTOR's executor. Celery's broker and backend are read when a run starts, from the
+    variables (never written into a run's config); it refuses the stores that live on one machine."""
+    name = environ.get("TAXI_EXECUTOR", "in_process")
+    if name not in EXECUTORS:
+        raise ValueError(f"TAXI_EXECUTOR must be one of {EXECUTORS}, not {name!r}")
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "multiprocess":
+        return dg.multiprocess_executor
+    if not environ.get("TAXI_CELERY_BROKER"):
+        raise ValueError(
+            "TAXI_EXECUTOR=celery needs TAXI_CELERY_BROKER, e.g. amqp://user:password@host:5672//"
+        )
+    stores = single_machine_stores(environ)
+    if stores:
+        raise SingleMachineStore(
+            "TAXI_EXECUTOR=celery runs steps on workers that may be on other machines, which cannot "
+            "reach " + "; ".join(stores)
+        )
+    from taxi_platform.celery_executor import celery_executor  # the celery extra: only this executor
+
+    backend = {"env": "TAXI_CELERY_BACKEND"} if environ.get("TAXI_CELERY_BACKEND") else "rpc://"
+    return celery_executor({"env": "TAXI_CELERY_BROKER"}, backend)
+
+
+def celery_urls(environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
+    """The broker and result backend of the Celery workers (taxi_platform/worker.py)."""
+    return environ["TAXI_CELERY_BROKER"], environ.get("TAXI_CELERY_BACKEND") or "rpc://"
+
+
+def single_machine_stores(environ: Mapping[str, str]) -> list[str]:
+    """The stores of this environment that only processes on one machine reach, each with what to use
+    instead."""
+    data_dir = os.path.abspath(environ.get("TAXI_DATA_DIR", "data"))
+    stores = []
+    if environ.get("TAXI_PROFILE", "local") == "local":
+        stores += [
+            f"the lake in the folder {data_dir}/lake (use TAXI_PROFILE=gcp: the lake in Cloud Storage)",
+            f"the DuckDB warehouse {data_dir}/warehouse.duckdb (use TAXI_PROFILE=gcp: BigQuery)",
+        ]
+    if not environ.get("TAXI_POSTGRES_URL"):
+        stores.append(
+            f"the embedded PostgreSQL under {data_dir}/postgres (set TAXI_POSTGRES_URL to a server)"
+        )
+    catalog = environ.get("TAXI_LAKE_CATALOG_URL", "")
+    if catalog.startswith("sqlite"):
+        stores.append(
+            f"the lake's SQLite catalog {redact(catalog)} (set TAXI_LAKE_CATALOG_URL to a postgresql:// "
+            "database, or unset it for TAXI_POSTGRES_URL's)"
+        )
+    return stores
 
 
 def resources_for(environ: Mapping[str, str] = os.environ) -> dict:

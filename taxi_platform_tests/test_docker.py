@@ -25,7 +25,10 @@ def test_the_services_and_their_wiring():
     for name in ("code", "webserver", "daemon"):
         env = services[name]["environment"]
         assert env["DAGSTER_HOME"] == "/opt/dagster/home" and env["DAGSTER_PG_HOST"] == "postgres"
-        assert "./dagster.yaml:/opt/dagster/home/dagster.yaml:ro" in services[name]["volumes"]
+        # docker/dagster.yaml, or another instance file of docker/ (DAGSTER_YAML=dagster-celery.yaml)
+        assert (
+            "./${DAGSTER_YAML:-dagster.yaml}:/opt/dagster/home/dagster.yaml:ro" in services[name]["volumes"]
+        )
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("code", "daemon"):  # the ones that run assets see the same data and database
         assert "taxi-data:/data" in services[name]["volumes"]
@@ -77,7 +80,7 @@ def test_the_images_install_the_locked_runtime_dependencies_only():
     assert "[test]" not in dockerfile and "test.txt" not in dockerfile
     test_only = {"pytest", "playwright", "bqemulator", "ruff", "pyright", "pytest-cov", "dlt"}
     assert not test_only & set(lock("runtime.txt")) and not test_only & set(lock("deploy.txt"))
-    assert not {"dagster-docker", "dagster-k8s"} & set(lock("runtime.txt"))
+    assert not {"dagster-docker", "dagster-k8s", "dagster-celery"} & set(lock("runtime.txt"))
     services = compose()["services"]
     assert {name: s["build"]["target"] for name, s in services.items() if "build" in s} == {
         "code": "runtime",
@@ -110,8 +113,8 @@ def lock(file: str) -> dict[str, str]:
     ("file", "sections"),
     [
         ("runtime.txt", ["dependencies", "gcp"]),
-        ("deploy.txt", ["dependencies", "gcp", "deploy"]),
-        ("test.txt", ["dependencies", "test", "gcp", "bigquery-emulator", "deploy", "bench"]),
+        ("deploy.txt", ["dependencies", "gcp", "deploy", "celery"]),
+        ("test.txt", ["dependencies", "test", "gcp", "bigquery-emulator", "deploy", "bench", "celery"]),
         ("bigquery-emulator.txt", ["dependencies", "gcp", "bigquery-emulator"]),
     ],
 )

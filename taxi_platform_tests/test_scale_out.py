@@ -22,6 +22,7 @@ from dagster_docker.container_context import DockerContainerContext
 from dagster_k8s import K8sRunLauncher, k8s_job_executor
 
 from taxi_platform.definitions import defs
+from taxi_platform.executors import QUEUES
 from taxi_platform.io_managers.bigquery import BigQueryWarehouse
 from taxi_platform_tests.test_docker import compose
 
@@ -104,6 +105,52 @@ def test_compose_queues_runs_four_at_once_two_of_a_dataset(tmp_path):
     # The tag is the one the ingest jobs carry (the lake's jobs, rollback, vacuum and conversion, have none).
     tagged = {job.tags.get("dataset") for job in defs().jobs} - {None}
     assert tagged == {"yellow", "green", "fhv", "fhvhv"}
+
+
+def test_compose_runs_two_celery_workers_on_a_broker_that_outwaits_the_longest_step(tmp_path):
+    services = compose()["services"]
+    broker = services["rabbitmq"]
+    assert broker["profiles"] == ["celery"] and "rabbitmq-diagnostics" in broker["healthcheck"]["test"]
+    workers = {name: s for name, s in services.items() if name.startswith("worker-")}
+    assert len(workers) == 2
+    names = set()
+    for service in workers.values():
+        command = service["command"]
+        assert command[:4] == ["celery", "-A", "taxi_platform.worker", "worker"]
+        assert set(command[command.index("-Q") + 1].split(",")) == set(QUEUES)  # every kind of work
+        names.add(command[command.index("-n") + 1])
+        assert service["image"] == services["code"]["image"] and service["profiles"] == ["celery"]
+        assert "volumes" not in service  # no disk shared with another machine
+        assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+        env = {k: compose_value(str(v)) for k, v in service["environment"].items()}
+        assert env["TAXI_CELERY_BROKER"] == "amqp://taxi:taxi@rabbitmq:5672//"
+        assert env["TAXI_CELERY_BROKER"].split(":")[2].split("@")[0] == compose_value(
+            broker["environment"]["RABBITMQ_DEFAULT_PASS"]
+        )
+        assert set(services["daemon"]["environment"]) <= set(env)  # the run's settings, and Dagster's
+    assert len(names) == 2  # each worker names itself in the step events
+    mounted = dict(v.split(":", 1) for v in broker["volumes"])
+    assert mounted["./rabbitmq.conf"].startswith("/etc/rabbitmq/conf.d/")
+    conf = (DOCKER / "rabbitmq.conf").read_text().splitlines()
+    settings = dict(line.split(" = ") for line in conf if " = " in line)
+    assert int(settings["consumer_timeout"]) > 1000 * max(QUEUES.values())
+
+
+def test_the_celery_instance_is_the_compose_one_with_step_logs_in_cloud_storage(tmp_path):
+    """docker/dagster-celery.yaml: docker/dagster.yaml's instance (Dagster's schema checks it), with
+    dagster-gcp's compute log manager, whose own schema accepts its settings."""
+    from dagster._config import validate_config
+    from dagster_gcp.gcs.compute_log_manager import GCSComputeLogManager
+
+    shutil.copy(DOCKER / "dagster-celery.yaml", tmp_path / "dagster.yaml")
+    celery = dagster_instance_config(str(tmp_path))[0]
+    (tmp_path / "compose").mkdir()
+    compose_instance = docker_instance(tmp_path / "compose")
+    logs = celery.pop("compute_logs")
+    assert celery == compose_instance
+    assert (logs["module"], logs["class"]) == (GCSComputeLogManager.__module__, "GCSComputeLogManager")
+    assert validate_config(GCSComputeLogManager.config_type(), logs["config"]).success
+    assert logs["config"]["bucket"] == {"env": "TAXI_GCS_BUCKET"}  # the lake's bucket
 
 
 def yaml_block(first_line: str) -> dict:

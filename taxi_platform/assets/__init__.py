@@ -34,6 +34,7 @@ class AssetOptions(TypedDict, total=False):
     owners: list[str]
     code_version: str
     pool: str
+    op_tags: Mapping[str, Any]
     metadata: Mapping[str, Any]
     automation_condition: dg.AutomationCondition
     partitions_def: dg.PartitionsDefinition

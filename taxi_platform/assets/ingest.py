@@ -27,6 +27,7 @@ from taxi_platform.checks.blocking import (
 )
 from taxi_platform.cleaning import MonthCleaner, reject_reasons, rejected_schema
 from taxi_platform.datasets import PICKUP_DATE, DatasetSpec
+from taxi_platform.executors import queue_tags
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.arrow_data import prefetched
 from taxi_platform.lake.resource import VERSIONED_FILES, Lake
@@ -99,6 +100,7 @@ def build_ingest_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         backfill_policy=dg.BackfillPolicy.multi_run(spec.months_per_run),
         retry_policy=SOURCE_RETRY,
         pool="downloads",
+        op_tags=queue_tags("ingest"),
     )
     def ingest(
         context: dg.AssetExecutionContext,

@@ -26,6 +26,7 @@ from taxi_platform.charts import trips_per_day
 from taxi_platform.conditions import SINKS_FOLLOW_UPSTREAM, follows_any_dataset
 from taxi_platform.datasets import DATASETS, NEW_YORK
 from taxi_platform.dbt_runner import TRANSFORM, DbtWarehouseCli
+from taxi_platform.executors import queue_tags
 from taxi_platform.io_managers.warehouse import WarehouseSQL
 
 MONTHS = dg.MonthlyPartitionsDefinition(
@@ -121,6 +122,7 @@ def build_model_assets() -> list[dg.AssetsDefinition]:
         project=TRANSFORM,
         dagster_dbt_translator=TRANSLATOR,
         pool="warehouse_loads",
+        op_tags=queue_tags("warehouse"),
         select=MONTHLY,
         name="monthly_models",
         partitions_def=MONTHS,
@@ -154,6 +156,7 @@ def build_model_assets() -> list[dg.AssetsDefinition]:
         project=TRANSFORM,
         dagster_dbt_translator=TRANSLATOR,
         pool="warehouse_loads",
+        op_tags=queue_tags("warehouse"),
         exclude=MONTHLY,
         name="dimensions",
     )

@@ -8,6 +8,7 @@ import pyarrow.dataset as ds
 from taxi_platform.assets import SINK_OPTIONS, AssetOptions, build_sink_asset, provenance
 from taxi_platform.assets.zones import ZONES
 from taxi_platform.datasets import PICKUP_DATE, TRIP_KEY, DatasetSpec
+from taxi_platform.executors import queue_tags
 from taxi_platform.io_managers import PARTITION_COLUMN
 from taxi_platform.io_managers.postgres import UNIQUE_KEY
 from taxi_platform.ledger import Audited
@@ -17,6 +18,7 @@ POSTGRES_OPTIONS = SINK_OPTIONS | AssetOptions(
     io_manager_key="postgres_io_manager",
     kinds={"postgres"},
     code_version="2",  # 2: months as PostgreSQL partitions
+    op_tags=queue_tags("postgres"),
 )
 
 

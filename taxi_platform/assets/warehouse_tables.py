@@ -8,6 +8,7 @@ import pyarrow.dataset as ds
 from taxi_platform.assets import SINK_OPTIONS, AssetOptions, build_sink_asset, provenance
 from taxi_platform.assets.zones import ZONES
 from taxi_platform.datasets import NEW_YORK, PICKUP_DATE, DatasetSpec
+from taxi_platform.executors import queue_tags
 from taxi_platform.io_managers import PARTITION_COLUMN, TIME_ZONE
 from taxi_platform.io_managers.warehouse import CLUSTER_BY, LAKE_TABLE
 from taxi_platform.ledger import Audited
@@ -19,6 +20,7 @@ WAREHOUSE_OPTIONS = SINK_OPTIONS | AssetOptions(
     kinds={"duckdb", "bigquery"},
     code_version="1",
     pool="warehouse_loads",
+    op_tags=queue_tags("warehouse"),
 )
 
 

@@ -7,6 +7,7 @@ import dagster as dg
 import pyarrow as pa
 
 from taxi_platform.assets import SOURCE_RETRY, permanent_errors_not_retried
+from taxi_platform.executors import queue_tags
 from taxi_platform.metadata import column_schema
 from taxi_platform.sources.public import TaxiSource
 from taxi_platform.sources.reading import read_zones
@@ -24,6 +25,7 @@ ZONES = dg.AssetKey(["reference", "taxi_zones"])
     owners=["team:data-platform"],
     code_version="1",
     retry_policy=SOURCE_RETRY,
+    op_tags=queue_tags("ingest"),
 )
 def taxi_zones(context: dg.AssetExecutionContext, taxi_source: TaxiSource) -> pa.Table:
     url = taxi_source.zones_url()

@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from taxi_platform.io_managers import PARTITION_COLUMN, upstream_metadata
+from taxi_platform.io_managers import PARTITION_COLUMN, refuse_if_run_ended, upstream_metadata
 from taxi_platform.lake.resource import VERSIONED_FILES, Lake
 from taxi_platform.lake.staging import Staged
 
@@ -44,6 +44,7 @@ class LakeIOManager(dg.ConfigurableIOManager):
                 staged.discard()
                 raise
         try:
+            refuse_if_run_ended(context)
             version = self.lake.publish(context.asset_key, staged, keys, context.run_id)
         except BaseException:
             staged.discard()
