@@ -47,11 +47,11 @@ def celery_app(broker: str, backend: str):
 
 
 class BrokerUnreachable(Exception):
-    pass
+    """The broker did not answer when a run started."""
 
 
 class NoWorker(Exception):
-    pass
+    """No worker consumed a queue the run needs within the wait."""
 
 
 class TaxiCeleryExecutor(CeleryExecutor):
