@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 import dagster as dg
 import pyarrow as pa
 
-from taxi_platform.io_managers import refuse_if_run_ended
 from taxi_platform.redaction import redact
+from taxi_platform.run_guard import refuse_if_run_ended
 
 T = TypeVar("T")
 LEDGER_TABLE = "load_audit"

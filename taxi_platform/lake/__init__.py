@@ -1,1 +1,1 @@
-"""The lake: Delta Lake tables in a local folder or a Cloud Storage bucket (README, "The lake")."""
+"""The lake: Apache Iceberg tables in a local folder or a Cloud Storage bucket (README, "The lake")."""

@@ -13,9 +13,10 @@ from typing import Any
 
 import dagster as dg
 
-from taxi_platform.io_managers import PARTITION_COLUMN, refuse_if_run_ended, upstream_metadata
+from taxi_platform.io_managers import PARTITION_COLUMN, upstream_metadata
 from taxi_platform.lake.resource import VERSIONED_FILES, Lake
 from taxi_platform.lake.staging import Staged
+from taxi_platform.run_guard import refuse_if_run_ended
 
 
 class LakeIOManager(dg.ConfigurableIOManager):
