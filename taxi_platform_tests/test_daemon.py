@@ -35,6 +35,11 @@ SENSORS = ["green_source_sensor", "landing_sensor", "taxi_automation"]
 # Each loaded month also re-creates the month's dbt staging views (a dbt run, its pool shared with the
 # warehouse loads): seconds on an idle machine, more than a minute under a load of 15.
 SETTLE = 300
+# How long each step of the flow may take: a month's ingest, its loads and the dbt models built on them,
+# one run after another through the warehouse_loads pool, beside the other xdist worker's tests (the
+# Celery ones start a daemon and two workers of their own) on 2 cores. A bound: each wait ends as soon
+# as its condition holds.
+FLOW_TIMEOUT = 300
 
 
 def publish(folder, month: str):
@@ -99,7 +104,7 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(tmp_path,
             wait_for(
                 "the first sync: 2020-10 in the warehouse",
                 lambda: materializations(instance, "warehouse", "2020-10"),
-                timeout=150,
+                timeout=FLOW_TIMEOUT,
                 details=details,
             )
 
@@ -108,7 +113,7 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(tmp_path,
             wait_for(
                 "2020-11 in Postgres and the warehouse",
                 lambda: all(materializations(instance, layer, "2020-11") for layer in KEYS),
-                timeout=150,
+                timeout=FLOW_TIMEOUT,
                 details=details,
             )
             (cleaned,) = materializations(instance, "clean", "2020-11")
@@ -121,7 +126,7 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(tmp_path,
             wait_for(
                 "2020-11 republished, in every layer again",
                 lambda: all(len(materializations(instance, layer, "2020-11")) == 2 for layer in KEYS),
-                timeout=150,
+                timeout=FLOW_TIMEOUT,
                 details=details,
             )
             # Nothing runs again: every run has ended, and each sensor has since ticked twice, asking
@@ -147,7 +152,7 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(tmp_path,
                     materializations(instance, "warehouse", "2020-12")
                     and (landing / "processed" / path.name).exists()
                 ),
-                timeout=150,
+                timeout=FLOW_TIMEOUT,
                 details=details,
             )
             assert not (landing / path.name).exists()
@@ -156,7 +161,7 @@ def test_published_republished_and_landed_months_flow_to_the_warehouse(tmp_path,
             wait_for(
                 "postgres 2020-12",
                 lambda: materializations(instance, "postgres", "2020-12"),
-                timeout=150,
+                timeout=FLOW_TIMEOUT,
                 details=details,
             )
             assert postgres_count(postgres_url, pg_schema, "2020-12") == clean["2020-12"]
